@@ -1,0 +1,425 @@
+"""The `uici` command line.
+
+Exit codes: 0 ok, 1 the operation failed, 2 bad input or configuration.
+This module imports no Prefect and no cloud SDK at start-up: executors are imported only
+when an operation really runs (`uici ops list` must start fast; see bench/cli_startup.py).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from infrastructure.configuration.loader import CONFIG_FILES, UICIConfig, load_config
+from infrastructure.configuration.models import OperationSpec, RiskLevel
+from infrastructure.configuration.problems import ConfigError
+from infrastructure.registry import CallValidationError, OperationRegistry
+from infrastructure.translator import CommandSpec, CommandTranslator, TranslationError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+app = typer.Typer(
+    name="uici",
+    help="UICI, the Universal Infrastructure Command Interface: diagnose and operate services "
+    "in any environment through validated universal operations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Validate and show the configuration.", no_args_is_help=True)
+ops_app = typer.Typer(help="The universal operations.", no_args_is_help=True)
+envs_app = typer.Typer(help="The configured environments.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(ops_app, name="ops")
+app.add_typer(envs_app, name="envs")
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    config_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--config-dir",
+            envvar="UICI_CONFIG_DIR",
+            help="Directory of the configuration files (default: the shipped configuration).",
+        ),
+    ] = None,
+) -> None:
+    ctx.obj = {"config_dir": config_dir}
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    stderr.print(Text(message))
+    raise typer.Exit(code)
+
+
+def _load(ctx: typer.Context) -> UICIConfig:
+    try:
+        return load_config(ctx.obj["config_dir"])
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+# --- config -----------------------------------------------------------------------------
+
+
+@config_app.command("validate")
+def config_validate(ctx: typer.Context) -> None:
+    """Check every configuration file and the references between them."""
+    config = _load(ctx)
+    environments = config.environments.environments
+    enabled = sum(1 for e in environments.values() if e.enabled)
+    stdout.print(
+        Text(
+            f"OK: {config.directory}: {len(CONFIG_FILES)} files, "
+            f"{len(config.operations.operations)} operations, {len(environments)} environments "
+            f"({enabled} enabled), {len(config.agents.runbooks)} runbooks, "
+            f"{len(config.agents.diagnosis_rules)} diagnosis rules"
+        )
+    )
+
+
+@config_app.command("show")
+def config_show(
+    ctx: typer.Context,
+    file: Annotated[
+        str | None,
+        typer.Argument(
+            help="Only this file: platform, agents, environments, operations, translations."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the effective configuration (environment variables applied, secrets masked)."""
+    config = _load(ctx)
+    masked = config.masked()
+    if file is not None:
+        if file not in CONFIG_FILES:
+            _fail(f"unknown file {file!r}; one of: {', '.join(CONFIG_FILES)}")
+        masked = {CONFIG_FILES[file][0]: masked[CONFIG_FILES[file][0]]}
+    if as_json:
+        _print_json(masked)
+        return
+    for file_name, content in masked.items():
+        typer.echo(f"# {file_name}")
+        typer.echo(yaml.safe_dump(content, sort_keys=False, allow_unicode=True).rstrip())
+        typer.echo("")
+
+
+# --- ops --------------------------------------------------------------------------------
+
+
+def _operation_json(registry: OperationRegistry, name: str, spec: OperationSpec) -> dict[str, Any]:
+    data = spec.model_dump(mode="json")
+    data["name"] = name
+    return data
+
+
+@ops_app.command("list")
+def ops_list(
+    ctx: typer.Context,
+    env: Annotated[
+        str | None, typer.Option("--env", help="Only operations this environment supports.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the universal operations."""
+    config = _load(ctx)
+    registry = OperationRegistry.from_config(config)
+    try:
+        operations = registry.operations_for(env)
+    except CallValidationError as exc:
+        _fail("\n".join(str(p) for p in exc.problems))
+    if as_json:
+        _print_json([_operation_json(registry, name, spec) for name, spec in operations])
+        return
+    title = f"Operations on {env}" if env else "Operations"
+    table = Table(title=title, title_justify="left")
+    for column in ("operation", "risk", "target", "environments", "description"):
+        table.add_column(column)
+    for name, spec in operations:
+        table.add_row(
+            name,
+            _risk_text(spec.risk),
+            spec.target,
+            ", ".join(t.value for t in spec.environments),
+            spec.description,
+        )
+    stdout.print(table)
+
+
+def _risk_text(risk: RiskLevel) -> Text:
+    style = {"read": "green", "write": "yellow", "destructive": "bold red"}[risk.value]
+    return Text(risk.value, style=style)
+
+
+@ops_app.command("describe")
+def ops_describe(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The operation, e.g. get_logs.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one operation: parameters, risk, retries and its command in each environment type."""
+    config = _load(ctx)
+    registry = OperationRegistry.from_config(config)
+    try:
+        spec = registry.describe(name)
+    except CallValidationError as exc:
+        _fail("\n".join(str(p) for p in exc.problems))
+    commands = {
+        env_type.value: [
+            item if isinstance(item, str) else f"[{' '.join(item.argv)}]"
+            for item in translation.command
+        ]
+        for env_type, by_operation in config.translations.translations.items()
+        if (translation := by_operation.get(name)) is not None
+    }
+    if as_json:
+        data = _operation_json(registry, name, spec)
+        data["commands"] = commands
+        _print_json(data)
+        return
+    stdout.print(Text(f"{name}: {spec.description}", style="bold"))
+    stdout.print(Text.assemble("risk: ", _risk_text(spec.risk), f"   target: {spec.target}"))
+    stdout.print(
+        Text(
+            f"timeout: {spec.timeout_seconds:g} s   attempts: {spec.retry.attempts} "
+            f"(delay {spec.retry.delay_seconds:g} s, backoff x{spec.retry.backoff_factor:g})"
+        )
+    )
+    if spec.parameters:
+        table = Table(title="parameters", title_justify="left")
+        for column in ("name", "type", "required", "default", "allowed", "description"):
+            table.add_column(column)
+        for parameter_name, parameter in spec.parameters.items():
+            allowed = []
+            if parameter.minimum is not None or parameter.maximum is not None:
+                allowed.append(f"{_num(parameter.minimum)}..{_num(parameter.maximum)}")
+            if parameter.enum:
+                allowed.append(" | ".join(str(e) for e in parameter.enum))
+            if parameter.pattern:
+                allowed.append(f"/{parameter.pattern}/")
+            if parameter.max_length:
+                allowed.append(f"<= {parameter.max_length} chars")
+            table.add_row(
+                parameter_name,
+                parameter.type.value,
+                "yes" if parameter.required else "",
+                "" if parameter.default is None else str(parameter.default),
+                ", ".join(allowed),
+                parameter.description,
+            )
+        stdout.print(table)
+    for env_type, argv in commands.items():
+        stdout.print(Text(f"{env_type}: {' '.join(argv)}"))
+    for env_type, reason in spec.unsupported.items():
+        stdout.print(Text(f"{env_type.value}: unsupported: {reason}", style="dim"))
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+# --- envs -------------------------------------------------------------------------------
+
+
+@envs_app.command("list")
+def envs_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """List the environments with their type, state and safety policy."""
+    config = _load(ctx)
+    environments = config.environments.environments
+    default = config.platform.platform.default_environment
+    if as_json:
+        _print_json(
+            [
+                {
+                    "name": name,
+                    "default": name == default,
+                    **environment.model_dump(mode="json", exclude={"connection"}),
+                }
+                for name, environment in environments.items()
+            ]
+        )
+        return
+    table = Table(title="Environments", title_justify="left")
+    for column in ("environment", "type", "enabled", "runs", "needs approval", "description"):
+        table.add_column(column)
+    for name, environment in environments.items():
+        policy = environment.policy
+        table.add_row(
+            f"{name} (default)" if name == default else name,
+            environment.type.value,
+            "yes" if environment.enabled else "no",
+            ", ".join(r.value for r in policy.allowed_risks),
+            ", ".join(r.value for r in policy.approval_required) or "-",
+            environment.description,
+        )
+    stdout.print(table)
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+def _parse_params(pairs: list[str]) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            _fail(f"--param {pair!r}: expected key=value, e.g. --param lines=50")
+        if key in parameters:
+            _fail(f"--param {key} given twice")
+        parameters[key] = value
+    return parameters
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    operation: Annotated[str, typer.Argument(help="The universal operation, e.g. get_logs.")],
+    env: Annotated[
+        str | None, typer.Option("--env", "-e", help="Environment (default from platform.yml).")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="Service, container or workload.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Parameter as key=value; repeatable.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the translated command; touch nothing.")
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes", help="Approve an operation the environment's policy requires approval for."
+        ),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate, translate and run one universal operation."""
+    config = _load(ctx)
+    environment = env or config.platform.platform.default_environment
+    registry = OperationRegistry.from_config(config)
+    try:
+        call = registry.validate(operation, environment, _parse_params(param or []), target)
+        spec = CommandTranslator.from_config(config).translate(call)
+    except CallValidationError as exc:
+        _fail("\n".join(str(p) for p in exc.problems))
+    except TranslationError as exc:
+        _fail(str(exc))
+
+    if dry_run:
+        if as_json:
+            _print_json({**spec.model_dump(mode="json"), "command_line": spec.command_line()})
+        else:
+            stdout.print(Text(f"command:  {spec.command_line()}"))
+            stdout.print(Text(f"executor: {spec.executor_call()}"))
+            stdout.print(Text(f"risk:     {spec.risk.value}"))
+        return
+
+    _check_policy(config, spec, yes)
+    _execute(config, spec, as_json)
+
+
+def _check_policy(config: UICIConfig, spec: CommandSpec, approved: bool) -> None:
+    """The environment's policy for a person at the terminal: they are the approver."""
+    policy = config.environments.environments[spec.environment].policy
+    if spec.risk not in policy.allowed_risks:
+        _fail(
+            f"denied: {spec.risk.value} operations are not allowed in {spec.environment} "
+            f"(environments.{spec.environment}.policy.allowed_risks)"
+        )
+    if spec.risk in policy.approval_required and not approved:
+        _fail(
+            f"{spec.operation} is a {spec.risk.value} operation and {spec.environment} requires "
+            f"approval: review `{spec.command_line()}` and re-run with --yes"
+        )
+
+
+def _execute(config: UICIConfig, spec: CommandSpec, as_json: bool) -> None:
+    # Imported here so that listing and dry runs never load an executor or its SDK.
+    from infrastructure.executors.factory import ExecutorUnavailable, create_executor
+
+    environment = config.environments.environments[spec.environment]
+    try:
+        executor = create_executor(spec.environment, environment)
+    except ExecutorUnavailable as exc:
+        _fail(f"cannot run {spec.operation} on {spec.environment}: {exc}", EXIT_FAILED)
+    try:
+        result = executor.execute(spec)
+    finally:
+        executor.close()
+    if as_json:
+        _print_json(result.model_dump(mode="json"))
+    else:
+        _print_result(result)
+    raise typer.Exit(EXIT_OK if result.success else EXIT_FAILED)
+
+
+def _print_result(result: Any) -> None:
+    status = Text("ok", style="green") if result.success else Text("failed", style="bold red")
+    stdout.print(
+        Text.assemble(
+            status,
+            f"  {result.operation} on {result.environment}"
+            + (f" / {result.target}" if result.target else "")
+            + f"  ({result.duration_seconds * 1000:.0f} ms)",
+        )
+    )
+    stdout.print(Text(f"command: {' '.join(result.command)}", style="dim"))
+    if result.error is not None:
+        stderr.print(Text(f"{result.error.kind.value}: {result.error.message}"))
+        if result.error.hint:
+            stderr.print(Text(f"hint: {result.error.hint}"))
+    data = result.data
+    rows = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
+    if rows and all(isinstance(row, dict) for row in rows):
+        table = Table(show_header=True)
+        columns: list[str] = []
+        for row in rows:
+            columns.extend(key for key in row if key not in columns)
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*(_cell(row.get(column)) for column in columns))
+        stdout.print(table)
+    if result.output:
+        stdout.print(Text(result.output))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,562 @@
+"""Pydantic models of the five configuration files.
+
+Every model is strict (`extra="forbid"`): an unknown key is a typo until proven otherwise.
+There are no defaults for behaviour here on purpose: values live in the YAML files, so
+a missing setting is an error that names the file and key, not a silent guess.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- shared vocabulary ------------------------------------------------------------------
+
+
+class EnvironmentType(StrEnum):
+    DOCKER = "docker"
+    KUBERNETES = "kubernetes"
+    OCI = "oci"
+
+
+class RiskLevel(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    DESTRUCTIVE = "destructive"
+
+
+PHASES = ("triage", "isolation", "root_cause", "resolution")
+Phase = Literal["triage", "isolation", "root_cause", "resolution"]
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+OperationName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+def _check_regex(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    return pattern
+
+
+Regex = Annotated[str, Field(min_length=1)]
+
+
+# --- platform.yml -----------------------------------------------------------------------
+
+
+class PlatformInfo(StrictModel):
+    name: NonEmpty
+    default_environment: Name
+
+
+class LLMProvider(StrEnum):
+    NONE = "none"
+    OPENAI = "openai"
+    OPENAI_COMPATIBLE = "openai_compatible"
+    ANTHROPIC = "anthropic"
+
+
+class LLMSettings(StrictModel):
+    provider: LLMProvider
+    model: str
+    temperature: float = Field(ge=0, le=2)
+    max_tokens: int = Field(gt=0, le=1_000_000)
+    timeout_seconds: PositiveSeconds
+    max_retries: int = Field(ge=0, le=10)
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> LLMSettings:
+        if self.provider is LLMProvider.NONE:
+            return self
+        if not self.model:
+            raise ValueError(f"provider {self.provider.value!r} needs llm.model to be set")
+        if self.provider is LLMProvider.OPENAI_COMPATIBLE and self.base_url is None:
+            raise ValueError("provider 'openai_compatible' needs llm.base_url")
+        if self.provider in (LLMProvider.OPENAI, LLMProvider.ANTHROPIC) and self.api_key is None:
+            raise ValueError(
+                f"provider {self.provider.value!r} needs llm.api_key "
+                "(reference an environment variable, e.g. ${UICI_LLM_API_KEY})"
+            )
+        return self
+
+
+class PrefectDeployments(StrictModel):
+    diagnose_incident: NonEmpty
+    health_sweep: NonEmpty
+    run_operation: NonEmpty
+
+
+class PrefectSettings(StrictModel):
+    api_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
+    work_pool: NonEmpty
+    deployments: PrefectDeployments
+
+
+class ServiceSettings(StrictModel):
+    host: NonEmpty
+    port: int = Field(ge=1, le=65535)
+
+
+class StorageSettings(StrictModel):
+    url: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+]*://\S*$")]
+
+
+class LoggingSettings(StrictModel):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    format: Literal["text", "json"]
+
+
+class ConfigurationSettings(StrictModel):
+    cache_ttl_seconds: float = Field(ge=0, le=86_400)
+
+
+class PlatformConfig(StrictModel):
+    platform: PlatformInfo
+    llm: LLMSettings
+    prefect: PrefectSettings
+    service: ServiceSettings
+    storage: StorageSettings
+    logging: LoggingSettings
+    configuration: ConfigurationSettings
+
+
+# --- environments.yml -------------------------------------------------------------------
+
+
+class SafetyPolicy(StrictModel):
+    allowed_risks: list[RiskLevel]
+    approval_required: list[RiskLevel]
+    auto_approve: bool
+    approval_timeout_seconds: PositiveSeconds
+    max_write_steps_per_incident: int = Field(ge=0, le=100)
+    cooldown_seconds: float = Field(ge=0, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _approval_within_allowed(self) -> SafetyPolicy:
+        stray = [r.value for r in self.approval_required if r not in self.allowed_risks]
+        if stray:
+            raise ValueError(
+                f"approval_required lists {stray} which allowed_risks does not allow; "
+                "a risk must be allowed before it can need approval"
+            )
+        if RiskLevel.READ in self.approval_required:
+            raise ValueError("read operations cannot require approval (diagnosis would stall)")
+        return self
+
+
+class DockerTLS(StrictModel):
+    ca_cert: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool
+
+
+class DockerConnection(StrictModel):
+    base_url: Annotated[str, StringConstraints(pattern=r"^(unix|tcp|npipe|ssh)://\S+$")]
+    timeout_seconds: PositiveSeconds
+    tls: DockerTLS | None = None
+
+    CONTEXT_KEYS: ClassVar[tuple[str, ...]] = ("docker_host",)
+
+    def command_context(self) -> dict[str, str]:
+        return {"docker_host": self.base_url}
+
+
+class KubernetesConnection(StrictModel):
+    in_cluster: bool
+    kubeconfig: str | None = None
+    context: str | None = None
+    api_server: str | None = None  # overrides the kubeconfig server (private endpoints, tests)
+    namespace: Name
+    allowed_namespaces: list[Name]
+    target_selectors: list[NonEmpty]
+    request_timeout_seconds: PositiveSeconds
+
+    @model_validator(mode="after")
+    def _namespace_allowed(self) -> KubernetesConnection:
+        if self.namespace not in self.allowed_namespaces:
+            raise ValueError(
+                f"namespace {self.namespace!r} is not in allowed_namespaces"
+                f" {self.allowed_namespaces}"
+            )
+        for selector in self.target_selectors:
+            if "{target}" not in selector:
+                raise ValueError(f"target selector {selector!r} must contain {{target}}")
+        return self
+
+    CONTEXT_KEYS: ClassVar[tuple[str, ...]] = ("namespace", "kube_context")
+
+    def command_context(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "kube_context": self.context or ""}
+
+
+class OCIConnection(StrictModel):
+    auth: Literal["api_key", "instance_principal", "resource_principal"]
+    config_file: str | None = None
+    profile: str
+    region: str
+    compartment_id: str
+    service_endpoints: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: PositiveSeconds
+
+    CONTEXT_KEYS: ClassVar[tuple[str, ...]] = ("compartment_id", "region")
+
+    def command_context(self) -> dict[str, str]:
+        return {"compartment_id": self.compartment_id, "region": self.region}
+
+
+class _EnvironmentBase(StrictModel):
+    enabled: bool
+    description: str
+    policy: SafetyPolicy
+
+
+class DockerEnvironment(_EnvironmentBase):
+    type: Literal[EnvironmentType.DOCKER]
+    connection: DockerConnection
+
+
+class KubernetesEnvironment(_EnvironmentBase):
+    type: Literal[EnvironmentType.KUBERNETES]
+    connection: KubernetesConnection
+
+
+class OCIEnvironment(_EnvironmentBase):
+    type: Literal[EnvironmentType.OCI]
+    connection: OCIConnection
+
+    @model_validator(mode="after")
+    def _enabled_needs_compartment(self) -> OCIEnvironment:
+        if self.enabled and not self.connection.compartment_id:
+            raise ValueError("an enabled oci environment needs connection.compartment_id")
+        return self
+
+
+CONNECTION_MODELS: dict[
+    EnvironmentType, type[DockerConnection] | type[KubernetesConnection] | type[OCIConnection]
+] = {
+    EnvironmentType.DOCKER: DockerConnection,
+    EnvironmentType.KUBERNETES: KubernetesConnection,
+    EnvironmentType.OCI: OCIConnection,
+}
+
+Environment = Annotated[
+    DockerEnvironment | KubernetesEnvironment | OCIEnvironment, Field(discriminator="type")
+]
+
+
+class EnvironmentsConfig(StrictModel):
+    default_policy: SafetyPolicy
+    environments: dict[Name, Environment]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_default_policy(cls, data: Any) -> Any:
+        """An environment's `policy` overrides only the keys it names."""
+        if not isinstance(data, dict):
+            return data
+        default = data.get("default_policy")
+        environments = data.get("environments")
+        if not isinstance(default, dict) or not isinstance(environments, dict):
+            return data
+        merged = {}
+        for name, environment in environments.items():
+            if isinstance(environment, dict):
+                own = environment.get("policy") or {}
+                if isinstance(own, dict):
+                    environment = {**environment, "policy": {**default, **own}}
+            merged[name] = environment
+        return {**data, "environments": merged}
+
+
+# --- operations.yml ---------------------------------------------------------------------
+
+
+class ParameterType(StrEnum):
+    STRING = "string"
+    INTEGER = "integer"
+    NUMBER = "number"
+    BOOLEAN = "boolean"
+    DURATION = "duration"  # "30s", "5m", "2h", "1d"
+    STRING_LIST = "string_list"
+
+
+class ParameterSpec(StrictModel):
+    type: ParameterType
+    description: NonEmpty
+    required: bool = False
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: list[str | int | float] | None = None
+    pattern: str | None = None
+    max_length: int | None = Field(default=None, gt=0)
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        return None if value is None else _check_regex(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ParameterSpec:
+        numeric = self.type in (ParameterType.INTEGER, ParameterType.NUMBER)
+        if (self.minimum is not None or self.maximum is not None) and not numeric:
+            raise ValueError("minimum/maximum apply only to integer and number parameters")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"minimum {self.minimum} is greater than maximum {self.maximum}")
+        if self.required and self.default is not None:
+            raise ValueError("a required parameter cannot have a default")
+        return self
+
+
+class RetrySettings(StrictModel):
+    attempts: int = Field(ge=1, le=10, description="total attempts; 1 means no retry")
+    delay_seconds: float = Field(ge=0, le=600)
+    backoff_factor: float = Field(ge=1, le=10)
+
+
+class OperationSpec(StrictModel):
+    description: NonEmpty
+    risk: RiskLevel
+    target: Literal["required", "optional", "none"]
+    timeout_seconds: PositiveSeconds
+    retry: RetrySettings
+    environments: list[EnvironmentType]
+    unsupported: dict[EnvironmentType, NonEmpty] = Field(default_factory=dict)
+    parameters: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$")], ParameterSpec
+    ] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _supported_xor_unsupported(self) -> OperationSpec:
+        both = sorted(t.value for t in set(self.environments) & set(self.unsupported))
+        if both:
+            raise ValueError(
+                f"environment types {both} are listed as both supported and unsupported"
+            )
+        reserved = {"target", "environment"} & set(self.parameters)
+        if reserved:
+            raise ValueError(f"parameter names {sorted(reserved)} are reserved")
+        return self
+
+
+class TargetRules(StrictModel):
+    pattern: Regex
+    max_length: int = Field(gt=0, le=1024)
+    description: NonEmpty
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+class OperationsConfig(StrictModel):
+    targets: TargetRules
+    operations: dict[OperationName, OperationSpec]
+
+
+# --- command_translations.yml -----------------------------------------------------------
+
+
+class ArgvGroup(StrictModel):
+    """Arguments included only when a parameter has a value (and is not false)."""
+
+    when: NonEmpty
+    argv: list[str] = Field(min_length=1)
+
+
+class Translation(StrictModel):
+    method: Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")]
+    args: dict[Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")], NonEmpty] = Field(
+        default_factory=dict
+    )
+    constants: dict[str, Any] = Field(default_factory=dict)
+    command: list[str | ArgvGroup] = Field(min_length=1)
+
+
+class TranslationsConfig(StrictModel):
+    translations: dict[EnvironmentType, dict[OperationName, Translation]]
+
+
+# --- agents.yml -------------------------------------------------------------------------
+
+
+class ConditionOperator(StrEnum):
+    EQ = "eq"
+    NE = "ne"
+    GT = "gt"
+    GE = "ge"
+    LT = "lt"
+    LE = "le"
+    IN = "in"
+    NOT_IN = "not_in"
+    CONTAINS = "contains"
+    MATCHES = "matches"
+    EXISTS = "exists"
+    ABSENT = "absent"
+
+
+class Condition(StrictModel):
+    """A declarative test on one observation: a field of its data, or its log lines."""
+
+    observation: OperationName
+    scope: Literal["service", "dependencies", "any"] = "service"
+    field: str | None = None
+    operator: ConditionOperator | None = None
+    value: Any = None
+    log_pattern: str | None = None
+    min_matches: int = Field(default=1, ge=1)
+
+    @field_validator("log_pattern")
+    @classmethod
+    def _log_pattern_compiles(cls, value: str | None) -> str | None:
+        return None if value is None else _check_regex(value)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Condition:
+        if (self.field is None) == (self.log_pattern is None):
+            raise ValueError("a condition tests either a field (field + operator) or log_pattern")
+        if self.field is not None and self.operator is None:
+            raise ValueError("a field condition needs an operator")
+        if self.operator is ConditionOperator.MATCHES:
+            if not isinstance(self.value, str):
+                raise ValueError("operator 'matches' needs a regular expression as value")
+            _check_regex(self.value)
+        if self.operator in (ConditionOperator.IN, ConditionOperator.NOT_IN) and not isinstance(
+            self.value, list
+        ):
+            raise ValueError(f"operator {self.operator.value!r} needs a list as value")
+        return self
+
+
+class WhenClause(StrictModel):
+    all: list[Condition] = Field(default_factory=list)
+    any: list[Condition] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> WhenClause:
+        if not self.all and not self.any:
+            raise ValueError("a when clause needs at least one condition under all or any")
+        return self
+
+
+class RunbookStep(StrictModel):
+    operation: OperationName
+    target: Literal["service", "dependencies", "none"] = "service"
+    params: dict[str, Any] = Field(default_factory=dict)
+    when: WhenClause | None = None
+    rationale: NonEmpty
+
+
+class RunbookMatch(StrictModel):
+    """Regular expressions matched in full against the alert's labels; absent means any."""
+
+    alertname: Regex | None = None
+    severity: Regex | None = None
+    service: Regex | None = None
+    environment: Regex | None = None
+    labels: dict[str, Regex] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> RunbookMatch:
+        for value in (self.alertname, self.severity, self.service, self.environment):
+            if value is not None:
+                _check_regex(value)
+        for value in self.labels.values():
+            _check_regex(value)
+        return self
+
+
+class Runbook(StrictModel):
+    name: Name
+    description: NonEmpty
+    match: RunbookMatch
+    phases: dict[Phase, list[RunbookStep]]
+    auto_approve: list[OperationName] = Field(default_factory=list)
+
+
+class RecommendedAction(StrictModel):
+    operation: OperationName
+    params: dict[str, Any] = Field(default_factory=dict)
+    rationale: NonEmpty
+
+
+class DiagnosisRule(StrictModel):
+    name: Name
+    when: WhenClause
+    root_cause: NonEmpty
+    category: Literal[
+        "resource_exhaustion",
+        "configuration",
+        "health_check",
+        "dependency",
+        "crash_loop",
+        "cpu_saturation",
+        "unknown",
+    ]
+    confidence: float = Field(ge=0, le=1)
+    recommended_actions: list[RecommendedAction] = Field(default_factory=list)
+
+
+class DiagnosticAgentSettings(StrictModel):
+    planner_mode: Literal["auto", "llm", "runbook"]
+    max_steps_per_phase: dict[Phase, int]
+    phase_time_budget_seconds: dict[Phase, PositiveSeconds]
+    max_llm_iterations_per_phase: int = Field(ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _every_phase(self) -> DiagnosticAgentSettings:
+        for field_name in ("max_steps_per_phase", "phase_time_budget_seconds"):
+            missing = [p for p in PHASES if p not in getattr(self, field_name)]
+            if missing:
+                raise ValueError(f"{field_name} is missing phases {missing}")
+        bad = {p: n for p, n in self.max_steps_per_phase.items() if not 1 <= n <= 50}
+        if bad:
+            raise ValueError(f"max_steps_per_phase must be between 1 and 50, got {bad}")
+        return self
+
+
+class AgentsConfig(StrictModel):
+    diagnostic_agent: DiagnosticAgentSettings
+    runbooks: list[Runbook] = Field(min_length=1)
+    diagnosis_rules: list[DiagnosisRule] = Field(default_factory=list)

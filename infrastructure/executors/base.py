@@ -1,0 +1,142 @@
+"""The executor interface every environment type implements, and its one result model.
+
+An executor receives a CommandSpec (already validated and translated), calls the method
+the translation names with the translated arguments, and returns an OperationResult.
+Errors never escape as exceptions: they are classified into an ErrorKind so that callers
+(retries, the planner, reports) can decide what to do without knowing the backend.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infrastructure.configuration.models import EnvironmentType
+from infrastructure.translator import CommandSpec
+
+
+class ErrorKind(StrEnum):
+    RETRYABLE = "retryable"  # transient: connection refused, timeout, 429, 5xx
+    PERMANENT = "permanent"  # not found, bad parameters, refused command
+    UNSUPPORTED = "unsupported"  # this environment type cannot do it
+    DENIED = "denied"  # the policy or the backend's permissions said no
+
+
+class OperationError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: ErrorKind
+    message: str
+    hint: str = ""
+
+
+class OperationResult(BaseModel):
+    """The outcome of one operation on one environment, whatever the backend."""
+
+    operation: str
+    environment: str
+    environment_type: EnvironmentType
+    target: str | None
+    success: bool
+    output: str = ""
+    data: Any = None
+    error: OperationError | None = None
+    duration_seconds: float
+    started_at: datetime
+    command: list[str] = Field(default_factory=list)
+
+    @property
+    def retryable(self) -> bool:
+        return self.error is not None and self.error.kind is ErrorKind.RETRYABLE
+
+
+class MethodOutput(BaseModel):
+    """What an executor method returns: text for people, data for rules and planners."""
+
+    output: str = ""
+    data: Any = None
+
+
+class ExecutorError(Exception):
+    """Raised inside executor methods; turned into a failed OperationResult."""
+
+    def __init__(self, kind: ErrorKind, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.hint = hint
+
+
+Method = TypeVar("Method", bound=Callable[..., MethodOutput])
+
+
+def executor_method(function: Method) -> Method:
+    """Mark a method as callable by translations; nothing else on an executor is."""
+    function.__uici_executor_method__ = True  # type: ignore[attr-defined]
+    return function
+
+
+class EnvironmentExecutor(ABC):
+    """Runs translated operations against one configured environment."""
+
+    environment_type: ClassVar[EnvironmentType]
+
+    def __init__(self, name: str, environment: Any) -> None:
+        self.name = name
+        self.environment = environment
+
+    @classmethod
+    def methods(cls) -> set[str]:
+        return {
+            attribute
+            for attribute in dir(cls)
+            if getattr(getattr(cls, attribute, None), "__uici_executor_method__", False)
+        }
+
+    def execute(self, spec: CommandSpec) -> OperationResult:
+        started_at = datetime.now(UTC)
+        start = time.perf_counter()
+        output = MethodOutput()
+        error: OperationError | None = None
+        if spec.environment != self.name:
+            error = OperationError(
+                kind=ErrorKind.PERMANENT,
+                message=f"spec for environment {spec.environment!r} sent to executor {self.name!r}",
+            )
+        elif spec.method not in self.methods():
+            error = OperationError(
+                kind=ErrorKind.UNSUPPORTED,
+                message=f"the {self.environment_type.value} executor has no method {spec.method!r}",
+                hint="check the method named in command_translations.yml",
+            )
+        else:
+            try:
+                output = getattr(self, spec.method)(**spec.arguments)
+            except ExecutorError as exc:
+                error = OperationError(kind=exc.kind, message=exc.message, hint=exc.hint)
+        return OperationResult(
+            operation=spec.operation,
+            environment=spec.environment,
+            environment_type=spec.environment_type,
+            target=spec.target,
+            success=error is None,
+            output=output.output,
+            data=output.data,
+            error=error,
+            duration_seconds=time.perf_counter() - start,
+            started_at=started_at,
+            command=spec.command,
+        )
+
+    @abstractmethod
+    def check_connection(self) -> MethodOutput:
+        """Reach the backend once; raise ExecutorError(RETRYABLE, ...) saying how to fix it."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook: most executors hold nothing
+        """Release clients and connections."""
