@@ -155,8 +155,10 @@ def ops_list(
         return
     title = f"Operations on {env}" if env else "Operations"
     table = Table(title=title, title_justify="left")
-    for column in ("operation", "risk", "target", "environments", "description"):
-        table.add_column(column)
+    for column in ("operation", "risk", "target"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("environments", min_width=12)
+    table.add_column("description", min_width=28)
     for name, spec in operations:
         table.add_row(
             name,
@@ -264,8 +266,11 @@ def envs_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
         )
         return
     table = Table(title="Environments", title_justify="left")
-    for column in ("environment", "type", "enabled", "runs", "needs approval", "description"):
-        table.add_column(column)
+    for column in ("environment", "type", "enabled"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("runs")
+    table.add_column("approval")
+    table.add_column("description", min_width=20)
     for name, environment in environments.items():
         policy = environment.policy
         table.add_row(

@@ -55,7 +55,7 @@ CONFIG_FILES: dict[str, tuple[str, type[BaseModel]]] = {
 
 # Keys whose values are secrets: `api_key`, `token`, `auth_token`, `password`... (not `max_tokens`).
 _SECRET_KEY = re.compile(
-    r"(?:^|_)(?:api_key|key_passphrase|token|password|passwd|secret|credentials?|passphrase)$",
+    r"(?:^|[_.])(?:api_key|key_passphrase|token|password|passwd|secret|credentials?|passphrase)$",
     re.IGNORECASE,
 )
 
@@ -218,7 +218,19 @@ def _validation_problems(
         line = document.line_of(key_path)
         kind = error["type"]
         message_text = str(error["msg"])
-        if kind == "missing":
+        if message_text == "Keys should be strings":
+            if isinstance(error.get("input"), bool):
+                continue  # reported while reading the file, with the fix (quote it)
+            message = f"key {error.get('input')!r} is not a string"
+            expected = "quote it"
+        elif kind == "union_tag_invalid":
+            context = error.get("ctx") or {}
+            key = format_key_path((*key_path, "type"))
+            line = document.line_of((*key_path, "type"))
+            message = f"invalid value {context.get('tag')!r}"
+            tags = re.findall(r"'([^']+)'", str(context.get("expected_tags", "")))
+            expected = f"one of: {', '.join(tags)}"
+        elif kind == "missing":
             message, expected = "missing required key", "add it; the shipped file shows an example"
         elif kind == "extra_forbidden":
             allowed = _allowed_keys(model, key_path[:-1], document.data)
@@ -241,7 +253,17 @@ def _validation_problems(
                 file=document.path, line=line, key=key, message=message, expected=expected
             )
         )
-    return problems
+    # A broken default_policy also breaks every environment it is merged into: say it once.
+    default_messages = {p.message for p in problems if p.key.startswith("default_policy")}
+    return [
+        p
+        for p in problems
+        if not (
+            p.key.startswith("environments.")
+            and p.key.endswith(".policy")
+            and p.message in default_messages
+        )
+    ]
 
 
 def _expected_from(pydantic_message: str) -> str:

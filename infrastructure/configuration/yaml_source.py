@@ -21,6 +21,9 @@ from infrastructure.configuration.problems import ConfigProblem
 KeyPath = tuple[str | int, ...]
 
 # `${NAME}` (required) and `${NAME:-default}` (default may be empty). `$${` escapes.
+# libyaml when available (about 4x faster); both keep line marks on nodes.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -68,7 +71,7 @@ def load_yaml_document(path: Path) -> tuple[YamlDocument | None, list[ConfigProb
             )
         ]
 
-    loader = yaml.SafeLoader(text)
+    loader = _SAFE_LOADER(text)
     try:
         node = loader.get_single_node()
         if node is None:
