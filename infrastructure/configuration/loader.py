@@ -27,6 +27,7 @@ from infrastructure.configuration.models import (
     EnvironmentsConfig,
     EnvironmentType,
     OperationsConfig,
+    OperationSpec,
     PlatformConfig,
     RiskLevel,
     TranslationsConfig,
@@ -523,32 +524,38 @@ def cross_check(
 
     # agents -> operations (validated with the registry, exactly as a planned step would be)
     registry = OperationRegistry(operations)
+
+    def check_call(where: KeyPath, operation: str, params: dict[str, Any]) -> OperationSpec | None:
+        """An operation named in agents.yml, and its parameters, as the registry would see them."""
+        spec = operations.operations.get(operation)
+        if spec is None:
+            problem(
+                "agents",
+                (*where, "operation"),
+                f"unknown operation {operation!r}",
+                f"one of: {', '.join(operation_names)}",
+            )
+            return None
+        for parameter_problem in registry.check_parameters(operation, params):
+            problem(
+                "agents",
+                (*where, "params", *parameter_problem.key_path),
+                parameter_problem.message,
+                parameter_problem.expected,
+            )
+        return spec
+
     for r_index, runbook in enumerate(agents.runbooks):
         for phase in PHASES:
             for s_index, step in enumerate(runbook.phases.get(phase, [])):  # type: ignore[call-overload]
                 where = ("runbooks", r_index, "phases", phase, s_index)
-                spec = operations.operations.get(step.operation)
-                if spec is None:
-                    problem(
-                        "agents",
-                        (*where, "operation"),
-                        f"unknown operation {step.operation!r}",
-                        f"one of: {', '.join(operation_names)}",
-                    )
-                    continue
-                if spec.target == "required" and step.target == "none":
+                spec = check_call(where, step.operation, step.params)
+                if spec is not None and spec.target == "required" and step.target == "none":
                     problem(
                         "agents",
                         (*where, "target"),
                         f"operation {step.operation!r} needs a target",
                         "target: service or target: dependencies",
-                    )
-                for parameter_problem in registry.check_parameters(step.operation, step.params):
-                    problem(
-                        "agents",
-                        (*where, "params", *parameter_problem.key_path),
-                        parameter_problem.message,
-                        parameter_problem.expected,
                     )
                 if step.when is not None:
                     _check_conditions(step.when, (*where, "when"), operations, problem)
@@ -575,22 +582,7 @@ def cross_check(
         where = ("diagnosis_rules", d_index)
         _check_conditions(rule.when, (*where, "when"), operations, problem)
         for a_index, action in enumerate(rule.recommended_actions):
-            action_path = (*where, "recommended_actions", a_index)
-            if action.operation not in operations.operations:
-                problem(
-                    "agents",
-                    (*action_path, "operation"),
-                    f"unknown operation {action.operation!r}",
-                    f"one of: {', '.join(operation_names)}",
-                )
-                continue
-            for parameter_problem in registry.check_parameters(action.operation, action.params):
-                problem(
-                    "agents",
-                    (*action_path, "params", *parameter_problem.key_path),
-                    parameter_problem.message,
-                    parameter_problem.expected,
-                )
+            check_call((*where, "recommended_actions", a_index), action.operation, action.params)
     return problems
 
 
