@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format test demo bench clean
+.PHONY: help venv install lint format docker-engine test demo bench clean
 
 help:
 	@echo "make demo   run the main job end to end (arrives with the orchestration issue)"
@@ -37,8 +37,12 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# A real Docker engine for the tests (on Debian as root it is installed and started if needed).
+docker-engine:
+	tests/infra/ensure_docker.sh
+
 # pytest exits 5 when a selection (PYTEST_ARGS="-k ...") collects nothing: say so, don't fail.
-test: lint
+test: lint docker-engine
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc
@@ -52,8 +56,9 @@ demo: $(STAMP)
 	$(BIN)/uici config validate
 	$(BIN)/uici run get_logs --env local-docker --target web --param lines=5 --dry-run
 
-bench: $(STAMP)
+bench: $(STAMP) docker-engine
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/docker_ops.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -400,16 +400,33 @@ def _print_result(result: Any) -> None:
             stderr.print(Text(f"hint: {result.error.hint}"))
     data = result.data
     rows = data if isinstance(data, list) else [data] if isinstance(data, dict) else []
+    # Log lines and command output are printed as text below, not as table cells.
+    bulky = {"lines", "output"}
     if rows and all(isinstance(row, dict) for row in rows):
-        table = Table(show_header=True)
-        columns: list[str] = []
-        for row in rows:
-            columns.extend(key for key in row if key not in columns)
-        for column in columns:
-            table.add_column(column)
-        for row in rows:
-            table.add_row(*(_cell(row.get(column)) for column in columns))
-        stdout.print(table)
+        if len(rows) == 1:
+            table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column()
+            for key, value in rows[0].items():
+                if key not in bulky:
+                    table.add_row(key, _cell(value))
+            stdout.print(table)
+        else:
+            table = Table(show_header=True)
+            columns: list[str] = []
+            for row in rows:
+                columns.extend(
+                    key
+                    for key, value in row.items()
+                    if key not in columns
+                    and key not in bulky
+                    and not isinstance(value, dict | list)
+                )
+            for column in columns:
+                table.add_column(column)
+            for row in rows:
+                table.add_row(*(_cell(row.get(column)) for column in columns))
+            stdout.print(table)
     if result.output:
         stdout.print(Text(result.output))
 

@@ -17,6 +17,7 @@ from infrastructure.configuration.models import (
     ArgvGroup,
     EnvironmentsConfig,
     EnvironmentType,
+    OperationsConfig,
     RetrySettings,
     RiskLevel,
     TranslationsConfig,
@@ -58,13 +59,19 @@ class CommandSpec(BaseModel):
 
 
 class CommandTranslator:
-    def __init__(self, translations: TranslationsConfig, environments: EnvironmentsConfig) -> None:
+    def __init__(
+        self,
+        translations: TranslationsConfig,
+        environments: EnvironmentsConfig,
+        operations: OperationsConfig,
+    ) -> None:
         self._translations = translations
         self._environments = environments
+        self._global_context = {"log_level_patterns": dict(operations.log_levels)}
 
     @classmethod
     def from_config(cls, config: UICIConfig) -> CommandTranslator:
-        return cls(config.translations, config.environments)
+        return cls(config.translations, config.environments, config.operations)
 
     def translate(self, call: ValidatedCall) -> CommandSpec:
         translation = self._translations.translations.get(call.environment_type, {}).get(
@@ -79,6 +86,7 @@ class CommandTranslator:
             )
         environment = self._environments.environments[call.environment]
         values: dict[str, Any] = {
+            **self._global_context,
             **environment.connection.command_context(),
             **call.parameters,
             "environment": call.environment,

@@ -33,3 +33,37 @@ def shipped_config_dir(tmp_path: Path) -> Path:
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests choose their configuration explicitly; a developer's UICI_CONFIG_DIR must not leak in.
     monkeypatch.delenv("UICI_CONFIG_DIR", raising=False)
+
+
+# --- Docker: a real engine ------------------------------------------------------------------
+
+DOCKER_SOCKET = "unix:///var/run/docker.sock"
+
+
+@pytest.fixture(scope="session")
+def docker_client():  # type: ignore[no-untyped-def]
+    """The real engine. `make test` starts one (tests/infra/ensure_docker.sh); without it the
+    Docker tests fail loudly rather than skip, so CI can never pass them by not running them."""
+    import docker
+
+    try:
+        client = docker.DockerClient(base_url=DOCKER_SOCKET, timeout=30)
+        client.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"no Docker engine answers at {DOCKER_SOCKET} ({exc}); "
+            "run tests/infra/ensure_docker.sh",
+            pytrace=False,
+        )
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def lab(docker_client):  # type: ignore[no-untyped-def]
+    """The failure library for this test session; everything it made is removed at the end."""
+    from tests.failures import FailureLab
+
+    failure_lab = FailureLab(docker_client)
+    yield failure_lab
+    failure_lab.cleanup()

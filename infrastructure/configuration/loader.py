@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from infrastructure.configuration.models import (
     CONNECTION_MODELS,
+    GLOBAL_CONTEXT_KEYS,
     PHASES,
     AgentsConfig,
     ArgvGroup,
@@ -40,6 +41,7 @@ from infrastructure.configuration.yaml_source import (
     interpolate_environment,
     load_yaml_document,
 )
+from infrastructure.redaction import REDACTED, is_secret_key
 from infrastructure.templates import placeholders
 
 CONFIG_DIR_VARIABLE = "UICI_CONFIG_DIR"
@@ -53,16 +55,6 @@ CONFIG_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "operations": ("operations.yml", OperationsConfig),
     "translations": ("command_translations.yml", TranslationsConfig),
 }
-
-# Keys whose values are secrets: `api_key`, `token`, `auth_token`, `password`... (not `max_tokens`).
-_SECRET_KEY = re.compile(
-    r"(?:^|[_.])(?:api_key|key_passphrase|token|password|passwd|secret|credentials?|passphrase)$",
-    re.IGNORECASE,
-)
-
-
-def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
 
 
 @dataclass(frozen=True)
@@ -92,7 +84,7 @@ def _mask(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [_mask(v, key) for v in value]
     if key and is_secret_key(key) and value not in (None, ""):
-        return "**********"
+        return REDACTED
     return value
 
 
@@ -246,7 +238,7 @@ def _validation_problems(
             message = message_text.removeprefix("Value error, ").removeprefix("Assertion failed, ")
             expected = ""
         else:
-            shown = "'**********'" if is_secret_key(key) else _short_repr(error.get("input"))
+            shown = repr(REDACTED) if is_secret_key(key) else _short_repr(error.get("input"))
             message = f"invalid value {shown}"
             expected = _expected_from(message_text)
         problems.append(
@@ -488,6 +480,15 @@ def cross_check(
                         f"default {default_problem[0]}",
                         default_problem[1],
                     )
+            if parameter_name == "level":
+                for e_index, level in enumerate(parameter.enum or []):
+                    if level not in operations.log_levels:
+                        problem(
+                            "operations",
+                            (*where, "enum", e_index),
+                            f"level {level!r} has no pattern in log_levels",
+                            f"one of: {', '.join(operations.log_levels)}",
+                        )
             for e_index, choice in enumerate(parameter.enum or []):
                 _, choice_problem = coerce_value(
                     parameter.model_copy(update={"enum": None}), choice
@@ -601,7 +602,7 @@ def _check_conditions(
 
 
 def _context_keys(env_type: EnvironmentType) -> tuple[str, ...]:
-    return CONNECTION_MODELS[env_type].CONTEXT_KEYS
+    return (*CONNECTION_MODELS[env_type].CONTEXT_KEYS, *GLOBAL_CONTEXT_KEYS)
 
 
 def _always_present(spec: Any, context_keys: set[str]) -> set[str]:

@@ -271,6 +271,9 @@ class OCIEnvironment(_EnvironmentBase):
         return self
 
 
+# Values every translation may use besides parameters and the connection's context.
+GLOBAL_CONTEXT_KEYS: tuple[str, ...] = ("log_level_patterns",)
+
 CONNECTION_MODELS: dict[
     EnvironmentType, type[DockerConnection] | type[KubernetesConnection] | type[OCIConnection]
 ] = {
@@ -392,7 +395,19 @@ class TargetRules(StrictModel):
 
 class OperationsConfig(StrictModel):
     targets: TargetRules
+    # Log level name -> regular expression recognising a line of that level, most severe
+    # first; a `level` filter keeps the lines of that level and every level above it.
+    log_levels: dict[Annotated[str, StringConstraints(pattern=r"^[a-z]+$")], Regex] = Field(
+        min_length=1
+    )
     operations: dict[OperationName, OperationSpec]
+
+    @field_validator("log_levels")
+    @classmethod
+    def _levels_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern in value.values():
+            _check_regex(pattern)
+        return value
 
 
 # --- command_translations.yml -----------------------------------------------------------

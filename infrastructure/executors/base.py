@@ -8,6 +8,7 @@ Errors never escape as exceptions: they are classified into an ErrorKind so that
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -64,13 +65,27 @@ class MethodOutput(BaseModel):
 
 
 class ExecutorError(Exception):
-    """Raised inside executor methods; turned into a failed OperationResult."""
+    """Raised inside executor methods; turned into a failed OperationResult.
 
-    def __init__(self, kind: ErrorKind, message: str, hint: str = "") -> None:
+    `output` and `data` carry what was learnt before the failure (e.g. the replicas that did
+    answer), so a failed operation still loses nothing.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        hint: str = "",
+        *,
+        output: str = "",
+        data: Any = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.hint = hint
+        self.output = output
+        self.data = data
 
 
 Method = TypeVar("Method", bound=Callable[..., MethodOutput])
@@ -80,6 +95,38 @@ def executor_method(function: Method) -> Method:
     """Mark a method as callable by translations; nothing else on an executor is."""
     function.__uici_executor_method__ = True  # type: ignore[attr-defined]
     return function
+
+
+def run_with_deadline(
+    function: Callable[..., MethodOutput], arguments: dict[str, Any], timeout_seconds: float
+) -> MethodOutput:
+    """Run a blocking SDK call and stop waiting for it after the operation's timeout.
+
+    SDK timeouts bound single socket reads, not a whole call (and `exec`, `stats` and event
+    streams have none), so the operation's deadline is enforced here. A call that overruns
+    keeps its daemon thread until the SDK gives up, but the caller is answered on time.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = function(**arguments)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="uici-operation", daemon=True)
+    worker.start()
+    worker.join(timeout_seconds)
+    if worker.is_alive():
+        raise ExecutorError(
+            ErrorKind.RETRYABLE,
+            f"timed out after {timeout_seconds:g} s",
+            "the call may still complete; observe the target before repeating a write",
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    result: MethodOutput = outcome["result"]
+    return result
 
 
 class EnvironmentExecutor(ABC):
@@ -117,9 +164,18 @@ class EnvironmentExecutor(ABC):
             )
         else:
             try:
-                output = getattr(self, spec.method)(**spec.arguments)
+                output = run_with_deadline(
+                    getattr(self, spec.method), spec.arguments, spec.timeout_seconds
+                )
             except ExecutorError as exc:
                 error = OperationError(kind=exc.kind, message=exc.message, hint=exc.hint)
+                output = MethodOutput(output=exc.output, data=exc.data)
+            except Exception as exc:  # a bug or an unclassified SDK error: report, never raise
+                error = OperationError(
+                    kind=ErrorKind.PERMANENT,
+                    message=f"unexpected {type(exc).__name__}: {exc}",
+                    hint="this is a UICI defect if it repeats; please report it with the command",
+                )
         return OperationResult(
             operation=spec.operation,
             environment=spec.environment,

@@ -1,0 +1,266 @@
+"""A library of real failures: each one a real container, broken the way production services break.
+
+Used by the Docker tests, and reusable by the demo and the evaluation suite. Everything it
+creates carries the label `uici.test.run=<run id>` so that `FailureLab.cleanup()` removes
+exactly what this run made, also after a failing test.
+
+No registry is reachable, so the image is built locally: a root filesystem with Debian's
+static busybox and a link per applet, imported with `docker import`, rebuilt only when missing.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+
+TEST_IMAGE = "uici-test/busybox:1"
+RUN_LABEL = "uici.test.run"
+BUSYBOX = "/bin/busybox"
+
+
+# A health check with busybox's nc (its wget crashes in a static build): GET /health, print the
+# status line, succeed only on 200. The image serves no /health, so it answers 404.
+_HEALTH_PROBE = (
+    "r=$(printf 'GET /health HTTP/1.0\\r\\n\\r\\n' | nc -w 1 127.0.0.1 8080 | head -n 1); "
+    'echo "GET /health: $r"; case "$r" in *" 200 "*) exit 0;; *) exit 1;; esac'
+)
+
+
+def ensure_test_image(client: docker.DockerClient) -> str:
+    """Build `uici-test/busybox:1` from the host's static busybox if the engine lacks it."""
+    try:
+        client.images.get(TEST_IMAGE)
+        return TEST_IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = shutil.which("busybox") or BUSYBOX
+    applets = subprocess.run(
+        [busybox, "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for directory in ("bin", "tmp", "www", "etc", "proc", "sys", "dev", "root"):
+            info = tarfile.TarInfo(directory)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if directory == "tmp" else 0o755
+            archive.addfile(info)
+        archive.add(busybox, arcname="bin/busybox")
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            archive.addfile(link)
+        for name, text in {
+            "www/index.html": "ok\n",
+            "etc/passwd": "root:x:0:0:root:/root:/bin/sh\n",
+            "etc/group": "root:x:0:\n",
+        }.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    repository, tag = TEST_IMAGE.split(":")
+    client.api.import_image_from_data(
+        buffer.getvalue(), repository=repository, tag=tag, changes=["ENV PATH=/bin"]
+    )
+    return TEST_IMAGE
+
+
+@dataclass
+class Scenario:
+    """One failing service: the target to diagnose and what a correct diagnosis says."""
+
+    target: str
+    description: str
+    expected_rule: str  # the diagnosis rule in agents.yml that should name the cause
+    containers: list[str] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=list)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class FailureLab:
+    """Creates the failures on demand, once each, and removes everything it made."""
+
+    def __init__(self, client: docker.DockerClient, prefix: str | None = None) -> None:
+        self.client = client
+        self.run_id = uuid.uuid4().hex[:8]
+        self.prefix = prefix or f"uici-t{self.run_id}"
+        self.labels = {RUN_LABEL: self.run_id}
+        self._made: dict[str, Scenario] = {}
+        ensure_test_image(client)
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}-{suffix}"
+
+    def run(self, suffix: str, command: list[str], **options: Any) -> Container:
+        return self.client.containers.run(
+            TEST_IMAGE,
+            command,
+            name=self.name(suffix),
+            detach=True,
+            labels={**self.labels, **options.pop("labels", {})},
+            **options,
+        )
+
+    def container(self, suffix: str) -> Container:
+        return self.client.containers.get(self.name(suffix))
+
+    def get(self, scenario: str) -> Scenario:
+        if scenario not in self._made:
+            self._made[scenario] = getattr(self, f"_make_{scenario.replace('-', '_')}")()
+        return self._made[scenario]
+
+    # --- the failures -------------------------------------------------------------------
+
+    def _make_missing_env(self) -> Scenario:
+        """An API that crash-loops because DATABASE_URL is not set, and says so in its log."""
+        script = (
+            'echo "INFO starting orders-api 1.4.2"; '
+            'if [ -z "$DATABASE_URL" ]; then '
+            'echo "FATAL: required environment variable DATABASE_URL is not set" >&2; exit 1; fi; '
+            "exec httpd -f -p 8080 -h /www"
+        )
+        self.run("api", ["sh", "-c", script], restart_policy={"Name": "always"})
+        container = self.container("api")
+        wait_for(
+            lambda: (container.reload() or container.attrs["RestartCount"]) >= 3,
+            30,
+            "the api to crash three times",
+        )
+        return Scenario(
+            self.name("api"),
+            "crash loop on a missing setting",
+            "missing-configuration",
+            [self.name("api")],
+        )
+
+    def _make_oom(self) -> Scenario:
+        """A worker OOM-killed under a 16 MiB limit (no swap), exit code 137."""
+        self.run(
+            "worker",
+            ["sh", "-c", 'echo "INFO loading the whole dataset into memory"; tail /dev/zero'],
+            mem_limit="16m",
+            memswap_limit="16m",
+        )
+        container = self.container("worker")
+        wait_for(
+            lambda: (container.reload() or container.status) == "exited",
+            30,
+            "the worker to be OOM-killed",
+        )
+        return Scenario(self.name("worker"), "OOM kill", "oom-killed", [self.name("worker")])
+
+    def _make_unhealthy(self) -> Scenario:
+        """A web server whose health check fails: /health answers 404."""
+        self.run(
+            "web-unhealthy",
+            ["httpd", "-f", "-p", "8080", "-h", "/www"],
+            healthcheck={
+                "test": ["CMD", "sh", "-c", _HEALTH_PROBE],
+                "interval": 500_000_000,
+                "timeout": 1_000_000_000,
+                "retries": 2,
+            },
+        )
+        container = self.container("web-unhealthy")
+        wait_for(
+            lambda: (
+                (container.reload() or container.attrs["State"].get("Health", {}).get("Status"))
+                == "unhealthy"
+            ),
+            30,
+            "the health check to fail",
+        )
+        return Scenario(
+            self.name("web-unhealthy"),
+            "failing health check",
+            "health-check-failing",
+            [self.name("web-unhealthy")],
+        )
+
+    def _make_lost_dependency(self) -> Scenario:
+        """An app that floods its log with connection errors after its database container stops."""
+        network = self.client.networks.create(self.name("net"), labels=self.labels)
+        db = self.run("db", ["httpd", "-f", "-p", "5432", "-h", "/www"], network=network.name)
+        db.reload()
+        # By address, with nc: a static busybox cannot use glibc's resolver (its wget crashes).
+        address = db.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"]
+        script = (
+            "while true; do "
+            f"if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 1 {address} 5432 >/dev/null 2>&1; "
+            "then "
+            'echo "INFO order batch synced"; '
+            'else echo "ERROR connection to db:5432 refused, retrying" >&2; fi; '
+            "sleep 0.3; done"
+        )
+        self.run("orders", ["sh", "-c", script], network=network.name)
+        orders = self.container("orders")
+        wait_for(lambda: b"INFO order batch synced" in orders.logs(), 20, "orders to reach db")
+        self.container("db").stop(timeout=1)
+        wait_for(
+            lambda: orders.logs().count(b"ERROR connection to db:5432 refused") >= 3,
+            30,
+            "orders to log connection errors",
+        )
+        return Scenario(
+            self.name("orders"),
+            "dependency down",
+            "dependency-down",
+            [self.name("orders")],
+            dependencies=[self.name("db")],
+        )
+
+    def _make_cpu_burn(self) -> Scenario:
+        """A service spinning one core at 100 %."""
+        self.run("cruncher", ["sh", "-c", "while :; do :; done"])
+        return Scenario(
+            self.name("cruncher"), "CPU saturation", "cpu-saturation", [self.name("cruncher")]
+        )
+
+    def _make_healthy_web(self) -> Scenario:
+        """A healthy web server publishing 8080 on a random loopback port."""
+        self.run(
+            "web",
+            ["httpd", "-f", "-p", "8080", "-h", "/www"],
+            ports={"8080/tcp": ("127.0.0.1", None)},
+            labels={"com.docker.compose.project": self.prefix, "com.docker.compose.service": "web"},
+        )
+        container = self.container("web")
+        wait_for(lambda: (container.reload() or container.status) == "running", 10, "web to run")
+        return Scenario(self.name("web"), "healthy", "", [self.name("web")])
+
+    # --- cleanup ------------------------------------------------------------------------
+
+    def cleanup(self) -> list[str]:
+        """Remove every container and network of this run; return what was removed."""
+        removed = []
+        label_filter = {"label": f"{RUN_LABEL}={self.run_id}"}
+        for container in self.client.containers.list(all=True, filters=label_filter):
+            container.remove(force=True)
+            removed.append(container.name)
+        for network in self.client.networks.list(filters=label_filter):
+            network.remove()
+            removed.append(network.name)
+        return removed
