@@ -1,4 +1,4 @@
-"""Overhead of the Docker executor against the raw SDK and the docker CLI, same containers, same run.
+"""Overhead of the Docker executor against the raw SDK and the docker CLI, in the same run.
 
 For `get_logs` and `get_status` it measures, per call, the median wall time of:
   - raw SDK:  client.containers.get(name) + .logs(tail=N) / .attrs  (the same two API calls)
@@ -103,9 +103,11 @@ def main() -> None:
             print(f"\n{operation}")
             for label, value in results.items():
                 print(f"  {label:<28} {value:8.2f} ms   {value / raw:6.2f}x raw SDK")
+            added = results["executor"] - raw
+            cli_ratio = results["docker CLI"] / results["executor"]
             print(
-                f"  executor adds {results['executor'] - raw:+.2f} ms over the raw SDK (goal < 10 ms); "
-                f"the docker CLI takes {results['docker CLI'] / results['executor']:.1f}x the executor"
+                f"  executor adds {added:+.2f} ms over the raw SDK (goal < 10 ms); "
+                f"the docker CLI takes {cli_ratio:.1f}x the executor"
             )
         executor.close()
     finally:

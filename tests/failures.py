@@ -110,6 +110,7 @@ class FailureLab:
         self.labels = {RUN_LABEL: self.run_id}
         self._made: dict[str, Scenario] = {}
         ensure_test_image(client)
+        self.remove_stale()
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}-{suffix}"
@@ -253,6 +254,22 @@ class FailureLab:
 
     # --- cleanup ------------------------------------------------------------------------
 
+    def remove_stale(self, older_than_seconds: float = 3600) -> list[str]:
+        """Remove test containers an earlier, killed run left behind (an hour old or more)."""
+        removed = []
+        for container in self.client.containers.list(all=True, filters={"label": RUN_LABEL}):
+            if container.labels.get(RUN_LABEL) == self.run_id:
+                continue
+            created = container.attrs.get("Created", "")
+            try:
+                age = time.time() - _created_epoch(created)
+            except ValueError:
+                continue
+            if age >= older_than_seconds:
+                container.remove(force=True)
+                removed.append(container.name)
+        return removed
+
     def cleanup(self) -> list[str]:
         """Remove every container and network of this run; return what was removed."""
         removed = []
@@ -264,3 +281,10 @@ class FailureLab:
             network.remove()
             removed.append(network.name)
         return removed
+
+
+def _created_epoch(created: str) -> float:
+    """Docker's `Created` (RFC 3339 with nanoseconds) as seconds since the epoch."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(created[:19] + "+00:00").timestamp()

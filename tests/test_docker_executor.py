@@ -421,3 +421,18 @@ def test_the_shown_command_is_true(
     result = run(config, executor, "get_logs", target, lines=5)
     shown = subprocess.run(result.command, capture_output=True, text=True, timeout=30, check=True)
     assert "DATABASE_URL is not set" in shown.stdout + shown.stderr
+
+
+def test_containers_left_by_a_killed_run_are_swept(lab: FailureLab) -> None:
+    from tests.failures import RUN_LABEL
+
+    leftover = lab.client.containers.create(
+        "uici-test/busybox:1",
+        ["sleep", "1"],
+        name=f"{lab.prefix}-leftover",
+        labels={RUN_LABEL: "deadbeef"},
+    )
+    assert leftover.name not in lab.remove_stale(older_than_seconds=3600)  # young: maybe alive
+    assert leftover.name in lab.remove_stale(older_than_seconds=0)
+    own = lab.client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={lab.run_id}"})
+    assert own, "this run's own containers are never swept"
