@@ -76,6 +76,17 @@ class LLMProvider(StrEnum):
     ANTHROPIC = "anthropic"
 
 
+class CircuitBreakerSettings(StrictModel):
+    failure_threshold: int = Field(ge=1, le=100)
+    reset_seconds: PositiveSeconds
+
+
+class LLMPricing(StrictModel):
+    prompt_per_million_tokens: float = Field(ge=0)
+    completion_per_million_tokens: float = Field(ge=0)
+    currency: NonEmpty
+
+
 class LLMSettings(StrictModel):
     provider: LLMProvider
     model: str
@@ -83,6 +94,12 @@ class LLMSettings(StrictModel):
     max_tokens: int = Field(gt=0, le=1_000_000)
     timeout_seconds: PositiveSeconds
     max_retries: int = Field(ge=0, le=10)
+    retry_backoff_seconds: float = Field(ge=0, le=60)
+    max_retry_after_seconds: float = Field(ge=0, le=600)
+    response_format: Literal["json_schema", "json_object", "prompt"]
+    circuit_breaker: CircuitBreakerSettings
+    plan_cache_ttl_seconds: float = Field(ge=0, le=86_400)
+    pricing: LLMPricing
     api_key: SecretStr | None = None
     base_url: str | None = None
 
@@ -532,6 +549,8 @@ class Runbook(StrictModel):
 
 class RecommendedAction(StrictModel):
     operation: OperationName
+    # service: the alerted service; dependencies: the dependencies the rule's evidence names
+    target: Literal["service", "dependencies"] = "service"
     params: dict[str, Any] = Field(default_factory=dict)
     rationale: NonEmpty
 
@@ -571,7 +590,28 @@ class DiagnosticAgentSettings(StrictModel):
         return self
 
 
+class RedactionPattern(StrictModel):
+    name: Name
+    pattern: Regex
+    replacement: str = "[REDACTED]"
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+class LLMSafetySettings(StrictModel):
+    """What may leave the process for an LLM, and how much of it."""
+
+    max_prompt_tokens: int = Field(ge=500, le=1_000_000)
+    chars_per_token: float = Field(gt=0, le=10)
+    max_lines_per_observation: int = Field(ge=5, le=100_000)
+    redaction_patterns: list[RedactionPattern] = Field(min_length=1)
+
+
 class AgentsConfig(StrictModel):
     diagnostic_agent: DiagnosticAgentSettings
+    llm_safety: LLMSafetySettings
     runbooks: list[Runbook] = Field(min_length=1)
     diagnosis_rules: list[DiagnosisRule] = Field(default_factory=list)
