@@ -1,0 +1,154 @@
+"""The diagnostic planner: runbook or LLM per configuration, always behind validation and policy.
+
+Modes (agents.yml: diagnostic_agent.planner_mode):
+  runbook  never an LLM.
+  llm      the LLM only; a failure is reported in the phase plan, nothing is guessed.
+  auto     the LLM when platform.yml configures one; on any failure (timeout, 429, 5xx,
+           refusal, invalid JSON after one repair, an empty plan, an open circuit) that
+           phase falls back to the runbook planner and the plan says so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from agent.incident import Diagnosis, IncidentContext, Observation, Phase, PhasePlan, Usage
+from agent.llm import LLMClient, LLMFailure
+from agent.llm_planner import LLMPlanner, PlanCache
+from agent.policy import SafetyPolicy, WriteHistory
+from agent.runbook_planner import RunbookPlanner
+from infrastructure.configuration.loader import UICIConfig
+from infrastructure.configuration.models import LLMProvider
+
+
+class DiagnosticPlanner:
+    def __init__(
+        self,
+        config: UICIConfig,
+        history: WriteHistory,
+        llm_client: LLMClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.mode = config.agents.diagnostic_agent.planner_mode
+        self.runbooks = RunbookPlanner(config.agents)
+        self.policy = SafetyPolicy(config, history, clock)
+        self.usage: dict[str, Usage] = {}
+        llm_configured = config.platform.llm.provider is not LLMProvider.NONE
+        self.llm: LLMPlanner | None = None
+        self.llm_unavailable = ""
+        if self.mode != "runbook":
+            if llm_configured:
+                client = llm_client or LLMClient(config.platform.llm)
+                self.llm = LLMPlanner(
+                    config, client, PlanCache(config.platform.llm.plan_cache_ttl_seconds)
+                )
+            else:
+                self.llm_unavailable = "no LLM is configured (platform.yml: llm.provider is none)"
+
+    def incident_usage(self, incident_id: str) -> Usage:
+        return self.usage.setdefault(incident_id, Usage())
+
+    def plan_phase(
+        self,
+        context: IncidentContext,
+        phase: Phase,
+        observations: Sequence[Observation],
+        iteration: int = 0,
+        already_planned_in_phase: int = 0,
+    ) -> PhasePlan:
+        runbook = self.runbooks.match(context)
+        created = datetime.now(UTC)
+        notes: list[str] = []
+        if self.llm is not None:
+            try:
+                outcome = self.llm.plan(context, phase, observations, iteration)
+                if not outcome.steps and iteration == 0:
+                    raise LLMFailure("empty_plan", f"the LLM proposed no steps for {phase}")
+                self.incident_usage(context.incident_id).add(outcome.usage)
+                decisions = self.policy.review(
+                    outcome.steps, context, runbook, already_planned_in_phase
+                )
+                return PhasePlan(
+                    phase=phase,
+                    planner="llm",
+                    runbook=runbook.name,
+                    iteration=iteration,
+                    decisions=decisions,
+                    notes=outcome.notes,
+                    usage=outcome.usage,
+                    cached=outcome.cached,
+                    done=outcome.done,
+                    created_at=created,
+                )
+            except LLMFailure as failure:
+                if self.mode == "llm":
+                    return PhasePlan(
+                        phase=phase,
+                        planner="llm",
+                        runbook=runbook.name,
+                        iteration=iteration,
+                        notes=[
+                            f"LLM planning failed ({failure}); planner_mode is llm, so no fallback"
+                        ],
+                        created_at=created,
+                    )
+                notes.append(f"LLM planning failed ({failure}); fell back to the runbook planner")
+        elif self.mode == "llm":
+            return PhasePlan(
+                phase=phase,
+                planner="llm",
+                runbook=runbook.name,
+                iteration=iteration,
+                notes=[f"planner_mode is llm but {self.llm_unavailable}"],
+                created_at=created,
+            )
+        if iteration > 0:
+            # The runbook planner plans a phase once; later rounds are the LLM's.
+            return PhasePlan(
+                phase=phase,
+                planner="runbook",
+                runbook=runbook.name,
+                iteration=iteration,
+                notes=[*notes, "runbook phases are planned in one round"],
+                created_at=created,
+            )
+        runbook, steps, runbook_notes = self.runbooks.plan(context, phase, observations)
+        decisions = self.policy.review(steps, context, runbook, already_planned_in_phase)
+        return PhasePlan(
+            phase=phase,
+            planner="runbook",
+            runbook=runbook.name,
+            iteration=iteration,
+            decisions=decisions,
+            notes=[*notes, *runbook_notes],
+            created_at=created,
+        )
+
+    def diagnose(self, context: IncidentContext, observations: Sequence[Observation]) -> Diagnosis:
+        if self.llm is not None:
+            try:
+                diagnosis, usage, _ = self.llm.diagnose(context, observations)
+                self.incident_usage(context.incident_id).add(usage)
+                return diagnosis
+            except LLMFailure as failure:
+                if self.mode == "llm":
+                    return Diagnosis(
+                        root_cause="The LLM diagnosis failed; no fallback in planner_mode llm.",
+                        category="unknown",
+                        confidence=0.0,
+                        source="llm",
+                        notes=[str(failure)],
+                    )
+                diagnosis = self.runbooks.diagnose(context, observations)
+                return diagnosis.model_copy(
+                    update={
+                        "notes": [
+                            f"LLM diagnosis failed ({failure}); runbook rules used",
+                            *diagnosis.notes,
+                        ]
+                    }
+                )
+        return self.runbooks.diagnose(context, observations)

@@ -1,0 +1,146 @@
+"""The deterministic runbook planner: no LLM, all knowledge in agents.yml.
+
+It matches a runbook on the alert's labels (first match wins), proposes the steps of each
+phase whose conditions hold on the observations so far, and diagnoses with the rules: every
+rule that holds is reported, highest confidence first, citing the observations that matched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from agent.conditions import evaluate
+from agent.incident import (
+    Diagnosis,
+    IncidentContext,
+    Observation,
+    Phase,
+    PlanStep,
+    RecommendedStep,
+)
+from infrastructure.configuration.models import AgentsConfig, Runbook
+
+
+class RunbookPlanner:
+    def __init__(self, agents: AgentsConfig) -> None:
+        self.agents = agents
+
+    def match(self, context: IncidentContext) -> Runbook:
+        labels = context.alert.labels
+        for runbook in self.agents.runbooks:
+            rules = runbook.match
+            checks = {
+                rules.alertname: labels.get("alertname", ""),
+                rules.severity: labels.get("severity", ""),
+                rules.service: labels.get("service", context.service),
+                rules.environment: context.environment,
+            }
+            if all(
+                pattern is None or re.fullmatch(pattern, value) for pattern, value in checks.items()
+            ) and all(
+                re.fullmatch(pattern, labels.get(name, ""))
+                for name, pattern in rules.labels.items()
+            ):
+                return runbook
+        # agents.yml should end with a catch-all; without one, the last runbook is the default.
+        return self.agents.runbooks[-1]
+
+    def plan(
+        self, context: IncidentContext, phase: Phase, observations: Sequence[Observation]
+    ) -> tuple[Runbook, list[PlanStep], list[str]]:
+        """The runbook, the steps of `phase` whose conditions hold, and notes explaining it."""
+        runbook = self.match(context)
+        notes = [f"runbook {runbook.name!r} matched alert {context.alert.alertname or '(none)'}"]
+        steps: list[PlanStep] = []
+        for index, step in enumerate(runbook.phases.get(phase, [])):
+            if step.when is not None:
+                holds, evidence = evaluate(step.when, observations, context)
+                if not holds:
+                    notes.append(
+                        f"step {index + 1} ({step.operation}) skipped: its condition does not hold"
+                    )
+                    continue
+                notes.append(
+                    f"step {index + 1} ({step.operation}): condition holds on {', '.join(evidence)}"
+                )
+            targets: list[str | None]
+            if step.target == "service":
+                targets = [context.service]
+            elif step.target == "dependencies":
+                targets = list(context.dependencies)
+                if not targets:
+                    notes.append(
+                        f"step {index + 1} ({step.operation}) skipped: no declared dependencies"
+                    )
+            else:
+                targets = [None]
+            steps.extend(
+                PlanStep(
+                    phase=phase,
+                    operation=step.operation,
+                    environment=context.environment,
+                    target=target,
+                    parameters=dict(step.params),
+                    rationale=step.rationale,
+                    proposed_by="runbook",
+                )
+                for target in targets
+            )
+        return runbook, steps, notes
+
+    def diagnose(self, context: IncidentContext, observations: Sequence[Observation]) -> Diagnosis:
+        matches: list[tuple[float, str, Diagnosis]] = []
+        for rule in self.agents.diagnosis_rules:
+            holds, evidence = evaluate(rule.when, observations, context)
+            if not holds:
+                continue
+            by_id = {o.id: o for o in observations}
+            evidence_targets = [by_id[i].target for i in evidence if i in by_id]
+            actions: list[RecommendedStep] = []
+            for action in rule.recommended_actions:
+                if action.target == "service":
+                    targets: list[str | None] = [context.service]
+                else:
+                    targets = [t for t in context.dependencies if t in evidence_targets]
+                actions.extend(
+                    RecommendedStep(
+                        operation=action.operation,
+                        target=target,
+                        parameters=dict(action.params),
+                        rationale=action.rationale,
+                    )
+                    for target in targets
+                )
+            matches.append(
+                (
+                    rule.confidence,
+                    rule.name,
+                    Diagnosis(
+                        root_cause=rule.root_cause,
+                        category=rule.category,
+                        confidence=rule.confidence,
+                        evidence=evidence,
+                        recommended_actions=actions,
+                        source="runbook",
+                        rules_matched=[rule.name],
+                    ),
+                )
+            )
+        if not matches:
+            return Diagnosis(
+                root_cause="No diagnosis rule matched the evidence; a person should look.",
+                category="unknown",
+                confidence=0.0,
+                source="runbook",
+                notes=[f"{len(observations)} observations, no rule held"],
+            )
+        matches.sort(key=lambda m: -m[0])
+        best = matches[0][2]
+        others = [f"{name} ({confidence:.2f})" for confidence, name, _ in matches[1:]]
+        return best.model_copy(
+            update={
+                "rules_matched": [name for _, name, _ in matches],
+                "notes": [f"also matched: {', '.join(others)}"] if others else [],
+            }
+        )
