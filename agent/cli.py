@@ -439,6 +439,118 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+@app.command("plan")
+def plan(
+    ctx: typer.Context,
+    alert: Annotated[
+        Path, typer.Option("--alert", help="An Alertmanager webhook body or one alert, as JSON.")
+    ],
+    observations: Annotated[
+        Path | None,
+        typer.Option("--observations", help="Observations so far (JSON list); adds the diagnosis."),
+    ] = None,
+    env: Annotated[str | None, typer.Option("--env", "-e", help="Environment override.")] = None,
+    dependency: Annotated[
+        list[str] | None, typer.Option("--dependency", "-d", help="A declared dependency.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Plan the four phases for an alert (and diagnose, given observations). Runs nothing."""
+    from agent.incident import PHASES
+    from agent.investigation import context_from_alert, load_observations
+    from agent.planner import DiagnosticPlanner
+    from agent.policy import WriteHistory
+
+    config = _load(ctx)
+    try:
+        alert_data = json.loads(alert.read_text())
+        context = context_from_alert(
+            alert_data,
+            env or config.platform.platform.default_environment,
+            dependencies=dependency or [],
+        )
+        if env:
+            context = context.model_copy(update={"environment": env})
+        seen = load_observations(observations) if observations else []
+    except (OSError, ValueError) as exc:
+        _fail(f"bad input: {exc}")
+    if context.environment not in config.environments.environments:
+        _fail(f"unknown environment {context.environment!r}")
+    planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
+    plans = [planner.plan_phase(context, phase, seen) for phase in PHASES]
+    diagnosis = planner.diagnose(context, seen) if observations else None
+    usage = planner.incident_usage(context.incident_id)
+    if as_json:
+        _print_json(
+            {
+                "context": context.model_dump(mode="json"),
+                "plans": [p.model_dump(mode="json") for p in plans],
+                "diagnosis": diagnosis.model_dump(mode="json") if diagnosis else None,
+                "usage": usage.model_dump(mode="json"),
+            }
+        )
+        return
+    mode = config.agents.diagnostic_agent.planner_mode
+    stdout.print(
+        Text(
+            f"Incident {context.incident_id}: alert "
+            f"{context.alert.alertname or '(no alertname)'} on "
+            f"{context.service} in {context.environment}; planner mode {mode}"
+            + (f" ({planner.llm_unavailable})" if planner.llm_unavailable else ""),
+            style="bold",
+        )
+    )
+    for phase_plan in plans:
+        stdout.print(
+            Text(
+                f"\n[{phase_plan.phase}] planner: {phase_plan.planner}, "
+                f"runbook: {phase_plan.runbook}"
+            )
+        )
+        for decision in phase_plan.decisions:
+            style = {"accepted": "green", "needs_approval": "yellow", "rejected": "red"}[
+                decision.decision
+            ]
+            stdout.print(
+                Text.assemble(
+                    "  ",
+                    Text(f"{decision.decision:<15}", style=style),
+                    f"{decision.step.describe()}  [{decision.policy}]",
+                )
+            )
+            if decision.command:
+                stdout.print(Text(f"                 $ {' '.join(decision.command)}", style="dim"))
+        for note in phase_plan.notes:
+            stdout.print(Text(f"  note: {note}", style="dim"))
+    if diagnosis is not None:
+        stdout.print(
+            Text(
+                f"\nDiagnosis ({diagnosis.source}): {diagnosis.root_cause} "
+                f"[{diagnosis.category}, confidence {diagnosis.confidence:.2f}]",
+                style="bold",
+            )
+        )
+        stdout.print(Text(f"  evidence: {', '.join(diagnosis.evidence) or 'none'}"))
+        if diagnosis.rules_matched:
+            stdout.print(Text(f"  rules matched: {', '.join(diagnosis.rules_matched)}"))
+        for action in diagnosis.recommended_actions:
+            stdout.print(
+                Text(
+                    f"  recommended: {action.operation} {action.target or ''} - {action.rationale}"
+                )
+            )
+        for note in diagnosis.notes:
+            stdout.print(Text(f"  note: {note}", style="dim"))
+    if usage.calls:
+        stdout.print(
+            Text(
+                f"\nLLM usage: {usage.calls} calls, {usage.prompt_tokens} prompt + "
+                f"{usage.completion_tokens} completion tokens, "
+                f"cost {usage.cost:.6f} {usage.currency}"
+            )
+        )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

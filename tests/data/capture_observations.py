@@ -1,0 +1,89 @@
+"""Capture real observations of the failure library for `uici plan` examples and tests.
+
+Starts each failure of tests/failures.py on the local engine (names prefixed `uici-demo-`),
+runs the runbook investigation against it as production would (a write step runs only if the
+shipped policy auto-approves it, e.g. restarting the OOM-killed worker),
+and writes tests/data/alerts/<failure>.json and tests/data/observations/<failure>.json.
+Run from the repository root: .venv/bin/python tests/data/capture_observations.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+
+from agent.investigation import Investigation, StepRunner, context_from_alert  # noqa: E402
+from agent.planner import DiagnosticPlanner  # noqa: E402
+from agent.policy import WriteHistory  # noqa: E402
+from infrastructure.configuration.loader import load_config  # noqa: E402
+from tests.failures import FailureLab  # noqa: E402
+
+ALERTS = {
+    "missing_env": ("ServiceCrashLooping", "api", []),
+    "oom": ("WorkerExited", "worker", []),
+    "unhealthy": ("WebUnhealthy", "web-unhealthy", []),
+    "lost_dependency": ("OrdersUnavailable", "orders", ["db"]),
+    "cpu_burn": ("HighCPUUsage", "cruncher", []),
+}
+
+
+def alert_for(lab: FailureLab, failure: str) -> dict[str, object]:
+    alertname, suffix, dependencies = ALERTS[failure]
+    labels = {
+        "alertname": alertname,
+        "service": lab.name(suffix),
+        "severity": "critical",
+        "uici_env": "local-docker",
+    }
+    if dependencies:
+        labels["uici_dependencies"] = ",".join(lab.name(d) for d in dependencies)
+    return {
+        "status": "firing",
+        "labels": labels,
+        "annotations": {"summary": f"{lab.name(suffix)}: {alertname}"},
+        "startsAt": "2026-11-24T13:22:43.119Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "fingerprint": hashlib.sha256(failure.encode()).hexdigest()[:16],
+    }
+
+
+def main() -> None:
+    config = load_config(environ={})
+    client = docker.from_env()
+    lab = FailureLab(client, prefix="uici-demo")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            history = WriteHistory(Path(tmp) / "history.db")
+            planner = DiagnosticPlanner(config, history)
+            runner = StepRunner(config, planner.policy)
+            for failure in ALERTS:
+                lab.get(failure)
+                alert = alert_for(lab, failure)
+                context = context_from_alert(alert, "local-docker", incident_id=f"demo-{failure}")
+                record = Investigation(config, planner, runner).run(context)
+                (REPO / "tests/data/alerts" / f"{failure}.json").write_text(
+                    json.dumps(alert, indent=2) + "\n"
+                )
+                observations = [o.model_dump(mode="json") for o in record.observations]
+                (REPO / "tests/data/observations" / f"{failure}.json").write_text(
+                    json.dumps(observations, indent=1) + "\n"
+                )
+                assert record.diagnosis is not None
+                print(
+                    f"{failure}: {len(observations)} observations -> {record.diagnosis.rules_matched}"
+                )
+            runner.close()
+    finally:
+        lab.cleanup()
+
+
+if __name__ == "__main__":
+    main()
