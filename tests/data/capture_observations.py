@@ -77,9 +77,8 @@ def main() -> None:
                     json.dumps(observations, indent=1) + "\n"
                 )
                 assert record.diagnosis is not None
-                print(
-                    f"{failure}: {len(observations)} observations -> {record.diagnosis.rules_matched}"
-                )
+                rules = record.diagnosis.rules_matched
+                print(f"{failure}: {len(observations)} observations -> {rules}")
             runner.close()
     finally:
         lab.cleanup()
