@@ -113,6 +113,7 @@ class SafetyPolicy:
         """A decision for every proposed step; rejected steps carry their reasons."""
         decisions: list[StepDecision] = []
         seen: set[str] = set()
+        per_phase: dict[str, int] = {}
         accepted_writes = 0
         limit = self.config.agents.diagnostic_agent.max_steps_per_phase
         for step in steps:
@@ -121,7 +122,8 @@ class SafetyPolicy:
                 decisions.append(_rejected(step, "the same step is already in this plan"))
                 continue
             seen.add(step.key())
-            if already_planned_in_phase + len(seen) > phase_limit:
+            per_phase[step.phase] = per_phase.get(step.phase, 0) + 1
+            if already_planned_in_phase + per_phase[step.phase] > phase_limit:
                 decisions.append(
                     _rejected(
                         step,

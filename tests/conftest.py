@@ -67,3 +67,44 @@ def lab(docker_client):  # type: ignore[no-untyped-def]
     failure_lab = FailureLab(docker_client)
     yield failure_lab
     failure_lab.cleanup()
+
+
+# --- planning: the shipped configuration pointed at a scripted LLM server ----------------------
+
+SENTINEL_LLM_KEY = "sk-SENTINEL-llm-key-0d9e2f"
+
+
+@pytest.fixture(scope="session")
+def llm_server():  # type: ignore[no-untyped-def]
+    from tests.llm_server import FakeLLMServer
+
+    with FakeLLMServer() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_llm(llm_server):  # type: ignore[no-untyped-def]
+    llm_server.reset()
+    yield llm_server
+    llm_server.reset()
+
+
+@pytest.fixture
+def planning_env(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Environment variables for the shipped configuration: an isolated store per test."""
+    return {"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"}
+
+
+@pytest.fixture
+def llm_env(planning_env, fake_llm):  # type: ignore[no-untyped-def]
+    """The shipped configuration with an openai_compatible LLM at the scripted server."""
+    return {
+        **planning_env,
+        "UICI_LLM_PROVIDER": "openai_compatible",
+        "UICI_LLM_MODEL": "test-model",
+        "UICI_LLM_BASE_URL": fake_llm.base_url,
+        "UICI_LLM_API_KEY": SENTINEL_LLM_KEY,
+        "UICI_LLM_TIMEOUT_SECONDS": "2",
+        "UICI_LLM_MAX_RETRIES": "2",
+        "UICI_LLM_RETRY_BACKOFF_SECONDS": "0.05",
+    }

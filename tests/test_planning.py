@@ -1,0 +1,383 @@
+"""Runbook planning, conditions, validation and the safety policy, without any LLM."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.incident import AlertInfo, IncidentContext, Observation, PlanStep
+from agent.investigation import (
+    Investigation,
+    StepRunner,
+    context_from_alert,
+    load_observations,
+)
+from agent.planner import DiagnosticPlanner
+from agent.policy import Approval, SafetyPolicy, WriteHistory
+from agent.runbook_planner import RunbookPlanner
+from infrastructure.configuration.loader import UICIConfig, load_config
+from tests.conftest import DATA, SHIPPED_CONFIG
+from tests.failures import FailureLab
+
+FAILURES = {
+    "missing_env": ("missing-configuration", "configuration"),
+    "oom": ("oom-killed", "resource_exhaustion"),
+    "unhealthy": ("health-check-failing", "health_check"),
+    "lost_dependency": ("dependency-down", "dependency"),
+    "cpu_burn": ("cpu-saturation", "cpu_saturation"),
+}
+
+
+@pytest.fixture
+def config(planning_env: dict[str, str]) -> UICIConfig:
+    return load_config(SHIPPED_CONFIG, environ=planning_env)
+
+
+@pytest.fixture
+def history(config: UICIConfig) -> WriteHistory:
+    return WriteHistory.from_config(config)
+
+
+def context(
+    alertname: str = "ServiceDown",
+    service: str = "api",
+    deps: list[str] | None = None,
+    environment: str = "local-docker",
+    incident: str = "inc-1",
+) -> IncidentContext:
+    return IncidentContext(
+        incident_id=incident,
+        alert=AlertInfo(labels={"alertname": alertname, "service": service}),
+        environment=environment,
+        service=service,
+        dependencies=deps or [],
+    )
+
+
+def step(
+    operation: str,
+    target: str | None = "api",
+    phase: str = "resolution",
+    environment: str = "local-docker",
+    **parameters: object,
+) -> PlanStep:
+    return PlanStep(
+        phase=phase,
+        operation=operation,
+        environment=environment,
+        target=target,  # type: ignore[arg-type]
+        parameters=parameters,
+        proposed_by="llm",
+    )
+
+
+# --- runbooks ---------------------------------------------------------------------------------
+
+
+def test_runbooks_match_on_labels_first_match_wins(config: UICIConfig) -> None:
+    planner = RunbookPlanner(config.agents)
+    assert planner.match(context("ServiceDown")).name == "service-down"
+    assert planner.match(context("HighCPUUsage")).name == "resource-pressure"
+    assert planner.match(context("CertificateExpiry")).name == "default"
+
+
+def test_later_steps_depend_on_earlier_observations(config: UICIConfig) -> None:
+    planner = RunbookPlanner(config.agents)
+    ctx = context("OrdersUnavailable", "orders", deps=["db"])
+    _, steps, notes = planner.plan(ctx, "isolation", [])
+    assert [s.operation for s in steps] == ["get_events"]
+    assert any("skipped: its condition does not hold" in n for n in notes)
+    logs = Observation(
+        id="obs-1",
+        operation="get_logs",
+        target="orders",
+        success=True,
+        output="ERROR connection to db:5432 refused\nINFO retry",
+    )
+    _, steps, notes = planner.plan(ctx, "isolation", [logs])
+    assert [(s.operation, s.target) for s in steps] == [
+        ("get_events", "orders"),
+        ("get_status", "db"),
+    ]
+    assert any("condition holds on obs-1" in n for n in notes)
+
+
+def test_no_rule_matched_is_said_plainly(config: UICIConfig) -> None:
+    diagnosis = RunbookPlanner(config.agents).diagnose(context(), [])
+    assert diagnosis.category == "unknown" and diagnosis.confidence == 0
+    assert "a person should look" in diagnosis.root_cause
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_uici_plan_diagnoses_each_captured_failure(
+    failure: str, planning_env: dict[str, str]
+) -> None:
+    rule, category = FAILURES[failure]
+    result = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--alert",
+            str(DATA / "alerts" / f"{failure}.json"),
+            "--observations",
+            str(DATA / "observations" / f"{failure}.json"),
+            "--json",
+        ],
+        env=planning_env,
+    )
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["diagnosis"]["rules_matched"][0] == rule
+    assert data["diagnosis"]["category"] == category
+    assert data["diagnosis"]["evidence"], "the diagnosis cites observations"
+    assert [p["planner"] for p in data["plans"]] == ["runbook"] * 4
+    text = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--alert",
+            str(DATA / "alerts" / f"{failure}.json"),
+            "--observations",
+            str(DATA / "observations" / f"{failure}.json"),
+        ],
+        env=planning_env,
+    )
+    assert "Diagnosis (runbook)" in text.stdout and "[triage] planner: runbook" in text.stdout
+
+
+def test_uici_plan_without_observations_prints_the_plan(planning_env: dict[str, str]) -> None:
+    result = CliRunner().invoke(
+        app, ["plan", "--alert", str(DATA / "alerts" / "oom.json")], env=planning_env
+    )
+    assert result.exit_code == 0
+    assert "Diagnosis" not in result.stdout
+    assert "accepted       get_status uici-demo-worker" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "bad input"),
+        ('{"alerts": []}', "no alerts"),
+        ('{"labels": {"alertname": "X"}}', "names no service"),
+    ],
+)
+def test_uici_plan_bad_alert(
+    tmp_path: Path, planning_env: dict[str, str], content: str, message: str
+) -> None:
+    path = tmp_path / "alert.json"
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["plan", "--alert", str(path)], env=planning_env)
+    assert result.exit_code == 2 and message in result.stderr
+
+
+# --- validation and policy ---------------------------------------------------------------------
+
+
+def decide(
+    config: UICIConfig,
+    history: WriteHistory,
+    *steps: PlanStep,
+    ctx: IncidentContext | None = None,
+    runbook_name: str | None = "service-down",
+):  # type: ignore[no-untyped-def]
+    policy = SafetyPolicy(config, history)
+    runbook = next((r for r in config.agents.runbooks if r.name == runbook_name), None)
+    return policy.review(list(steps), ctx or context(), runbook)
+
+
+def test_read_runs_write_needs_approval_destructive_refused(
+    config: UICIConfig, history: WriteHistory
+) -> None:
+    read, write, destructive = decide(
+        config,
+        history,
+        step("get_logs", phase="triage"),
+        step("start_service"),
+        step("stop_service"),
+    )
+    assert read.decision == "accepted" and read.policy == "read: runs"
+    assert write.decision == "needs_approval"
+    assert destructive.decision == "rejected"
+    assert "destructive operations are not allowed" in destructive.reasons[0]
+
+
+def test_auto_approval_needs_environment_and_runbook(
+    config: UICIConfig, history: WriteHistory
+) -> None:
+    [restart] = decide(config, history, step("restart_service"))
+    assert (
+        restart.decision == "accepted" and restart.policy == "auto-approved by runbook service-down"
+    )
+    [restart] = decide(config, history, step("restart_service"), runbook_name="default")
+    assert restart.decision == "needs_approval"  # the default runbook lists no auto-approval
+
+
+def test_validation_rejects_with_reasons(config: UICIConfig, history: WriteHistory) -> None:
+    decisions = decide(
+        config,
+        history,
+        step("exec_shell", phase="triage"),
+        step("get_logs", phase="triage", lines="3; rm -rf /"),
+        step("get_logs", target="kube-system", phase="triage"),
+        step("get_logs", target="web;reboot", phase="triage"),
+        step("get_logs", environment="oci-prod", phase="triage"),
+        step("scale_service", replicas=3),
+    )
+    reasons = [" ".join(d.reasons) for d in decisions]
+    assert all(d.decision == "rejected" for d in decisions)
+    assert "unknown operation 'exec_shell'" in reasons[0]
+    assert "lines: invalid value '3; rm -rf /'" in reasons[1]
+    assert "outside this incident's scope" in reasons[2]
+    assert "invalid target 'web;reboot'" in reasons[3]
+    assert "outside this incident" in reasons[4]
+    assert "unsupported on docker" in reasons[5]
+
+
+def test_step_limit_and_duplicates(config: UICIConfig, history: WriteHistory) -> None:
+    steps = [step("get_logs", phase="triage", lines=n) for n in range(1, 9)]
+    decisions = decide(config, history, steps[0], steps[0], *steps[1:])
+    assert decisions[1].reasons == ["the same step is already in this plan"]
+    accepted = [d for d in decisions if d.decision == "accepted"]
+    assert len(accepted) == config.agents.diagnostic_agent.max_steps_per_phase["triage"]
+    assert "step limit: at most 6 steps in phase triage" in decisions[-1].reasons[0]
+
+
+def test_write_budget_and_cooldown_hold_across_alerts_and_processes(
+    config: UICIConfig, history: WriteHistory
+) -> None:
+    policy = SafetyPolicy(config, history)
+    runbook = config.agents.runbooks[0]
+    first = context(incident="inc-A")
+    policy.record_executed(first, step("restart_service"))
+    # A new alert for the same service, a new process (a new WriteHistory on the same store):
+    again = SafetyPolicy(config, WriteHistory(history.path))
+    [decision] = again.review([step("restart_service")], context(incident="inc-B"), runbook)
+    assert decision.decision == "rejected" and "cool-down" in decision.reasons[0]
+    # Budget: two writes already executed in one incident.
+    policy.record_executed(first, step("start_service", target="db"))
+    [decision] = policy.review(
+        [step("start_service", target="cache")],
+        context(incident="inc-A", deps=["db", "cache"]),
+        runbook,
+    )
+    assert "write budget used: 2 of 2" in decision.reasons[0]
+    # Within one plan, accepted writes count too.
+    fresh = context(incident="inc-C", deps=["x", "y", "z"])
+    decisions = policy.review(
+        [step("start_service", target=t) for t in ("x", "y", "z")], fresh, runbook
+    )
+    assert [d.decision for d in decisions] == ["needs_approval", "needs_approval", "rejected"]
+
+
+def test_approval_is_bound_to_the_exact_step_and_expires(
+    config: UICIConfig, history: WriteHistory
+) -> None:
+    now = [1_000_000.0]
+    policy = SafetyPolicy(config, history, clock=lambda: now[0])
+    ctx = context()
+    start = step("start_service")
+    assert policy.authorize(start, ctx, None).decision == "needs_approval"
+    approval = Approval(
+        step_key=start.key(), approved_by="alice", expires_at=policy.approval_expiry(start)
+    )
+    assert policy.authorize(start, ctx, None, approval).decision == "accepted"
+    other = step("start_service", target="db")
+    wrong = policy.authorize(other, context(deps=["db"]), None, approval)
+    assert wrong.decision == "rejected" and "different step" in wrong.reasons[0]
+    now[0] += 901  # approval_timeout_seconds is 900
+    late = policy.authorize(start, ctx, None, approval)
+    assert late.decision == "rejected" and "expired" in late.reasons[0]
+    stale = Approval(
+        step_key=start.key(),
+        approved_by="bob",
+        expires_at=datetime.fromtimestamp(now[0], tz=UTC) - timedelta(seconds=1),
+    )
+    assert policy.authorize(start, ctx, None, stale).decision == "rejected"
+
+
+def test_a_forged_plan_cannot_skip_the_policy_at_execution(
+    config: UICIConfig, history: WriteHistory
+) -> None:
+    """Steps handed straight to the runner, never planned: the runner re-checks them."""
+    policy = SafetyPolicy(config, history)
+    runner = StepRunner(config, policy)
+    ctx = context()
+    for forged in (
+        step("stop_service"),
+        step("get_logs", target="not-in-scope", phase="triage"),
+        step("exec_diagnostic", phase="triage", command="rm"),
+    ):
+        decision, result = runner.run(forged, ctx, None)
+        assert decision.decision == "rejected" and result is None
+    decision, result = runner.run(step("start_service"), ctx, None)
+    assert decision.decision == "needs_approval" and result is None
+
+
+# --- conditions -------------------------------------------------------------------------------
+
+
+def test_condition_operators_are_data_not_code(config: UICIConfig) -> None:
+    from agent.conditions import check
+    from infrastructure.configuration.models import Condition
+
+    obs = [
+        Observation(
+            id="obs-1",
+            operation="get_status",
+            target="api",
+            success=True,
+            data=[{"state": "exited", "exit_code": 137, "health": {"status": "unhealthy"}}],
+        )
+    ]
+    ctx = context()
+    cases = [
+        ({"field": "exit_code", "operator": "ge", "value": 100}, True),
+        ({"field": "exit_code", "operator": "in", "value": [1, 137]}, True),
+        ({"field": "health.status", "operator": "matches", "value": "^unh"}, True),
+        ({"field": "state", "operator": "ne", "value": "exited"}, False),
+        ({"field": "nope", "operator": "absent"}, True),
+        ({"field": "state", "operator": "gt", "value": 3}, False),  # str > int: false, no crash
+        ({"field": "__class__", "operator": "exists"}, False),
+    ]
+    for spec, expected in cases:
+        condition = Condition(observation="get_status", **spec)  # type: ignore[arg-type]
+        assert check(condition, obs, ctx)[0] is expected, spec
+
+
+# --- live: the runbook investigation on the real failure library ------------------------------
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_investigation_diagnoses_each_live_failure(
+    failure: str, config: UICIConfig, history: WriteHistory, lab: FailureLab
+) -> None:
+    from tests.data.capture_observations import alert_for
+
+    lab.get(failure)
+    ctx = context_from_alert(alert_for(lab, failure), "local-docker", incident_id=f"live-{failure}")
+    planner = DiagnosticPlanner(config, history)
+    runner = StepRunner(config, planner.policy)
+    record = Investigation(config, planner, runner).run(ctx)
+    runner.close()
+    rule, category = FAILURES[failure]
+    assert record.diagnosis is not None
+    assert record.diagnosis.rules_matched[0] == rule
+    assert record.diagnosis.category == category
+    cited = {o.id: o for o in record.observations}
+    assert all(i in cited for i in record.diagnosis.evidence)
+    assert len(record.plans) == 4
+
+
+def test_captured_observations_load(tmp_path: Path) -> None:
+    observations = load_observations(DATA / "observations" / "oom.json")
+    assert observations[0].operation == "get_status"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a list"}')
+    with pytest.raises(ValueError, match="expected a JSON list"):
+        load_observations(bad)
