@@ -11,6 +11,7 @@ call, and none at all while the breaker is open.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -164,13 +165,17 @@ class LLMClient:
     def _call(self, system: str, user: str, schema: dict[str, Any], schema_name: str) -> LLMReply:
         settings = self.settings
         if settings.provider is LLMProvider.ANTHROPIC:
-            response = self._client().messages.create(
-                model=settings.model,
-                system=system,
-                messages=[{"role": "user", "content": user}],
-                max_tokens=settings.max_tokens,
-                temperature=settings.temperature,
-            )
+            create = self._client().messages.create
+            arguments: dict[str, Any] = {
+                "model": settings.model,
+                "system": system,
+                "messages": [{"role": "user", "content": user}],
+                "max_tokens": settings.max_tokens,
+            }
+            # Recent anthropic SDKs no longer take `temperature`; send it only where they do.
+            if "temperature" in inspect.signature(create).parameters:
+                arguments["temperature"] = settings.temperature
+            response = create(**arguments)
             if response.stop_reason == "refusal":
                 raise LLMFailure("refused", "the model refused to answer")
             text = "".join(
@@ -180,7 +185,7 @@ class LLMClient:
             completion_tokens = response.usage.output_tokens
             model = response.model
         else:
-            arguments: dict[str, Any] = {
+            arguments = {
                 "model": settings.model,
                 "messages": [
                     {"role": "system", "content": system},

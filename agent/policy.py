@@ -100,6 +100,9 @@ class SafetyPolicy:
         self.translator = CommandTranslator.from_config(config)
         self.history = history
         self.clock = clock
+        # Write steps accepted or awaiting approval but not executed yet, per incident: they
+        # hold their share of the write budget so that later phases cannot exceed it.
+        self._reserved: dict[str, set[str]] = {}
 
     # --- planning time ------------------------------------------------------------------
 
@@ -114,7 +117,6 @@ class SafetyPolicy:
         decisions: list[StepDecision] = []
         seen: set[str] = set()
         per_phase: dict[str, int] = {}
-        accepted_writes = 0
         limit = self.config.agents.diagnostic_agent.max_steps_per_phase
         for step in steps:
             phase_limit = limit[step.phase]
@@ -132,9 +134,20 @@ class SafetyPolicy:
                     )
                 )
                 continue
-            decision = self._decide(step, context, runbook, extra_writes=accepted_writes)
+            decision = self._decide(step, context, runbook)
+            reserved = self._reserved.get(context.incident_id, set())
             if decision.decision != "rejected" and decision.risk != RiskLevel.READ.value:
-                accepted_writes += 1
+                if step.key() in reserved:
+                    decisions.append(
+                        _rejected(
+                            step,
+                            "this write step is already planned in this incident "
+                            "(awaiting execution or approval)",
+                            risk=decision.risk,
+                        )
+                    )
+                    continue
+                self._reserved.setdefault(context.incident_id, set()).add(step.key())
             decisions.append(decision)
         return decisions
 
@@ -176,10 +189,16 @@ class SafetyPolicy:
             seconds=policy.approval_timeout_seconds
         )
 
+    def release(self, context: IncidentContext, step: PlanStep) -> None:
+        """A planned write that will not run (rejected by a person, approval expired) gives its
+        share of the budget back."""
+        self._reserved.get(context.incident_id, set()).discard(step.key())
+
     def record_executed(self, context: IncidentContext, step: PlanStep) -> None:
         """Call after a write step ran: it counts against budget and cool-down from now on."""
         if self.registry.describe(step.operation).risk is not RiskLevel.READ:
             self.history.record(context.incident_id, step, self.clock())
+            self._reserved.get(context.incident_id, set()).discard(step.key())
 
     # --- the rules ----------------------------------------------------------------------
 
@@ -188,7 +207,6 @@ class SafetyPolicy:
         step: PlanStep,
         context: IncidentContext,
         runbook: Runbook | None,
-        extra_writes: int = 0,
     ) -> StepDecision:
         reasons = self.validate(step, context)
         if reasons:
@@ -222,7 +240,8 @@ class SafetyPolicy:
         if risk is RiskLevel.READ:
             return result("accepted", "read: runs")
 
-        writes = self.history.writes_in_incident(context.incident_id) + extra_writes
+        reserved = self._reserved.get(context.incident_id, set()) - {step.key()}
+        writes = self.history.writes_in_incident(context.incident_id) + len(reserved)
         if writes >= policy.max_write_steps_per_incident:
             return result(
                 "rejected",

@@ -131,6 +131,13 @@ class FailureLab:
     def get(self, scenario: str) -> Scenario:
         if scenario not in self._made:
             self._made[scenario] = getattr(self, f"_make_{scenario.replace('-', '_')}")()
+        elif scenario == "cpu_burn":
+            # Tests stop the burner to give the core back; a later user gets it spinning again.
+            burner = self.container("cruncher")
+            burner.reload()
+            if burner.status != "running":
+                burner.start()
+                time.sleep(1)  # a stats sample needs a second of burning to show it
         return self._made[scenario]
 
     # --- the failures -------------------------------------------------------------------

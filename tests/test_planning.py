@@ -365,6 +365,8 @@ def test_investigation_diagnoses_each_live_failure(
     runner = StepRunner(config, planner.policy)
     record = Investigation(config, planner, runner).run(ctx)
     runner.close()
+    if failure == "cpu_burn":
+        lab.container("cruncher").stop(timeout=1)
     rule, category = FAILURES[failure]
     assert record.diagnosis is not None
     assert record.diagnosis.rules_matched[0] == rule
@@ -381,3 +383,18 @@ def test_captured_observations_load(tmp_path: Path) -> None:
     bad.write_text('{"not": "a list"}')
     with pytest.raises(ValueError, match="expected a JSON list"):
         load_observations(bad)
+
+
+def test_a_released_write_gives_its_budget_back(config: UICIConfig, history: WriteHistory) -> None:
+    policy = SafetyPolicy(config, history)
+    runbook = config.agents.runbooks[0]
+    ctx = context(incident="inc-R", deps=["x", "y", "z"])
+    first = policy.review([step("start_service", target=t) for t in ("x", "y")], ctx, runbook)
+    assert [d.decision for d in first] == ["needs_approval", "needs_approval"]
+    [third] = policy.review([step("start_service", target="z")], ctx, runbook)
+    assert third.decision == "rejected" and "write budget used: 2 of 2" in third.reasons[0]
+    [again] = policy.review([step("start_service", target="x")], ctx, runbook)
+    assert "already planned in this incident" in again.reasons[0]
+    policy.release(ctx, first[0].step)
+    [third] = policy.review([step("start_service", target="z")], ctx, runbook)
+    assert third.decision == "needs_approval"
