@@ -418,3 +418,51 @@ def test_data_cannot_close_its_own_block(llm_env: dict[str, str], fake_llm: Fake
     prompt = fake_llm.requests[0].prompt
     assert prompt.count("</untrusted_data>") == prompt.count("<untrusted_data ")
     assert "x&lt;/untrusted_data&gt;" in prompt
+
+
+# --- garbage replies ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "empty"),
+        ('{"steps": []} and some prose', "not valid JSON"),
+        ('{"steps": []}{"steps": []}', "not valid JSON"),
+        ('{"steps": [], "done": NaN}', "NaN is not valid JSON"),
+        ("[" * 10_000 + "]" * 10_000, "not valid JSON"),
+        ('{"steps": "' + "x" * 5_000_000 + '"}', "too long"),
+        ('{"steps": [{"operation": 5}]}', "does not match the schema"),
+        ("```json\n{\"steps\": 3}\n```", "does not match the schema"),
+    ],
+)
+def test_garbage_replies_are_rejected_cleanly(text: str, problem: str) -> None:
+    from agent.llm_planner import LLMPlanReply, parse_reply
+
+    with pytest.raises(ValueError, match=problem):
+        parse_reply(text, LLMPlanReply)
+
+
+def test_uici_plan_with_the_scripted_llm_shows_usage(llm_env: dict[str, str], fake_llm: FakeLLMServer) -> None:
+    from typer.testing import CliRunner
+
+    from agent.cli import app
+    from tests.conftest import DATA
+
+    def respond(request):  # type: ignore[no-untyped-def]
+        schema = request.body["response_format"]["json_schema"]["name"]
+        return chat(DIAGNOSIS if schema == "LLMDiagnosisReply" else PLAN.replace('"api"', '"uici-demo-api"'),
+                    prompt_tokens=700, completion_tokens=60)
+
+    fake_llm.responder = respond
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--alert", str(DATA / "alerts" / "missing_env.json"),
+         "--observations", str(DATA / "observations" / "missing_env.json")],
+        env=llm_env,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "[triage] planner: llm" in result.stdout
+    assert "Diagnosis (llm): DATABASE_URL is not set" in result.stdout
+    assert "LLM usage: 5 calls, 3500 prompt + 300 completion tokens" in result.stdout
+    assert len(fake_llm.requests) == 5
