@@ -433,7 +433,7 @@ def test_data_cannot_close_its_own_block(llm_env: dict[str, str], fake_llm: Fake
         ("[" * 10_000 + "]" * 10_000, "not valid JSON"),
         ('{"steps": "' + "x" * 5_000_000 + '"}', "too long"),
         ('{"steps": [{"operation": 5}]}', "does not match the schema"),
-        ("```json\n{\"steps\": 3}\n```", "does not match the schema"),
+        ('```json\n{"steps": 3}\n```', "does not match the schema"),
     ],
 )
 def test_garbage_replies_are_rejected_cleanly(text: str, problem: str) -> None:
@@ -443,7 +443,9 @@ def test_garbage_replies_are_rejected_cleanly(text: str, problem: str) -> None:
         parse_reply(text, LLMPlanReply)
 
 
-def test_uici_plan_with_the_scripted_llm_shows_usage(llm_env: dict[str, str], fake_llm: FakeLLMServer) -> None:
+def test_uici_plan_with_the_scripted_llm_shows_usage(
+    llm_env: dict[str, str], fake_llm: FakeLLMServer
+) -> None:
     from typer.testing import CliRunner
 
     from agent.cli import app
@@ -451,14 +453,24 @@ def test_uici_plan_with_the_scripted_llm_shows_usage(llm_env: dict[str, str], fa
 
     def respond(request):  # type: ignore[no-untyped-def]
         schema = request.body["response_format"]["json_schema"]["name"]
-        return chat(DIAGNOSIS if schema == "LLMDiagnosisReply" else PLAN.replace('"api"', '"uici-demo-api"'),
-                    prompt_tokens=700, completion_tokens=60)
+        return chat(
+            DIAGNOSIS
+            if schema == "LLMDiagnosisReply"
+            else PLAN.replace('"api"', '"uici-demo-api"'),
+            prompt_tokens=700,
+            completion_tokens=60,
+        )
 
     fake_llm.responder = respond
     result = CliRunner().invoke(
         app,
-        ["plan", "--alert", str(DATA / "alerts" / "missing_env.json"),
-         "--observations", str(DATA / "observations" / "missing_env.json")],
+        [
+            "plan",
+            "--alert",
+            str(DATA / "alerts" / "missing_env.json"),
+            "--observations",
+            str(DATA / "observations" / "missing_env.json"),
+        ],
         env=llm_env,
     )
     assert result.exit_code == 0, result.stderr

@@ -190,6 +190,14 @@ class EnvironmentExecutor(ABC):
             command=spec.command,
         )
 
+    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
+        """Whether a write `operation` on `target` took effect after `since` (epoch seconds).
+
+        Used to resolve a remediation intent left pending by a crash: observe, never repeat.
+        None means this executor cannot tell, and the caller must not call again blindly.
+        """
+        return None
+
     @abstractmethod
     def check_connection(self) -> MethodOutput:
         """Reach the backend once; raise ExecutorError(RETRYABLE, ...) saying how to fix it."""

@@ -481,6 +481,25 @@ class DockerExecutor(EnvironmentExecutor):
             return parsed.hostname
         return "127.0.0.1"
 
+    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
+        """restart: all containers started after `since`; start: all running; stop: none running."""
+        try:
+            containers = self.resolve(target)
+        except ExecutorError:
+            return None
+        states = [c.attrs["State"] for c in containers]
+        if operation == "restart_service":
+            return all(
+                (started := _timestamp(s.get("StartedAt"))) is not None
+                and _parse_time(started).timestamp() > since
+                for s in states
+            )
+        if operation == "start_service":
+            return all(s.get("Running") for s in states)
+        if operation == "stop_service":
+            return not any(s.get("Running") for s in states)
+        return None
+
     # --- write operations -------------------------------------------------------------
 
     @executor_method

@@ -1,0 +1,56 @@
+"""A child process that runs one remediation and dies (os._exit) at a chosen boundary.
+
+Usage: python -m tests.remediation_child CONFIG_STORAGE_URL TARGET BOUNDARY|none
+Prints the outcome as JSON when it does not die.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from agent.incident import AlertInfo, IncidentContext, PlanStep
+from agent.investigation import StepRunner
+from agent.policy import SafetyPolicy, WriteHistory
+from agent.remediation import Remediator
+from agent.store import IncidentStore
+from infrastructure.configuration.loader import load_config
+
+
+def main() -> None:
+    storage_url, target, boundary = sys.argv[1:4]
+    config = load_config(environ={"UICI_STORAGE_URL": storage_url})
+    policy = SafetyPolicy(config, WriteHistory.from_config(config))
+    runner = StepRunner(config, policy)
+    store = IncidentStore.from_config(config)
+
+    def checkpoint(reached: str) -> None:
+        if reached == boundary:
+            os._exit(1)  # a worker killed here: no cleanup, no finally blocks
+
+    context = IncidentContext(
+        incident_id="inc-crash",
+        alert=AlertInfo(
+            labels={"alertname": "ServiceDown", "service": target},
+            fingerprint="fp-crash",
+            starts_at="2026-11-24T13:22:43Z",
+        ),
+        environment="local-docker",
+        service=target,
+    )
+    step = PlanStep(
+        phase="resolution",
+        operation="restart_service",
+        environment="local-docker",
+        target=target,
+        parameters={"stop_timeout": 0},
+        proposed_by="runbook",
+    )
+    runbook = next(r for r in config.agents.runbooks if r.name == "service-down")
+    outcome = Remediator(store, runner, checkpoint=checkpoint).run(step, context, runbook)
+    runner.close()
+    print(outcome.model_dump_json())
+
+
+if __name__ == "__main__":
+    main()
