@@ -41,6 +41,18 @@ CREATE TABLE IF NOT EXISTS incidents (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS incidents_service ON incidents (environment, service, status);
+CREATE TABLE IF NOT EXISTS approvals (
+    incident_id TEXT NOT NULL,
+    step_key TEXT NOT NULL,
+    step TEXT NOT NULL,
+    command TEXT NOT NULL,
+    status TEXT NOT NULL,
+    actor TEXT,
+    reason TEXT,
+    created_at REAL NOT NULL,
+    decided_at REAL,
+    PRIMARY KEY (incident_id, step_key)
+);
 CREATE TABLE IF NOT EXISTS intents (
     key TEXT PRIMARY KEY,
     incident_id TEXT NOT NULL,
@@ -73,6 +85,21 @@ class Intent(BaseModel):
     recorded_at: float
     finished_at: float | None = None
     outcome: dict[str, Any] | None = None
+
+
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+
+
+class ApprovalRecord(BaseModel):
+    incident_id: str
+    step_key: str
+    step: PlanStep
+    command: str
+    status: ApprovalStatus
+    actor: str | None = None
+    reason: str | None = None
+    created_at: float
+    decided_at: float | None = None
 
 
 class IncidentStore:
@@ -177,6 +204,51 @@ class IncidentStore:
                 "UPDATE incidents SET report = ?, status = ?, updated_at = ? WHERE id = ?",
                 (json.dumps(report, default=str), status, time.time(), incident_id),
             )
+
+    # --- approvals --------------------------------------------------------------------
+
+    def request_approval(self, incident_id: str, step: PlanStep, command: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO approvals"
+                " VALUES (?, ?, ?, ?, 'pending', NULL, NULL, ?, NULL)",
+                (incident_id, step.key(), step.model_dump_json(), command, time.time()),
+            )
+
+    def decide_approval(
+        self, incident_id: str, step_key: str, status: ApprovalStatus, actor: str, reason: str
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "UPDATE approvals SET status = ?, actor = ?, reason = ?, decided_at = ?"
+                " WHERE incident_id = ? AND step_key = ?",
+                (status, actor, reason, time.time(), incident_id, step_key),
+            )
+
+    def approvals(
+        self, incident_id: str, status: ApprovalStatus | None = None
+    ) -> list[ApprovalRecord]:
+        query = "SELECT * FROM approvals WHERE incident_id = ?"
+        values: tuple[str, ...] = (incident_id,)
+        if status is not None:
+            query += " AND status = ?"
+            values = (incident_id, status)
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY created_at", values).fetchall()
+        return [
+            ApprovalRecord(
+                incident_id=r["incident_id"],
+                step_key=r["step_key"],
+                step=PlanStep.model_validate_json(r["step"]),
+                command=r["command"],
+                status=r["status"],
+                actor=r["actor"],
+                reason=r["reason"],
+                created_at=r["created_at"],
+                decided_at=r["decided_at"],
+            )
+            for r in rows
+        ]
 
     # --- remediation intents ----------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""The incident report: evidence, root cause, actions and their outcomes, what was rejected and
+why, usage, and whether the service is healthy again. One model, rendered as markdown for the
+Prefect UI and the terminal, and stored as JSON in the incident store.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from agent.conditions import items
+from agent.incident import Diagnosis, Observation, PhasePlan, StepDecision, Usage
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>])")
+
+
+class ActionRecord(BaseModel):
+    step: str
+    decision: str
+    policy: str
+    outcome: str  # executed | recovered | not executed | failed
+    detail: str = ""
+
+
+class TimelineEntry(BaseModel):
+    at: str
+    event: str
+
+
+class IncidentReport(BaseModel):
+    incident_id: str
+    alert: dict[str, Any]
+    environment: str
+    service: str
+    dependencies: list[str]
+    diagnosis: Diagnosis | None
+    observations: list[Observation]
+    plans: list[PhasePlan]
+    actions: list[ActionRecord] = Field(default_factory=list)
+    rejected: list[StepDecision] = Field(default_factory=list)
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    healthy: bool | None = None
+    health_detail: str = ""
+    flow_run_url: str | None = None
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def service_health(observations: list[Observation], service: str) -> tuple[bool | None, str]:
+    """From the newest get_status of the service: running, not restarting, not unhealthy."""
+    latest = [o for o in observations if o.operation == "get_status" and o.target == service]
+    if not latest or not latest[-1].success:
+        return None, "no status of the service was observed at the end"
+    problems = []
+    for item in items(latest[-1]):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("container") or item.get("name") or service
+        state = item.get("state")
+        health = (
+            (item.get("health") or {}).get("status")
+            if isinstance(item.get("health"), dict)
+            else None
+        )
+        if state not in ("running", "Running", "ACTIVE"):
+            problems.append(f"{name} is {state}")
+        elif item.get("restarting"):
+            problems.append(f"{name} is restarting")
+        elif health == "unhealthy":
+            problems.append(f"{name} is unhealthy")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"{service} is running" + ("" if not latest[-1].data else " and not unhealthy")
+
+
+def escape_markdown(text: str) -> str:
+    """Text from logs, alerts or an LLM is shown, never interpreted (no links, images, HTML)."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def render_markdown(report: IncidentReport, max_output_lines: int = 15) -> str:
+    e = escape_markdown
+    alertname = report.alert.get("labels", {}).get("alertname", "manual")
+    lines = [
+        f"# Incident {e(report.incident_id)}: {e(alertname)} on {e(report.service)}",
+        "",
+        f"- environment: {e(report.environment)}",
+        f"- dependencies: {e(', '.join(report.dependencies) or 'none declared')}",
+    ]
+    if report.flow_run_url:
+        lines.append(f"- Prefect flow run: {report.flow_run_url}")
+    if report.healthy is not None:
+        verdict = "yes" if report.healthy else "no"
+        lines.append(f"- healthy at the end: {verdict} ({e(report.health_detail)})")
+    diagnosis = report.diagnosis
+    lines += ["", "## Diagnosis", ""]
+    if diagnosis is None:
+        lines.append("No diagnosis was made.")
+    else:
+        lines += [
+            f"**{e(diagnosis.root_cause)}**",
+            "",
+            f"- category: {e(diagnosis.category)}, confidence {diagnosis.confidence:.2f}, "
+            f"by the {diagnosis.source} planner",
+            f"- evidence: {e(', '.join(diagnosis.evidence) or 'none')}",
+        ]
+        if diagnosis.rules_matched:
+            lines.append(f"- rules matched: {e(', '.join(diagnosis.rules_matched))}")
+        for recommended in diagnosis.recommended_actions:
+            lines.append(
+                f"- recommended: {e(recommended.operation)} {e(recommended.target or '')}: "
+                f"{e(recommended.rationale)}"
+            )
+        for note in diagnosis.notes:
+            lines.append(f"- note: {e(note)}")
+    lines += ["", "## Actions", ""]
+    if not report.actions:
+        lines.append("No write operation was executed.")
+    for action in report.actions:
+        lines.append(
+            f"- {e(action.step)}: {action.outcome} ({e(action.policy)}) {e(action.detail)}"
+        )
+    if report.rejected:
+        lines += ["", "## Rejected proposals", ""]
+        for decision in report.rejected:
+            lines.append(f"- {e(decision.step.describe())}: {e('; '.join(decision.reasons))}")
+    lines += ["", "## Evidence", ""]
+    cited = set(diagnosis.evidence) if diagnosis else set()
+    for observation in report.observations:
+        mark = " (cited)" if observation.id in cited else ""
+        status = "ok" if observation.success else f"failed: {observation.error}"
+        lines.append(
+            f"### {observation.id}{mark}: {e(observation.operation)} "
+            f"{e(observation.target or '')} [{e(status)}]"
+        )
+        body = observation.output.splitlines()
+        shown = body[-max_output_lines:]
+        if len(body) > len(shown):
+            lines.append(f"({len(body) - len(shown)} earlier lines trimmed)")
+        if shown:
+            lines += ["", "```text", *(line.replace("```", "'''") for line in shown), "```", ""]
+    lines += ["", "## Timeline", ""]
+    lines += [f"- {entry.at} {e(entry.event)}" for entry in report.timeline]
+    if report.usage.calls:
+        usage = report.usage
+        lines += [
+            "",
+            "## LLM usage",
+            "",
+            f"{usage.calls} calls, {usage.prompt_tokens} prompt and {usage.completion_tokens} "
+            f"completion tokens, cost {usage.cost:.6f} {usage.currency}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def operations_table(report: IncidentReport) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": o.id,
+            "phase": o.phase,
+            "operation": o.operation,
+            "target": o.target,
+            "ok": o.success,
+            "error": o.error or "",
+        }
+        for o in report.observations
+    ]
