@@ -64,7 +64,7 @@ def test_config_validate_on_a_broken_configuration(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stdout == ""
     assert (
-        f"{config_dir}/platform.yml:29: service.port: invalid value 'eighty' "
+        f"{config_dir}/platform.yml:31: service.port: invalid value 'eighty' "
         "(a valid integer, unable to parse string as an integer)"
     ) in done.stderr
 

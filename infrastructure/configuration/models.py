@@ -146,6 +146,8 @@ class PrefectSettings(StrictModel):
     api_url: Annotated[str, StringConstraints(pattern=r"^https?://\S+$")]
     work_pool: NonEmpty
     deployments: PrefectDeployments
+    # How often a paused flow checks for an approval (Prefect's default is 10 s).
+    approval_poll_seconds: int = Field(ge=1, le=300)
 
 
 class ServiceSettings(StrictModel):

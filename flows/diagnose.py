@@ -1,0 +1,421 @@
+"""The incident flow: four phases, each planned, executed and recorded, ending in a report.
+
+Phases run in order (triage, isolation, root cause, resolution); each phase's accepted steps run
+as a subflow per environment whose operations are one task run each. Later phases see earlier
+observations. Writes that need approval pause the flow with a typed input; no answer within the
+environment's approval timeout means not executed. The logic lives in agent/; this module wires
+it into Prefect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import apause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+from agent.incident import (
+    PHASES,
+    Diagnosis,
+    IncidentContext,
+    Observation,
+    Phase,
+    PhasePlan,
+    PlanStep,
+    StepDecision,
+)
+from agent.investigation import StepRunner, context_from_alert, observation_from_result
+from agent.planner import DiagnosticPlanner
+from agent.policy import Approval, WriteHistory
+from agent.remediation import Remediator
+from agent.report import (
+    ActionRecord,
+    IncidentReport,
+    TimelineEntry,
+    now,
+    operations_table,
+    render_markdown,
+    service_health,
+)
+from agent.store import IncidentStatus, IncidentStore
+from infrastructure.configuration.loader import UICIConfig, load_config
+from infrastructure.configuration.models import RiskLevel, Runbook
+from infrastructure.executors.base import OperationResult
+from tasks.operations import (
+    RetryableOperationError,
+    StepNotAuthorized,
+    read_step_options,
+    run_read_step,
+    run_write_step,
+)
+
+
+class ApprovalInput(RunInput):
+    """The form shown in the Prefect UI (flow run page, Resume) for a write that needs a person."""
+
+    approve: bool
+    approver: str = "prefect-ui"
+    reason: str = ""
+
+
+class Services:
+    """What one incident run uses: built once per flow run from the configuration."""
+
+    def __init__(self, config: UICIConfig) -> None:
+        self.config = config
+        self.store = IncidentStore.from_config(config)
+        self.planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
+        self.runner = StepRunner(config, self.planner.policy)
+        self.remediator = Remediator(self.store, self.runner)
+
+
+def artifact_key(incident_id: str, suffix: str = "") -> str:
+    key = re.sub(r"[^a-z0-9-]+", "-", f"incident-{incident_id}{suffix}".lower()).strip("-")
+    return key[:100]
+
+
+def flow_run_url(flow_run_id: str | None) -> str | None:
+    if not flow_run_id:
+        return None
+    ui = PREFECT_UI_URL.value() or (PREFECT_API_URL.value() or "").removesuffix("/api")
+    return f"{ui}/runs/flow-run/{flow_run_id}" if ui else None
+
+
+def _run_name() -> str:
+    parameters = flow_run.parameters or {}
+    alert = parameters.get("alert") or {}
+    labels = alert.get("labels", {}) if isinstance(alert, dict) else {}
+    service = (
+        parameters.get("service") or labels.get("service") or labels.get("container") or "service"
+    )
+    alertname = labels.get("alertname") or "manual"
+    return f"incident-{service}-{alertname}"
+
+
+@task(cache_policy=NO_CACHE, task_run_name="plan · {phase} · round {iteration}")
+def plan_phase(
+    phase: Phase,
+    iteration: int,
+    context: IncidentContext,
+    observations: list[Observation],
+    planned: int,
+    planner: DiagnosticPlanner,
+) -> PhasePlan:
+    return planner.plan_phase(context, phase, observations, iteration, planned)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="diagnose")
+def diagnose(
+    context: IncidentContext, observations: list[Observation], planner: DiagnosticPlanner
+) -> Diagnosis:
+    return planner.diagnose(context, observations)
+
+
+@flow(name="environment-steps", flow_run_name="{phase} · {environment}")
+async def run_environment_steps(
+    phase: Phase,
+    environment: str,
+    steps: list[PlanStep],
+    context: IncidentContext,
+    services: Services,
+) -> list[tuple[PlanStep, OperationResult]]:
+    """The accepted read steps of one phase in one environment, concurrently, one task each."""
+    registry = services.planner.policy.registry
+
+    async def one(step: PlanStep) -> tuple[PlanStep, OperationResult]:
+        spec = registry.describe(step.operation)
+        state = await run_read_step.with_options(**read_step_options(spec))(  # type: ignore[misc]
+            phase,
+            environment,
+            step.operation,
+            step.target or "-",
+            step,
+            context,
+            services.runner,
+            return_state=True,
+        )
+        outcome = await state.aresult(raise_on_failure=False)
+        if isinstance(outcome, OperationResult):
+            return step, outcome
+        if isinstance(outcome, RetryableOperationError):
+            return step, outcome.result  # retried as configured, still failing: reported
+        if isinstance(outcome, StepNotAuthorized):
+            raise outcome
+        raise RuntimeError(f"{step.describe()} ended in state {state.type}: {outcome}")
+
+    return list(await asyncio.gather(*(one(step) for step in steps)))
+
+
+@flow(name="diagnose-incident", flow_run_name=_run_name, log_prints=False)
+async def diagnose_incident(
+    alert: dict[str, Any] | None = None,
+    service: str | None = None,
+    environment: str | None = None,
+    dependencies: list[str] | None = None,
+    incident_id: str | None = None,
+) -> dict[str, Any]:
+    """Diagnose one incident: an Alertmanager alert (or webhook body), or a service by name."""
+    logger = get_run_logger()
+    config = load_config()
+    services = Services(config)
+    default_environment = environment or config.platform.platform.default_environment
+    if alert:
+        context = context_from_alert(alert, default_environment, incident_id, dependencies or [])
+    elif service:
+        context = context_from_alert(
+            {"labels": {"alertname": "manual", "service": service}},
+            default_environment,
+            incident_id,
+            dependencies or [],
+        )
+    else:
+        raise ValueError("diagnose_incident needs an alert or a service")
+    if environment:
+        context = context.model_copy(update={"environment": environment})
+    run_id = str(flow_run.id) if flow_run.id else None
+    services.store.open_incident(context, run_id)
+    services.store.set_status(context.incident_id, "diagnosing", run_id)
+    runbook = services.planner.runbooks.match(context)
+    report = IncidentReport(
+        incident_id=context.incident_id,
+        alert=context.alert.model_dump(mode="json"),
+        environment=context.environment,
+        service=context.service,
+        dependencies=context.dependencies,
+        diagnosis=None,
+        observations=[],
+        plans=[],
+        flow_run_url=flow_run_url(run_id),
+    )
+    report.timeline.append(
+        TimelineEntry(at=now(), event=f"incident opened (runbook {runbook.name})")
+    )
+    progress = await acreate_progress_artifact(
+        progress=0.0, description=f"incident {context.incident_id}"
+    )
+    rounds = config.agents.diagnostic_agent.max_llm_iterations_per_phase
+
+    for index, phase in enumerate(PHASES):
+        planned = 0
+        for iteration in range(rounds):
+            plan = plan_phase(
+                phase, iteration, context, report.observations, planned, services.planner
+            )
+            report.plans.append(plan)
+            planned += len(plan.decisions)
+            report.rejected.extend(d for d in plan.decisions if d.decision == "rejected")
+            report.timeline.append(
+                TimelineEntry(
+                    at=now(),
+                    event=f"{phase}: {plan.planner} planned "
+                    f"{len(plan.accepted)} steps, {len(plan.needs_approval)} need approval",
+                )
+            )
+            reads = [s for s in plan.accepted if _risk(services, s) is RiskLevel.READ]
+            writes = [d for d in plan.decisions if d.decision != "rejected" and d.risk != "read"]
+            for environment_name in sorted({s.environment for s in reads}):
+                results = await run_environment_steps(
+                    phase,
+                    environment_name,
+                    [s for s in reads if s.environment == environment_name],
+                    context,
+                    services,
+                )
+                for step, result in results:
+                    _observe(report, step, result)
+            for decision in writes:
+                await _remediate(decision, context, runbook, services, report, logger)
+            if plan.done or plan.planner == "runbook":
+                break
+        await aupdate_progress_artifact(progress, progress=100.0 * (index + 1) / len(PHASES))
+
+    if report.actions and any(a.outcome in ("executed", "recovered") for a in report.actions):
+        validation = PlanStep(
+            phase="resolution",
+            operation="get_status",
+            environment=context.environment,
+            target=context.service,
+            rationale="validate after remediation",
+            proposed_by="runbook",
+        )
+        for step, result in await run_environment_steps(
+            "resolution", context.environment, [validation], context, services
+        ):
+            _observe(report, step, result)
+
+    # A sync task called from this async flow runs inline and returns its value.
+    report.diagnosis = diagnose(context, report.observations, services.planner)
+    report.usage = services.planner.incident_usage(context.incident_id)
+    report.healthy, report.health_detail = service_health(report.observations, context.service)
+    report.timeline.append(TimelineEntry(at=now(), event="diagnosis complete"))
+    status: IncidentStatus = "resolved" if report.healthy else "diagnosed"
+    data = report.model_dump(mode="json")
+    services.store.save_report(context.incident_id, data, status)
+    await acreate_markdown_artifact(
+        markdown=render_markdown(report),
+        key=artifact_key(context.incident_id),
+        description=f"incident report {context.incident_id}",
+    )
+    await acreate_table_artifact(
+        table=operations_table(report),
+        key=artifact_key(context.incident_id, "-ops"),
+        description="operations of the incident",
+    )
+    services.runner.close()
+    logger.info(
+        "incident %s: %s",
+        context.incident_id,
+        report.diagnosis.root_cause if report.diagnosis else "no diagnosis",
+    )
+    return data
+
+
+def _risk(services: Services, step: PlanStep) -> RiskLevel:
+    return services.planner.policy.registry.describe(step.operation).risk
+
+
+def _observe(report: IncidentReport, step: PlanStep, result: OperationResult) -> None:
+    observation = observation_from_result(f"obs-{len(report.observations) + 1}", step, result)
+    report.observations.append(observation)
+
+
+async def _remediate(
+    decision: StepDecision,
+    context: IncidentContext,
+    runbook: Runbook,
+    services: Services,
+    report: IncidentReport,
+    logger: Any,
+) -> None:
+    step = decision.step
+    approval: Approval | None = None
+    policy = services.planner.policy
+    if decision.decision == "needs_approval":
+        command = " ".join(decision.command)
+        services.store.request_approval(context.incident_id, step, command)
+        services.store.set_status(context.incident_id, "awaiting_approval")
+        timeout = config_timeout(services, step)
+        logger.warning("approval needed for %s: %s", step.describe(), command)
+        report.timeline.append(
+            TimelineEntry(at=now(), event=f"approval requested: {step.describe()}")
+        )
+        description = (
+            f"## Approve `{step.operation}` on `{step.target}`?\n\n"
+            f"- environment: {step.environment}\n- command: `{command}`\n"
+            f"- rationale: {step.rationale}\n- proposed by: {step.proposed_by}\n"
+            f"- step key: {step.key()}\n\nNo answer within {timeout} s means it is not executed."
+        )
+        try:
+            answer = await apause_flow_run(
+                wait_for_input=ApprovalInput.with_initial_data(
+                    description=description, approve=False
+                ),
+                timeout=timeout,
+                poll_interval=services.config.platform.prefect.approval_poll_seconds,
+                key=f"approval-{step.key()}",
+            )
+        except FlowPauseTimeout:
+            services.store.decide_approval(
+                context.incident_id, step.key(), "expired", "uici", "no answer"
+            )
+            policy.release(context, step)
+            report.actions.append(
+                ActionRecord(
+                    step=step.describe(),
+                    decision="needs_approval",
+                    policy=decision.policy,
+                    outcome="not executed",
+                    detail=f"no approval within {timeout} s",
+                )
+            )
+            services.store.set_status(context.incident_id, "diagnosing")
+            return
+        services.store.set_status(context.incident_id, "diagnosing")
+        if answer is None or not answer.approve:
+            who = answer.approver if answer else "unknown"
+            services.store.decide_approval(
+                context.incident_id, step.key(), "rejected", who, answer.reason if answer else ""
+            )
+            policy.release(context, step)
+            report.actions.append(
+                ActionRecord(
+                    step=step.describe(),
+                    decision="rejected",
+                    policy=decision.policy,
+                    outcome="not executed",
+                    detail=f"rejected by {who}",
+                )
+            )
+            report.timeline.append(
+                TimelineEntry(at=now(), event=f"rejected by {who}: {step.describe()}")
+            )
+            return
+        services.store.decide_approval(
+            context.incident_id, step.key(), "approved", answer.approver, answer.reason
+        )
+        approval = Approval(
+            step_key=step.key(),
+            approved_by=answer.approver,
+            expires_at=policy.approval_expiry(step),
+        )
+        report.timeline.append(
+            TimelineEntry(at=now(), event=f"approved by {answer.approver}: {step.describe()}")
+        )
+
+    outcome = await run_write_step(
+        step.phase,
+        step.environment,
+        step.operation,
+        step.target or "-",
+        step,
+        context,
+        runbook,
+        approval,
+        services.remediator,
+        float(config_timeout(services, step)),
+    )
+    if outcome.result is not None:
+        _observe(report, step, outcome.result)
+    result_text = (
+        "executed" if outcome.executed else "recovered" if outcome.recovered else "not executed"
+    )
+    if outcome.result is not None and not outcome.result.success:
+        result_text = "failed"
+    report.actions.append(
+        ActionRecord(
+            step=step.describe(),
+            decision=outcome.decision.decision,
+            policy=outcome.decision.policy,
+            outcome=result_text,
+            detail=outcome.note,
+        )
+    )
+    report.timeline.append(TimelineEntry(at=now(), event=f"{result_text}: {step.describe()}"))
+
+
+def config_timeout(services: Services, step: PlanStep) -> int:
+    return int(
+        services.config.environments.environments[step.environment].policy.approval_timeout_seconds
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    started = time.monotonic()
+    asyncio.run(diagnose_incident(service=sys.argv[1] if len(sys.argv) > 1 else "web"))
+    print(f"done in {time.monotonic() - started:.1f} s")
