@@ -108,3 +108,25 @@ def llm_env(planning_env, fake_llm):  # type: ignore[no-untyped-def]
         "UICI_LLM_MAX_RETRIES": "2",
         "UICI_LLM_RETRY_BACKOFF_SECONDS": "0.05",
     }
+
+
+# --- Prefect: a real, temporary server (SQLite) for the whole session ----------------------------
+
+
+@pytest.fixture(scope="session")
+def prefect_server():  # type: ignore[no-untyped-def]
+    """prefect_test_harness with the flow heartbeat off (it adds ~1 s to every sync flow)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90), temporary_settings(
+        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ):
+        yield
+
+
+@pytest.fixture
+def flow_env(prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Flows read their configuration from the process environment: an isolated store."""
+    monkeypatch.setenv("UICI_STORAGE_URL", f"sqlite:///{tmp_path}/uici.db")
+    return tmp_path

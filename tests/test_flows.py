@@ -1,0 +1,230 @@
+"""The incident flow on a real Prefect server and real Docker containers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from agent.store import IncidentStore
+from flows.diagnose import artifact_key, diagnose_incident
+from tests.data.capture_observations import alert_for
+from tests.failures import FailureLab
+
+FAILURES = {
+    "missing_env": "missing-configuration",
+    "oom": "oom-killed",
+    "unhealthy": "health-check-failing",
+    "lost_dependency": "dependency-down",
+    "cpu_burn": "cpu-saturation",
+}
+
+
+def restarts(lab: FailureLab, name: str, since: float) -> int:
+    events = lab.client.events(since=int(since), until=int(time.time()) + 1,
+                               filters={"container": name, "event": "restart"}, decode=True)
+    try:
+        return sum(1 for _ in events)
+    finally:
+        events.close()
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
+def test_each_failure_yields_a_completed_run_naming_the_cause(
+    failure: str, lab: FailureLab, flow_env: Path
+) -> None:
+    lab.get(failure)
+    report = asyncio.run(diagnose_incident(alert=alert_for(lab, failure)))
+    assert report["diagnosis"]["rules_matched"][0] == FAILURES[failure]
+    assert report["diagnosis"]["evidence"]
+    assert report["flow_run_url"] and "/runs/flow-run/" in report["flow_run_url"]
+    stored = IncidentStore(flow_env / "uici.db").get(report["incident_id"])
+    assert stored is not None and stored.report is not None
+    assert stored.report["diagnosis"]["root_cause"] == report["diagnosis"]["root_cause"]
+    if failure == "cpu_burn":
+        lab.container("cruncher").stop(timeout=1)
+
+
+def test_the_ui_gets_phase_subflows_named_tasks_and_the_report(lab: FailureLab, flow_env: Path) -> None:
+    lab.get("oom")
+    report = asyncio.run(diagnose_incident(alert=alert_for(lab, "oom"), incident_id="ui-check"))
+    run_id = report["flow_run_url"].rsplit("/", 1)[-1]
+
+    async def inspect() -> tuple[list[str], list[str], list[str]]:
+        async with get_client() as client:
+            parent = await client.read_flow_run(run_id)
+            children = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_task_run_id={"is_null_": False})
+            )
+            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            child_tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[c.id for c in children]))
+            )
+            artifacts = await client.read_artifacts()
+            assert parent.name == f"incident-{lab.name('worker')}-WorkerExited"
+            return ([c.name for c in children], [t.name for t in tasks + child_tasks],
+                    [a.key for a in artifacts if a.key])
+
+    children, task_names, keys = asyncio.run(inspect())
+    assert {"triage · local-docker", "root_cause · local-docker"} <= set(children)
+    assert f"triage · local-docker · get_status · {lab.name('worker')}" in task_names
+    assert "plan · triage · round 0" in task_names
+    assert artifact_key("ui-check") in keys and artifact_key("ui-check", "-ops") in keys
+
+
+def _strict(flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path, **edits: str) -> None:
+    """The shipped configuration with local-docker not auto-approving, and other edits."""
+    path = shipped_config_dir / "environments.yml"
+    text = path.read_text().replace("    policy:\n      auto_approve: true", "    policy:\n      auto_approve: false", 1)
+    for old, new in edits.items():
+        text = text.replace(old, new)
+    path.write_text(text)
+    monkeypatch.setenv("UICI_CONFIG_DIR", str(shipped_config_dir))
+
+
+def run_in_thread(**parameters: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["report"] = asyncio.run(diagnose_incident(**parameters))
+        except BaseException as exc:  # surfaced by the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def wait_for_pending_approval(store: IncidentStore, incident_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pending = store.approvals(incident_id, "pending")
+        if pending:
+            return pending[0]
+        time.sleep(0.3)
+    raise TimeoutError("no approval was requested")
+
+
+def resume(incident_id: str, store: IncidentStore, approve: bool) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    record = store.get(incident_id)
+    assert record is not None and record.status == "awaiting_approval" and record.flow_run_id
+    deadline = time.monotonic() + 30
+    while True:  # the pause becomes visible to the API a moment after the approval row
+        try:
+            resume_flow_run(record.flow_run_id, run_input={"approve": approve, "approver": "alice",
+                                                           "reason": "test"})
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
+def test_a_write_step_pauses_for_approval(
+    approve: bool, lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path
+) -> None:
+    _strict(flow_env, monkeypatch, shipped_config_dir)
+    name = f"approval-{'yes' if approve else 'no'}"
+    lab.run(name, ["sh", "-c", "echo INFO loading; tail /dev/zero"], mem_limit="16m", memswap_limit="16m")
+    target = lab.name(name)
+    from tests.failures import wait_for
+
+    wait_for(lambda: (lab.container(name).reload() or lab.container(name).status) == "exited", 30, "OOM kill")
+    start = time.time() - 1
+    incident = f"approve-{approve}"
+    thread, box = run_in_thread(
+        alert={"labels": {"alertname": "WorkerExited", "service": target}, "fingerprint": incident},
+        incident_id=incident,
+    )
+    store = IncidentStore(flow_env / "uici.db")
+    pending = wait_for_pending_approval(store, incident)
+    assert pending.step.operation == "restart_service" and pending.step.target == target
+    assert restarts(lab, target, start) == 0, "nothing runs before the approval"
+    resume(incident, store, approve)
+    thread.join(120)
+    assert "error" not in box, box.get("error")
+    report = box["report"]
+    [action] = report["actions"]
+    if approve:
+        assert action["outcome"] == "executed" and "approved by alice" in action["policy"]
+        assert restarts(lab, target, start) == 1
+        assert store.approvals(incident, "approved")
+    else:
+        assert action["outcome"] == "not executed" and "rejected by alice" in action["detail"]
+        assert restarts(lab, target, start) == 0
+        assert store.approvals(incident, "rejected")
+
+
+def test_no_answer_in_time_means_not_executed(
+    lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path
+) -> None:
+    _strict(flow_env, monkeypatch, shipped_config_dir,
+            **{"  approval_timeout_seconds: 900": "  approval_timeout_seconds: 3"})
+    lab.get("oom")
+    start = time.time() - 1
+    report = asyncio.run(diagnose_incident(alert=alert_for(lab, "oom"), incident_id="no-answer"))
+    [action] = report["actions"]
+    assert action["outcome"] == "not executed" and "no approval within 3 s" in action["detail"]
+    assert restarts(lab, lab.name("worker"), start) == 0
+    assert IncidentStore(flow_env / "uici.db").approvals("no-answer", "expired")
+
+
+def test_two_incidents_on_one_service_remediate_one_after_the_other(
+    lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path
+) -> None:
+    # Auto-approval on, no cool-down, so both incidents really restart the same service.
+    path = shipped_config_dir / "environments.yml"
+    path.write_text(path.read_text().replace("  cooldown_seconds: 900", "  cooldown_seconds: 0"))
+    monkeypatch.setenv("UICI_CONFIG_DIR", str(shipped_config_dir))
+    lab.run("shared", ["sh", "-c", "echo INFO loading; tail /dev/zero"], mem_limit="16m", memswap_limit="16m",
+            restart_policy={"Name": "no"})
+    target = lab.name("shared")
+    time.sleep(2)
+
+    async def both() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(
+            diagnose_incident(alert={"labels": {"alertname": "WorkerExited", "service": target},
+                                     "fingerprint": "first"}, incident_id="serial-1"),
+            diagnose_incident(alert={"labels": {"alertname": "WorkerExited", "service": target},
+                                     "fingerprint": "second"}, incident_id="serial-2"),
+        ))
+
+    reports = asyncio.run(both())
+    executed = [a for r in reports for a in r["actions"] if a["outcome"] == "executed"]
+    assert len(executed) == 2
+    store = IncidentStore(flow_env / "uici.db")
+    import sqlite3
+
+    with sqlite3.connect(store.path) as db:
+        spans = sorted(db.execute("SELECT recorded_at, finished_at FROM intents").fetchall())
+    assert len(spans) == 2
+    (first_start, first_end), (second_start, _) = spans
+    assert second_start >= first_end, f"the second remediation began before the first ended: {spans}"
+
+
+def test_a_read_step_against_an_unreachable_daemon_is_retried_and_reported(
+    flow_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    report = asyncio.run(diagnose_incident(service="web", incident_id="daemon-down"))
+    failed = [o for o in report["observations"] if not o["success"]]
+    assert failed and all("is unreachable" in o["error"] for o in failed)
+    assert report["diagnosis"]["category"] == "unknown"
+
+    async def run_counts() -> list[int]:
+        async with get_client() as client:
+            runs = await client.read_task_runs()
+            return [t.run_count for t in runs if t.name.startswith("triage · local-docker · get_status · web")]
+
+    counts = asyncio.run(run_counts())
+    assert counts and max(counts) == 3, counts  # operations.yml: get_status attempts 3
