@@ -42,6 +42,8 @@ envs_app = typer.Typer(help="The configured environments.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 app.add_typer(ops_app, name="ops")
 app.add_typer(envs_app, name="envs")
+incidents_app = typer.Typer(help="Incidents: list, show, approve or reject.", no_args_is_help=True)
+app.add_typer(incidents_app, name="incidents")
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -549,6 +551,115 @@ def plan(
                 f"cost {usage.cost:.6f} {usage.currency}"
             )
         )
+
+
+# --- incidents ----------------------------------------------------------------------------
+
+
+def _store(ctx: typer.Context) -> Any:
+    from agent.store import IncidentStore
+
+    return IncidentStore.from_config(_load(ctx))
+
+
+@incidents_app.command("list")
+def incidents_list(
+    ctx: typer.Context,
+    status: Annotated[str | None, typer.Option("--status", help="open, diagnosing, ...")] = None,
+    service: Annotated[str | None, typer.Option("--service")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent incidents, newest first."""
+    records = _store(ctx).incidents(status=status, service=service, limit=limit)
+    if as_json:
+        _print_json([r.model_dump(mode="json", exclude={"report"}) for r in records])
+        return
+    table = Table(title="Incidents", title_justify="left")
+    for column in ("incident", "status", "environment", "service", "alert", "root cause"):
+        table.add_column(column, no_wrap=column in ("incident", "status"))
+    for record in records:
+        diagnosis = (record.report or {}).get("diagnosis") or {}
+        table.add_row(
+            record.id,
+            record.status,
+            record.environment,
+            record.service,
+            record.context.alert.alertname,
+            diagnosis.get("root_cause", ""),
+        )
+    stdout.print(table)
+
+
+@incidents_app.command("show")
+def incidents_show(
+    ctx: typer.Context,
+    incident_id: Annotated[str, typer.Argument(help="The incident id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """The incident's report: evidence, root cause, actions, health."""
+    from agent.report import IncidentReport, render_markdown
+
+    record = _store(ctx).get(incident_id)
+    if record is None:
+        _fail(f"no incident {incident_id!r}; `uici incidents list` shows them")
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+        return
+    if record.report is None:
+        stdout.print(
+            Text(f"{record.id}: {record.status}; no report yet (flow run {record.flow_run_id})")
+        )
+        return
+    typer.echo(render_markdown(IncidentReport.model_validate(record.report)))
+
+
+def _decide(
+    ctx: typer.Context, incident_id: str, approve: bool, reason: str, approver: str
+) -> None:
+    store = _store(ctx)
+    record = store.get(incident_id)
+    if record is None:
+        _fail(f"no incident {incident_id!r}")
+    pending = store.approvals(incident_id, "pending")
+    if not pending or record.status != "awaiting_approval" or not record.flow_run_id:
+        _fail(f"incident {incident_id} is {record.status}; nothing waits for approval")
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        resume_flow_run(
+            record.flow_run_id,
+            run_input={"approve": approve, "approver": approver, "reason": reason},
+        )
+    except Exception as exc:
+        _fail(f"could not resume flow run {record.flow_run_id}: {exc}", EXIT_FAILED)
+    step = pending[0]
+    verb = "approved" if approve else "rejected"
+    stdout.print(
+        Text(f"{verb}: {step.step.describe()} ($ {step.command}) for incident {incident_id}")
+    )
+
+
+@incidents_app.command("approve")
+def incidents_approve(
+    ctx: typer.Context,
+    incident_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    approver: Annotated[str, typer.Option("--as", help="Who approves.")] = "cli",
+) -> None:
+    """Approve the write step the incident's flow run is paused for."""
+    _decide(ctx, incident_id, True, reason, approver)
+
+
+@incidents_app.command("reject")
+def incidents_reject(
+    ctx: typer.Context,
+    incident_id: Annotated[str, typer.Argument()],
+    reason: Annotated[str, typer.Option("--reason")] = "",
+    approver: Annotated[str, typer.Option("--as", help="Who rejects.")] = "cli",
+) -> None:
+    """Reject the write step the incident's flow run is paused for: it is not executed."""
+    _decide(ctx, incident_id, False, reason, approver)
 
 
 def main() -> None:

@@ -27,8 +27,12 @@ FAILURES = {
 
 
 def restarts(lab: FailureLab, name: str, since: float) -> int:
-    events = lab.client.events(since=int(since), until=int(time.time()) + 1,
-                               filters={"container": name, "event": "restart"}, decode=True)
+    events = lab.client.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        filters={"container": name, "event": "restart"},
+        decode=True,
+    )
     try:
         return sum(1 for _ in events)
     finally:
@@ -51,7 +55,9 @@ def test_each_failure_yields_a_completed_run_naming_the_cause(
         lab.container("cruncher").stop(timeout=1)
 
 
-def test_the_ui_gets_phase_subflows_named_tasks_and_the_report(lab: FailureLab, flow_env: Path) -> None:
+def test_the_ui_gets_phase_subflows_named_tasks_and_the_report(
+    lab: FailureLab, flow_env: Path
+) -> None:
     lab.get("oom")
     report = asyncio.run(diagnose_incident(alert=alert_for(lab, "oom"), incident_id="ui-check"))
     run_id = report["flow_run_url"].rsplit("/", 1)[-1]
@@ -62,14 +68,19 @@ def test_the_ui_gets_phase_subflows_named_tasks_and_the_report(lab: FailureLab, 
             children = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(parent_task_run_id={"is_null_": False})
             )
-            tasks = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            tasks = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
             child_tasks = await client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[c.id for c in children]))
             )
             artifacts = await client.read_artifacts()
             assert parent.name == f"incident-{lab.name('worker')}-WorkerExited"
-            return ([c.name for c in children], [t.name for t in tasks + child_tasks],
-                    [a.key for a in artifacts if a.key])
+            return (
+                [c.name for c in children],
+                [t.name for t in tasks + child_tasks],
+                [a.key for a in artifacts if a.key],
+            )
 
     children, task_names, keys = asyncio.run(inspect())
     assert {"triage · local-docker", "root_cause · local-docker"} <= set(children)
@@ -78,10 +89,14 @@ def test_the_ui_gets_phase_subflows_named_tasks_and_the_report(lab: FailureLab, 
     assert artifact_key("ui-check") in keys and artifact_key("ui-check", "-ops") in keys
 
 
-def _strict(flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path, **edits: str) -> None:
+def _strict(
+    flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path, **edits: str
+) -> None:
     """The shipped configuration with local-docker not auto-approving, and other edits."""
     path = shipped_config_dir / "environments.yml"
-    text = path.read_text().replace("    policy:\n      auto_approve: true", "    policy:\n      auto_approve: false", 1)
+    text = path.read_text().replace(
+        "    policy:\n      auto_approve: true", "    policy:\n      auto_approve: false", 1
+    )
     for old, new in edits.items():
         text = text.replace(old, new)
     path.write_text(text)
@@ -112,34 +127,48 @@ def wait_for_pending_approval(store: IncidentStore, incident_id: str, timeout: f
     raise TimeoutError("no approval was requested")
 
 
-def resume(incident_id: str, store: IncidentStore, approve: bool) -> None:
-    from prefect.flow_runs import resume_flow_run
+def resume(incident_id: str, store: IncidentStore, approve: bool, env: dict[str, str]) -> None:
+    """Approve with `uici incidents approve`, reject with `uici incidents reject`."""
+    from typer.testing import CliRunner
 
-    record = store.get(incident_id)
-    assert record is not None and record.status == "awaiting_approval" and record.flow_run_id
+    from agent.cli import app
+
+    command = ["incidents", "approve" if approve else "reject", incident_id, "--as", "alice"]
     deadline = time.monotonic() + 30
     while True:  # the pause becomes visible to the API a moment after the approval row
-        try:
-            resume_flow_run(record.flow_run_id, run_input={"approve": approve, "approver": "alice",
-                                                           "reason": "test"})
+        result = CliRunner().invoke(app, command, env=env)
+        if result.exit_code == 0:
+            assert ("approved: " if approve else "rejected: ") + "restart_service" in result.stdout
             return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+        if time.monotonic() > deadline:
+            raise AssertionError(result.stderr)
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("approve", [True, False], ids=["approved", "rejected"])
 def test_a_write_step_pauses_for_approval(
-    approve: bool, lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path
+    approve: bool,
+    lab: FailureLab,
+    flow_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shipped_config_dir: Path,
 ) -> None:
     _strict(flow_env, monkeypatch, shipped_config_dir)
     name = f"approval-{'yes' if approve else 'no'}"
-    lab.run(name, ["sh", "-c", "echo INFO loading; tail /dev/zero"], mem_limit="16m", memswap_limit="16m")
+    lab.run(
+        name,
+        ["sh", "-c", "echo INFO loading; tail /dev/zero"],
+        mem_limit="16m",
+        memswap_limit="16m",
+    )
     target = lab.name(name)
     from tests.failures import wait_for
 
-    wait_for(lambda: (lab.container(name).reload() or lab.container(name).status) == "exited", 30, "OOM kill")
+    wait_for(
+        lambda: (lab.container(name).reload() or lab.container(name).status) == "exited",
+        30,
+        "OOM kill",
+    )
     start = time.time() - 1
     incident = f"approve-{approve}"
     thread, box = run_in_thread(
@@ -150,7 +179,9 @@ def test_a_write_step_pauses_for_approval(
     pending = wait_for_pending_approval(store, incident)
     assert pending.step.operation == "restart_service" and pending.step.target == target
     assert restarts(lab, target, start) == 0, "nothing runs before the approval"
-    resume(incident, store, approve)
+    import os
+
+    resume(incident, store, approve, {k: v for k, v in os.environ.items() if k.startswith("UICI_")})
     thread.join(120)
     assert "error" not in box, box.get("error")
     report = box["report"]
@@ -168,8 +199,12 @@ def test_a_write_step_pauses_for_approval(
 def test_no_answer_in_time_means_not_executed(
     lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path
 ) -> None:
-    _strict(flow_env, monkeypatch, shipped_config_dir,
-            **{"  approval_timeout_seconds: 900": "  approval_timeout_seconds: 3"})
+    _strict(
+        flow_env,
+        monkeypatch,
+        shipped_config_dir,
+        **{"  approval_timeout_seconds: 900": "  approval_timeout_seconds: 3"},
+    )
     lab.get("oom")
     start = time.time() - 1
     report = asyncio.run(diagnose_incident(alert=alert_for(lab, "oom"), incident_id="no-answer"))
@@ -186,18 +221,35 @@ def test_two_incidents_on_one_service_remediate_one_after_the_other(
     path = shipped_config_dir / "environments.yml"
     path.write_text(path.read_text().replace("  cooldown_seconds: 900", "  cooldown_seconds: 0"))
     monkeypatch.setenv("UICI_CONFIG_DIR", str(shipped_config_dir))
-    lab.run("shared", ["sh", "-c", "echo INFO loading; tail /dev/zero"], mem_limit="16m", memswap_limit="16m",
-            restart_policy={"Name": "no"})
+    lab.run(
+        "shared",
+        ["sh", "-c", "echo INFO loading; tail /dev/zero"],
+        mem_limit="16m",
+        memswap_limit="16m",
+        restart_policy={"Name": "no"},
+    )
     target = lab.name("shared")
     time.sleep(2)
 
     async def both() -> list[dict[str, Any]]:
-        return list(await asyncio.gather(
-            diagnose_incident(alert={"labels": {"alertname": "WorkerExited", "service": target},
-                                     "fingerprint": "first"}, incident_id="serial-1"),
-            diagnose_incident(alert={"labels": {"alertname": "WorkerExited", "service": target},
-                                     "fingerprint": "second"}, incident_id="serial-2"),
-        ))
+        return list(
+            await asyncio.gather(
+                diagnose_incident(
+                    alert={
+                        "labels": {"alertname": "WorkerExited", "service": target},
+                        "fingerprint": "first",
+                    },
+                    incident_id="serial-1",
+                ),
+                diagnose_incident(
+                    alert={
+                        "labels": {"alertname": "WorkerExited", "service": target},
+                        "fingerprint": "second",
+                    },
+                    incident_id="serial-2",
+                ),
+            )
+        )
 
     reports = asyncio.run(both())
     executed = [a for r in reports for a in r["actions"] if a["outcome"] == "executed"]
@@ -208,8 +260,10 @@ def test_two_incidents_on_one_service_remediate_one_after_the_other(
     with sqlite3.connect(store.path) as db:
         spans = sorted(db.execute("SELECT recorded_at, finished_at FROM intents").fetchall())
     assert len(spans) == 2
-    (first_start, first_end), (second_start, _) = spans
-    assert second_start >= first_end, f"the second remediation began before the first ended: {spans}"
+    (_, first_end), (second_start, _) = spans
+    assert second_start >= first_end, (
+        f"the second remediation began before the first ended: {spans}"
+    )
 
 
 def test_a_read_step_against_an_unreachable_daemon_is_retried_and_reported(
@@ -224,7 +278,11 @@ def test_a_read_step_against_an_unreachable_daemon_is_retried_and_reported(
     async def run_counts() -> list[int]:
         async with get_client() as client:
             runs = await client.read_task_runs()
-            return [t.run_count for t in runs if t.name.startswith("triage · local-docker · get_status · web")]
+            return [
+                t.run_count
+                for t in runs
+                if t.name.startswith("triage · local-docker · get_status · web")
+            ]
 
     counts = asyncio.run(run_counts())
     assert counts and max(counts) == 3, counts  # operations.yml: get_status attempts 3

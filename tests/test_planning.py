@@ -398,3 +398,37 @@ def test_a_released_write_gives_its_budget_back(config: UICIConfig, history: Wri
     policy.release(ctx, first[0].step)
     [third] = policy.review([step("start_service", target="z")], ctx, runbook)
     assert third.decision == "needs_approval"
+
+
+def test_uici_incidents_list_show_and_bad_ids(
+    planning_env: dict[str, str], config: UICIConfig
+) -> None:
+    from agent.report import IncidentReport
+    from agent.store import IncidentStore
+
+    store = IncidentStore.from_config(config)
+    ctx = context("ServiceDown", "api", incident="inc-show")
+    store.open_incident(ctx, "0f0f0f0f-0000-0000-0000-000000000000")
+    report = IncidentReport(
+        incident_id="inc-show",
+        alert=ctx.alert.model_dump(),
+        environment="local-docker",
+        service="api",
+        dependencies=[],
+        diagnosis=None,
+        observations=[],
+        plans=[],
+        healthy=False,
+        health_detail="api is exited",
+    )
+    store.save_report("inc-show", report.model_dump(mode="json"), "diagnosed")
+    runner = CliRunner()
+    listed = runner.invoke(app, ["incidents", "list", "--json"], env=planning_env)
+    assert [i["id"] for i in json.loads(listed.stdout)] == ["inc-show"]
+    shown = runner.invoke(app, ["incidents", "show", "inc-show"], env=planning_env)
+    assert "# Incident inc-show: ServiceDown on api" in shown.stdout
+    assert "healthy at the end: no (api is exited)" in shown.stdout
+    missing = runner.invoke(app, ["incidents", "show", "nope"], env=planning_env)
+    assert missing.exit_code == 2 and "no incident 'nope'" in missing.stderr
+    not_waiting = runner.invoke(app, ["incidents", "approve", "inc-show"], env=planning_env)
+    assert not_waiting.exit_code == 2 and "nothing waits for approval" in not_waiting.stderr
