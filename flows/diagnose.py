@@ -296,7 +296,7 @@ def _observe(report: IncidentReport, step: PlanStep, result: OperationResult) ->
 async def _remediate(
     decision: StepDecision,
     context: IncidentContext,
-    runbook: Runbook,
+    runbook: Runbook | None,
     services: Services,
     report: IncidentReport,
     logger: Any,

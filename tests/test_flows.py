@@ -286,3 +286,16 @@ def test_a_read_step_against_an_unreachable_daemon_is_retried_and_reported(
 
     counts = asyncio.run(run_counts())
     assert counts and max(counts) == 3, counts  # operations.yml: get_status attempts 3
+
+
+def test_run_operation_reads_and_refuses(lab: FailureLab, flow_env: Path) -> None:
+    from flows.operate import run_operation
+
+    target = lab.get("oom").target
+    read = asyncio.run(run_operation("get_status", target=target))
+    assert read["decision"]["decision"] == "accepted"
+    assert read["result"]["data"][0]["oom_killed"] is True
+    destructive = asyncio.run(run_operation("stop_service", target=target))
+    assert destructive["decision"]["decision"] == "rejected" and destructive["result"] is None
+    invalid = asyncio.run(run_operation("get_logs", target="web;reboot"))
+    assert "invalid target" in " ".join(invalid["decision"]["reasons"])
