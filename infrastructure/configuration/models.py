@@ -612,8 +612,17 @@ class LLMSafetySettings(StrictModel):
     redaction_patterns: list[RedactionPattern] = Field(min_length=1)
 
 
+class HealthSweepSettings(StrictModel):
+    """What the scheduled health sweep calls unhealthy, and how much it does at once."""
+
+    max_parallel: int = Field(ge=1, le=64)
+    unhealthy_states: list[NonEmpty]
+    unhealthy_health: list[NonEmpty]
+
+
 class AgentsConfig(StrictModel):
     diagnostic_agent: DiagnosticAgentSettings
+    health_sweep: HealthSweepSettings
     llm_safety: LLMSafetySettings
     runbooks: list[Runbook] = Field(min_length=1)
     diagnosis_rules: list[DiagnosisRule] = Field(default_factory=list)

@@ -221,10 +221,14 @@ class DockerExecutor(EnvironmentExecutor):
     # --- read operations --------------------------------------------------------------
 
     @executor_method
-    def list_services(self, include_stopped: bool = True) -> MethodOutput:
+    def list_services(
+        self, include_stopped: bool = True, selector: str | None = None
+    ) -> MethodOutput:
         client = self._docker()
         with self._errors():
-            containers = client.containers.list(all=include_stopped)
+            containers = client.containers.list(
+                all=include_stopped, filters={"label": selector} if selector else None
+            )
         items = [_summary(c) for c in sorted(containers, key=lambda c: c.name)]
         lines = [
             f"{i['container']}: {i['state']}"
