@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format docker-engine test demo bench clean
+.PHONY: help venv install lint format docker-engine test up down demo bench clean
 
 help:
-	@echo "make demo   run the main job end to end (arrives with the orchestration issue)"
+	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
+	@echo "make up     start Prefect (server, work pool, deployments, worker); make down stops it"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make format apply ruff formatting"
@@ -47,14 +48,16 @@ test: lint docker-engine
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc
 
-demo: $(STAMP)
-	@echo "make demo arrives with the orchestration issue (#5): it will start Prefect and a demo"
-	@echo "system in Docker and diagnose two real failures. Until then, try:"
-	@echo "  $(BIN)/uici config validate"
-	@echo "  $(BIN)/uici ops list"
-	@echo "  $(BIN)/uici run get_logs --env local-docker --target web --param lines=5 --dry-run"
-	$(BIN)/uici config validate
-	$(BIN)/uici run get_logs --env local-docker --target web --param lines=5 --dry-run
+# Prefect server + work pool + deployments + worker on 127.0.0.1 (state under .uici/).
+up: $(STAMP) docker-engine
+	deployments/prefect/up.sh
+
+down:
+	deployments/prefect/down.sh
+
+# The main job end to end: two broken services diagnosed through Prefect; the UI stays up.
+demo: up
+	PREFECT_API_URL=http://127.0.0.1:$${UICI_PREFECT_PORT:-4200}/api $(BIN)/python deployments/demo/demo.py
 
 bench: $(STAMP) docker-engine
 	$(BIN)/python bench/cli_startup.py

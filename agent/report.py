@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from agent.conditions import items
 from agent.incident import Diagnosis, Observation, PhasePlan, StepDecision, Usage
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!])")
 
 
 class ActionRecord(BaseModel):

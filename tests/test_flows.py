@@ -301,7 +301,9 @@ def test_run_operation_reads_and_refuses(lab: FailureLab, flow_env: Path) -> Non
     assert "invalid target" in " ".join(invalid["decision"]["reasons"])
 
 
-def test_health_sweep_opens_one_incident_per_unhealthy_service(lab: FailureLab, flow_env: Path) -> None:
+def test_health_sweep_opens_one_incident_per_unhealthy_service(
+    lab: FailureLab, flow_env: Path
+) -> None:
     from flows.sweep import health_sweep
 
     lab.get("oom")  # exited: unhealthy
@@ -312,8 +314,9 @@ def test_health_sweep_opens_one_incident_per_unhealthy_service(lab: FailureLab, 
     assert lab.name("worker") in names and lab.name("web") not in names
     assert len(first["incidents_started"]) == len(names)
     store = IncidentStore(flow_env / "uici.db")
-    report = store.get(next(i for i in first["incidents_started"]
-                            if store.get(i).service == lab.name("worker"))).report  # type: ignore[union-attr]
+    report = store.get(
+        next(i for i in first["incidents_started"] if store.get(i).service == lab.name("worker"))
+    ).report  # type: ignore[union-attr]
     assert report["diagnosis"]["rules_matched"][0] == "oom-killed"
     # An open incident covers a service: mark one open and sweep again without diagnosing.
     incident = store.incidents(service=lab.name("worker"))[0]
