@@ -46,7 +46,8 @@ async def main() -> int:
     reset_demo_containers(client)
     lab = FailureLab(client, prefix=PREFIX)
     print(
-        "demo: starting the demo system (an API missing DATABASE_URL, a worker over its memory limit)"
+        "demo: starting the demo system "
+        "(an API missing DATABASE_URL, a worker over its memory limit)"
     )
     for failure, _, _ in PROBLEMS:
         lab.get(failure)
@@ -74,7 +75,8 @@ async def main() -> int:
             idempotency_key=f"demo-{failure}:{stamp}",
         )
         print(
-            f"demo: alert {alertname} on {service} -> flow run {run.name} {flow_run_url(str(run.id))}"
+            f"demo: alert {alertname} on {service} -> flow run {run.name} "
+            f"{flow_run_url(str(run.id))}"
         )
         runs.append((service, run))
 
@@ -91,7 +93,8 @@ async def main() -> int:
         print("\n" + "=" * 78)
         state = state_run.state
         print(
-            f"{service}: flow run {run.name} {state.type.value if state else '?'}  {flow_run_url(str(run.id))}"
+            f"{service}: flow run {run.name} {state.type.value if state else '?'}  "
+            f"{flow_run_url(str(run.id))}"
         )
         record = next(
             (r for r in store.incidents(service=service) if r.flow_run_id == str(run.id)), None
@@ -112,7 +115,8 @@ async def main() -> int:
             lines = (observation.get("output") or "").strip().splitlines()
             telling = [line for line in lines if TELLING.search(line)] or lines[-1:]
             print(
-                f"  evidence {observation_id} ({observation.get('operation')}): {' | '.join(telling[:2])}"
+                f"  evidence {observation_id} ({observation.get('operation')}): "
+                f"{' | '.join(telling[:2])}"
             )
         for action in record.report.get("actions", []):
             print(f"  action: {action['step']}: {action['outcome']} ({action['policy']})")
