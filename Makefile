@@ -62,6 +62,7 @@ demo: up
 bench: $(STAMP) docker-engine
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/docker_ops.py
+	$(BIN)/python bench/flow_ops.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

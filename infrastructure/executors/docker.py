@@ -333,7 +333,7 @@ class DockerExecutor(EnvironmentExecutor):
         with self._errors(target):
             stream = client.events(
                 since=start,
-                until=int(now) + 1,
+                until=f"{now:.6f}",  # now, not later: the engine streams until `until`
                 filters={"type": "container", "container": list(names)},
                 decode=True,
             )
