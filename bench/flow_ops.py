@@ -57,8 +57,8 @@ def main() -> None:
                 durations.append(time.perf_counter() - start)
             print(
                 f"four-phase diagnosis (runbook planner, crash loop), median of {args.runs}: "
-                f"{statistics.median(durations):.2f} s (min {min(durations):.2f}, max {max(durations):.2f}; "
-                "goal < 10 s)"
+                f"{statistics.median(durations):.2f} s "
+                f"(min {min(durations):.2f}, max {max(durations):.2f}; goal < 10 s)"
             )
 
             config = load_config()
