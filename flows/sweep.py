@@ -14,6 +14,7 @@ from prefect.runtime import deployment
 from agent.incident import PlanStep
 from agent.sweep import UnhealthyService, unhealthy_services
 from flows.diagnose import Services, diagnose_incident, run_environment_steps
+from flows.reconcile import reconcile_incidents
 from infrastructure.configuration.loader import load_config
 
 
@@ -86,10 +87,14 @@ async def health_sweep(
     if start_diagnoses:
         started = list(await asyncio.gather(*(diagnose_one(u) for u in to_diagnose)))
     services.runner.close()
+    escalated = await reconcile_incidents(config)
+    for finding in escalated:
+        logger.warning("escalated incident %s: %s", finding["incident"], finding["reason"])
     return {
         "unhealthy": [u.model_dump() for u in found],
         "incidents_started": started,
         "already_covered": skipped,
+        "escalated": escalated,
     }
 
 

@@ -323,3 +323,65 @@ def test_health_sweep_opens_one_incident_per_unhealthy_service(
     store.set_status(incident.id, "awaiting_approval")
     second = asyncio.run(health_sweep(selector=selector, start_diagnoses=False))
     assert lab.name("worker") in second["already_covered"]
+
+
+def test_the_reconciler_escalates_runs_that_died(lab: FailureLab, flow_env: Path) -> None:
+    from prefect import flow
+    from prefect.states import Crashed, Running
+
+    from agent.incident import AlertInfo, IncidentContext, PlanStep
+    from flows.reconcile import reconcile_incidents, run_budget_seconds
+    from infrastructure.configuration.loader import load_config
+
+    @flow(name="stand-in-incident")
+    def stand_in() -> None:
+        return None
+
+    config = load_config()
+    store = IncidentStore(flow_env / "uici.db")
+    target = lab.get("healthy_web").target
+
+    async def make_run(state: Any) -> str:
+        async with get_client() as client:
+            run = await client.create_flow_run(stand_in)
+            await client.set_flow_run_state(run.id, state, force=True)
+            return str(run.id)
+
+    stuck_run = asyncio.run(make_run(Running()))
+    dead_run = asyncio.run(make_run(Crashed(message="worker killed")))
+    for incident_id, run_id in (("stuck", stuck_run), ("dead", dead_run)):
+        ctx = IncidentContext(
+            incident_id=incident_id,
+            alert=AlertInfo(labels={"service": target}),
+            environment="local-docker",
+            service=target,
+        )
+        store.open_incident(ctx, run_id)
+        store.set_status(incident_id, "diagnosing", run_id)
+    # The stuck run had recorded a restart intent before the container last started: done.
+    step = PlanStep(
+        phase="resolution",
+        operation="restart_service",
+        environment="local-docker",
+        target=target,
+        proposed_by="runbook",
+    )
+    store.begin_intent("intent-stuck", "stuck", step, at=time.time() - 3600)
+
+    findings = asyncio.run(
+        reconcile_incidents(config, now=time.time() + run_budget_seconds(config) + 60)
+    )
+    by_incident = {f["incident"]: f for f in findings}
+    assert "marked Crashed" in by_incident["stuck"]["reason"]
+    assert "ended CRASHED" in by_incident["dead"]["reason"]
+    assert by_incident["stuck"]["intents"] == [f"{step.describe()}: took effect before the crash"]
+    assert store.get("stuck").status == "escalated" and store.get("dead").status == "escalated"  # type: ignore[union-attr]
+    assert store.intent("intent-stuck").state == "done"  # type: ignore[union-attr]
+
+    async def state_of(run_id: str) -> str:
+        async with get_client() as client:
+            return (await client.read_flow_run(run_id)).state.type.value  # type: ignore[union-attr]
+
+    assert asyncio.run(state_of(stuck_run)) == "CRASHED"
+    # A run within its budget is left alone.
+    assert asyncio.run(reconcile_incidents(config)) == []

@@ -1,0 +1,91 @@
+"""Detect incident runs that died: Prefect OSS leaves a crashed flow run `Running` when its
+process or machine dies, and nothing else would notice. The reconciler (run by every health
+sweep, or on its own) finds incidents whose run is over, or far over its time budget, and
+finishes or escalates them, resolving their pending remediation intents by observation."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from prefect.client.orchestration import get_client
+from prefect.states import Crashed
+
+from agent.store import IncidentStore
+from infrastructure.configuration.loader import UICIConfig
+from infrastructure.executors.factory import create_executor
+
+_ACTIVE = ("open", "diagnosing", "awaiting_approval")
+
+
+def run_budget_seconds(config: UICIConfig) -> float:
+    """The longest an incident run may take: every phase budget plus the longest approval wait."""
+    phases = sum(config.agents.diagnostic_agent.phase_time_budget_seconds.values())
+    approvals = max(
+        e.policy.approval_timeout_seconds for e in config.environments.environments.values()
+    )
+    return phases + approvals
+
+
+async def reconcile_incidents(config: UICIConfig, now: float | None = None) -> list[dict[str, Any]]:
+    store = IncidentStore.from_config(config)
+    now = time.time() if now is None else now
+    budget = run_budget_seconds(config)
+    findings: list[dict[str, Any]] = []
+    async with get_client() as client:
+        for status in _ACTIVE:
+            for incident in store.incidents(status=status, limit=1000):
+                if not incident.flow_run_id:
+                    continue
+                try:
+                    run = await client.read_flow_run(uuid.UUID(incident.flow_run_id))
+                except Exception as exc:  # the run is gone from the server: escalate, say why
+                    reason = f"its flow run {incident.flow_run_id} cannot be read: {exc}"
+                    run = None
+                state = run.state if run else None
+                if state is not None and state.type.value in (
+                    "RUNNING",
+                    "PAUSED",
+                    "PENDING",
+                    "SCHEDULED",
+                ):
+                    if now - incident.updated_at <= budget:
+                        continue
+                    reason = (
+                        f"its flow run has been {state.type.value} for "
+                        f"{now - incident.updated_at:.0f} s "
+                        f"without progress (budget {budget:.0f} s); marked Crashed"
+                    )
+                    await client.set_flow_run_state(
+                        uuid.UUID(incident.flow_run_id), Crashed(message=reason), force=True
+                    )
+                elif state is not None:
+                    reason = (
+                        f"its flow run ended {state.type.value} before the incident was finished"
+                    )
+                pending = [i for i in store.pending_intents() if i.incident_id == incident.id]
+                notes = [_resolve_intent(config, store, intent) for intent in pending]
+                store.set_status(incident.id, "escalated")
+                findings.append({"incident": incident.id, "reason": reason, "intents": notes})
+    return findings
+
+
+def _resolve_intent(config: UICIConfig, store: IncidentStore, intent: Any) -> str:
+    """A crashed run's pending remediation: observe the target, never repeat the call."""
+    step = intent.step
+    executor = create_executor(step.environment, config.environments.environments[step.environment])
+    try:
+        observed = executor.effect_observed(step.operation, step.target or "", intent.recorded_at)
+    finally:
+        executor.close()
+    if observed:
+        store.finish_intent(
+            intent.key, "done", {"observed": True, "note": "found done by the reconciler"}
+        )
+        return f"{step.describe()}: took effect before the crash"
+    store.finish_intent(
+        intent.key, "failed", {"observed": observed, "note": "not executed; escalated"}
+    )
+    seen = "unknown" if observed is None else "not observed"
+    return f"{step.describe()}: did not take effect ({seen})"
