@@ -19,9 +19,14 @@ export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
 export PREFECT_WORKER_PREFETCH_SECONDS=${PREFECT_WORKER_PREFETCH_SECONDS:-2}
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# The server's health endpoint, asked with the venv's Python (no other HTTP client needed).
+healthy() {
+    "$bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+        "$PREFECT_API_URL/health" >/dev/null 2>&1
+}
 
 if ! alive "$state/prefect-server.pid"; then
-    if curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1; then
+    if healthy; then
         echo "up: something else already answers on 127.0.0.1:$port; set UICI_PREFECT_PORT" >&2
         exit 1
     fi
@@ -31,10 +36,10 @@ if ! alive "$state/prefect-server.pid"; then
     echo $! >"$state/prefect-server.pid"
 fi
 for _ in $(seq 1 90); do
-    curl -fsS "$PREFECT_API_URL/health" >/dev/null 2>&1 && break
+    healthy && break
     sleep 1
 done
-curl -fsS "$PREFECT_API_URL/health" >/dev/null || { echo "up: the server did not answer; see $state/prefect-server.log" >&2; exit 1; }
+healthy || { echo "up: the server did not answer; see $state/prefect-server.log" >&2; exit 1; }
 
 "$bin/prefect" work-pool inspect uici-process >/dev/null 2>&1 \
     || "$bin/prefect" work-pool create uici-process --type process >/dev/null
