@@ -113,7 +113,9 @@ async def main() -> int:
         for observation_id in diagnosis.get("evidence", []):
             observation = evidence.get(observation_id, {})
             lines = (observation.get("output") or "").strip().splitlines()
-            telling = [line for line in lines if TELLING.search(line)] or lines[-1:]
+            telling = (
+                list(dict.fromkeys(line for line in lines if TELLING.search(line))) or lines[-1:]
+            )
             print(
                 f"  evidence {observation_id} ({observation.get('operation')}): "
                 f"{' | '.join(telling[:2])}"
