@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from agent.incident import (
     PHASES,
@@ -75,7 +75,16 @@ def load_observations(path: Path) -> list[Observation]:
     data = json.loads(path.read_text())
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of observations")
-    return [Observation.model_validate(item) for item in data]
+    observations = []
+    for index, item in enumerate(data):
+        try:
+            observations.append(Observation.model_validate(item))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'item'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"{path}: observation [{index}]: {problems}") from exc
+    return observations
 
 
 def observation_from_result(

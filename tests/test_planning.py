@@ -432,3 +432,20 @@ def test_uici_incidents_list_show_and_bad_ids(
     assert missing.exit_code == 2 and "no incident 'nope'" in missing.stderr
     not_waiting = runner.invoke(app, ["incidents", "approve", "inc-show"], env=planning_env)
     assert not_waiting.exit_code == 2 and "nothing waits for approval" in not_waiting.stderr
+
+
+def test_observations_with_the_wrong_shape_are_named(
+    tmp_path: Path, planning_env: dict[str, str]
+) -> None:
+    path = tmp_path / "obs.json"
+    path.write_text('[{"id": "obs-1", "operation": "get_status", "success": true}, {"id": 3}]')
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--alert", str(DATA / "alerts" / "oom.json"), "--observations", str(path)],
+        env=planning_env,
+    )
+    assert result.exit_code == 2
+    assert (
+        "observation [1]: id: Input should be a valid string; operation: Field required"
+        in result.stderr
+    )
