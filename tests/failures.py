@@ -259,6 +259,19 @@ class FailureLab:
         wait_for(lambda: (container.reload() or container.status) == "running", 10, "web to run")
         return Scenario(self.name("web"), "healthy", "", [self.name("web")])
 
+    def restart_events(self, name: str, since: float) -> int:
+        """How many times the engine restarted the container since `since` (its own event log)."""
+        events = self.client.events(
+            since=int(since),
+            until=f"{time.time():.6f}",
+            filters={"container": name, "event": "restart"},
+            decode=True,
+        )
+        try:
+            return sum(1 for _ in events)
+        finally:
+            events.close()
+
     # --- cleanup ------------------------------------------------------------------------
 
     def remove_stale(self, older_than_seconds: float = 3600) -> list[str]:

@@ -27,16 +27,7 @@ FAILURES = {
 
 
 def restarts(lab: FailureLab, name: str, since: float) -> int:
-    events = lab.client.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        filters={"container": name, "event": "restart"},
-        decode=True,
-    )
-    try:
-        return sum(1 for _ in events)
-    finally:
-        events.close()
+    return lab.restart_events(name, since)
 
 
 @pytest.mark.parametrize("failure", sorted(FAILURES))
