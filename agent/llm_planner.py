@@ -25,7 +25,7 @@ from agent.incident import (
     Usage,
 )
 from agent.llm import LLMClient, LLMFailure
-from agent.untrusted import Redactor, data_block, estimate_tokens, reduce_lines
+from agent.untrusted import Redactor, data_block, escape, estimate_tokens, reduce_lines
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.registry import OperationRegistry
 
@@ -291,7 +291,8 @@ class LLMPlanner:
         scope = [self.redact(t) for t in context.scope]
         return "\n\n".join(
             [
-                f"Incident {context.incident_id} in environment {context.environment}.",
+                f"Incident {escape(self.redact(context.incident_id))} in environment "
+                f"{context.environment}.",
                 "Targets in scope (service first, then its dependencies):\n"
                 + data_block("scope", "\n".join(scope)),
                 "The alert:\n" + self._context_block(context),

@@ -46,6 +46,7 @@ from agent.report import (
     ActionRecord,
     IncidentReport,
     TimelineEntry,
+    escape_markdown,
     now,
     operations_table,
     render_markdown,
@@ -313,10 +314,11 @@ async def _remediate(
         report.timeline.append(
             TimelineEntry(at=now(), event=f"approval requested: {step.describe()}")
         )
+        # The rationale may come from an LLM: shown as text, never as links, images or HTML.
         description = (
             f"## Approve `{step.operation}` on `{step.target}`?\n\n"
             f"- environment: {step.environment}\n- command: `{command}`\n"
-            f"- rationale: {step.rationale}\n- proposed by: {step.proposed_by}\n"
+            f"- rationale: {escape_markdown(step.rationale)}\n- proposed by: {step.proposed_by}\n"
             f"- step key: {step.key()}\n\nNo answer within {timeout} s means it is not executed."
         )
         try:

