@@ -180,17 +180,20 @@ def test_target_by_id_compose_service_and_label(
 def test_replicas_are_each_reported(
     config: UICIConfig, executor: DockerExecutor, lab: FailureLab
 ) -> None:
+    # The service name is per run: a bare service name matches that service in every
+    # Compose project on the engine, including another test session's.
+    service = f"replicated-{lab.run_id}"
     for index in (1, 2):
         lab.run(
             f"replica-{index}",
             ["sh", "-c", f"echo replica {index} up; sleep 600"],
             labels={
                 "com.docker.compose.project": lab.prefix,
-                "com.docker.compose.service": "replicated",
+                "com.docker.compose.service": service,
             },
         )
     time.sleep(0.5)
-    result = run(config, executor, "get_logs", "replicated", lines=10)
+    result = run(config, executor, "get_logs", service, lines=10)
     assert [item["container"] for item in result.data] == [
         lab.name("replica-1"),
         lab.name("replica-2"),
