@@ -44,6 +44,8 @@ app.add_typer(ops_app, name="ops")
 app.add_typer(envs_app, name="envs")
 incidents_app = typer.Typer(help="Incidents: list, show, approve or reject.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
+keys_app = typer.Typer(help="API keys for the agent service.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -660,6 +662,113 @@ def incidents_reject(
 ) -> None:
     """Reject the write step the incident's flow run is paused for: it is not executed."""
     _decide(ctx, incident_id, False, reason, approver)
+
+
+# --- the agent service -------------------------------------------------------------------
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Default: platform.yml service.host.")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=1, max=65535, help="Default: service.port.")
+    ] = None,
+    no_dispatch: Annotated[
+        bool, typer.Option("--no-dispatch", help="Store alerts but start no diagnoses.")
+    ] = False,
+) -> None:
+    """Run the agent service: Alertmanager webhook, incidents API, events, health, metrics."""
+    from infrastructure.configuration.cache import ConfigCache
+
+    try:
+        configs = ConfigCache(ctx.obj["config_dir"])
+    except ConfigError as exc:
+        _fail(str(exc))
+    config = configs.get()
+    import uvicorn
+
+    from agent.api.app import create_app
+    from agent.logs import configure_logging
+
+    configure_logging(config.platform.logging.level, config.platform.logging.format)
+    application = create_app(configs, run_dispatcher=not no_dispatch)
+    bind_host = host or config.platform.service.host
+    bind_port = port or config.platform.service.port
+    stderr.print(Text(f"uici serve: http://{bind_host}:{bind_port} (docs at /docs)"))
+    # uvicorn's access log prints paths, never headers: credentials stay out of it.
+    uvicorn.run(
+        application,
+        host=bind_host,
+        port=bind_port,
+        log_level=config.platform.logging.level.lower(),
+        timeout_graceful_shutdown=10,
+    )
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="The key's name, as in platform.yml api.api_keys.")],
+) -> None:
+    """Print a fresh API key and the SHA-256 to put in the configuration."""
+    from agent.api.auth import key_hash, new_key
+
+    key = new_key()
+    stdout.print(Text(f"key (give it to the client; it is not stored): {key}"))
+    stdout.print(Text(f"sha256 (for api.api_keys, name {name}): {key_hash(key)}"))
+
+
+@keys_app.command("hash")
+def keys_hash() -> None:
+    """Read a key on standard input and print its SHA-256 (for an existing secret)."""
+    from agent.api.auth import key_hash
+
+    key = sys.stdin.readline().rstrip("\n")
+    if not key:
+        _fail("no key on standard input")
+    typer.echo(key_hash(key))
+
+
+@app.command("audit")
+def audit(
+    ctx: typer.Context,
+    incident: Annotated[str | None, typer.Option("--incident", help="Only this incident.")] = None,
+    actor: Annotated[str | None, typer.Option("--actor")] = None,
+    action: Annotated[
+        str | None, typer.Option("--action", help="e.g. operation.restart_service")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The audit trail: requests that changed something and every executed operation."""
+    from agent.audit import AuditLog
+    from agent.policy import sqlite_path
+
+    config = _load(ctx)
+    records = AuditLog(sqlite_path(config.platform.storage.url)).query(
+        incident, actor, action, None, limit
+    )
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in records])
+        return
+    table = Table(title="Audit trail", title_justify="left")
+    for column in ("id", "time", "actor", "action", "target", "result", "incident"):
+        table.add_column(column, no_wrap=column in ("id", "time"))
+    import datetime as _dt
+
+    for record in records:
+        table.add_row(
+            str(record.id),
+            _dt.datetime.fromtimestamp(record.at, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            record.actor,
+            record.action,
+            record.target or "",
+            record.result,
+            record.incident_id or "",
+        )
+    stdout.print(table)
 
 
 def main() -> None:

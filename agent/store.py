@@ -7,6 +7,7 @@ one short transaction, so several processes (service, workers, CLI) can share th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
@@ -53,6 +54,79 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_at REAL,
     PRIMARY KEY (incident_id, step_key)
 );
+CREATE TABLE IF NOT EXISTS alerts (
+    key TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    ends_at TEXT,
+    generator_url TEXT,
+    receiver TEXT,
+    group_key TEXT,
+    environment TEXT,
+    target TEXT,
+    reason TEXT,
+    incident_id TEXT,
+    deliveries INTEGER NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    resolved_at REAL,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident_id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    source TEXT,
+    receiver TEXT,
+    group_key TEXT,
+    status TEXT,
+    alerts INTEGER NOT NULL,
+    truncated_alerts INTEGER NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dispatch (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    result TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (kind, key)
+);
+CREATE INDEX IF NOT EXISTS dispatch_due ON dispatch (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    type TEXT NOT NULL,
+    incident_id TEXT,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT,
+    parameters TEXT NOT NULL,
+    result TEXT NOT NULL,
+    incident_id TEXT,
+    request_id TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_incident ON audit (incident_id);
+CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TABLE IF NOT EXISTS intents (
     key TEXT PRIMARY KEY,
     incident_id TEXT NOT NULL,
@@ -63,6 +137,32 @@ CREATE TABLE IF NOT EXISTS intents (
     outcome TEXT
 );
 """
+
+
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """An autocommit connection. WAL with synchronous=NORMAL: a committed write survives the
+    process being killed (not a power cut), and readers never block the writer."""
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        yield connection
+    finally:
+        connection.close()
+
+
+@contextmanager
+def write_transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    with connect(path) as db:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 class IncidentRecord(BaseModel):
@@ -87,7 +187,7 @@ class Intent(BaseModel):
     outcome: dict[str, Any] | None = None
 
 
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
 
 
 class ApprovalRecord(BaseModel):
@@ -113,15 +213,12 @@ class IncidentStore:
     def from_config(cls, config: UICIConfig) -> IncidentStore:
         return cls(sqlite_path(config.platform.storage.url))
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            yield connection
-        finally:
-            connection.close()
+    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return connect(self.path)
+
+    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
+        return write_transaction(self.path)
 
     # --- incidents --------------------------------------------------------------------
 
@@ -160,15 +257,20 @@ class IncidentStore:
         service: str | None = None,
         environment: str | None = None,
         limit: int = 100,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[IncidentRecord]:
-        clauses, values = [], []
-        for column, value in (
-            ("status", status),
-            ("service", service),
-            ("environment", environment),
+        clauses: list[str] = []
+        values: list[Any] = []
+        for clause, value in (
+            ("status = ?", status),
+            ("service = ?", service),
+            ("environment = ?", environment),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
         ):
             if value is not None:
-                clauses.append(f"{column} = ?")
+                clauses.append(clause)
                 values.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._db() as db:
@@ -188,22 +290,36 @@ class IncidentStore:
             ).fetchall()
         return [_incident(row) for row in rows]
 
+    # An incident closed because its alert resolved stays resolved, whatever its run does later.
     def set_status(
         self, incident_id: str, status: IncidentStatus, flow_run_id: str | None = None
     ) -> None:
         with self._db() as db:
             db.execute(
-                "UPDATE incidents SET status = ?, updated_at = ?,"
-                " flow_run_id = COALESCE(?, flow_run_id) WHERE id = ?",
-                (status, time.time(), flow_run_id, incident_id),
+                "UPDATE incidents SET updated_at = ?, flow_run_id = COALESCE(?, flow_run_id),"
+                " status = CASE WHEN status = 'resolved' AND EXISTS (SELECT 1 FROM alerts"
+                " WHERE alerts.incident_id = incidents.id AND alerts.state = 'resolved')"
+                " THEN status ELSE ? END WHERE id = ?",
+                (time.time(), flow_run_id, status, incident_id),
             )
 
     def save_report(self, incident_id: str, report: dict[str, Any], status: IncidentStatus) -> None:
         with self._db() as db:
             db.execute(
-                "UPDATE incidents SET report = ?, status = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(report, default=str), status, time.time(), incident_id),
+                "UPDATE incidents SET report = ?, updated_at = ?,"
+                " status = CASE WHEN status = 'resolved' AND EXISTS (SELECT 1 FROM alerts"
+                " WHERE alerts.incident_id = incidents.id AND alerts.state = 'resolved')"
+                " THEN status ELSE ? END WHERE id = ?",
+                (json.dumps(report, default=str), time.time(), status, incident_id),
             )
+
+    def alert_resolved(self, incident_id: str) -> bool:
+        """Whether the alert that opened this incident has resolved (no remediation then)."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT 1 FROM alerts WHERE incident_id = ? AND state = 'resolved'", (incident_id,)
+            ).fetchone()
+        return row is not None
 
     # --- approvals --------------------------------------------------------------------
 

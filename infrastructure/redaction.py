@@ -16,3 +16,15 @@ _SECRET_KEY = re.compile(
 
 def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
+
+
+def mask_secrets(value: object) -> object:
+    """A copy of `value` with the values of secret-bearing keys replaced, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if isinstance(k, str) and is_secret_key(k) else mask_secrets(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [mask_secrets(v) for v in value]
+    return value

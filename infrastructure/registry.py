@@ -203,6 +203,17 @@ class OperationRegistry:
         _, problems = self._coerce_parameters(spec, parameters, fill_required=False)
         return problems
 
+    def target_problem(self, target: str) -> str | None:
+        """Why `target` is not acceptable as a target name, or None (checks alert labels)."""
+        rules = self._operations.targets
+        if (
+            not target
+            or len(target) > rules.max_length
+            or not self._target_pattern.fullmatch(target)
+        ):
+            return f"invalid target {target[:80]!r} ({rules.description})"
+        return None
+
     def _check_target(
         self, operation: str, spec: OperationSpec, target: str | None
     ) -> list[CallProblem]:

@@ -399,6 +399,15 @@ def cross_check(
             f"one of: {', '.join(environment_names)}",
         )
 
+    for index, alert_rule in enumerate(platform.alerts.rules):
+        if alert_rule.environment not in environments.environments:
+            problem(
+                "platform",
+                ("alerts", "rules", index, "environment"),
+                f"environment {alert_rule.environment!r} is not defined in environments.yml",
+                f"one of: {', '.join(environment_names)}",
+            )
+
     operation_names = sorted(operations.operations)
 
     # translations -> operations

@@ -168,6 +168,108 @@ class ConfigurationSettings(StrictModel):
     cache_ttl_seconds: float = Field(ge=0, le=86_400)
 
 
+ApiScope = Literal["read", "operate", "admin", "webhook"]
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+
+
+class ApiKey(StrictModel):
+    """One credential. Only the SHA-256 of the key is configured; an empty hash disables it."""
+
+    name: Name
+    sha256: str | None
+    scopes: list[ApiScope] = Field(min_length=1)
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _empty_hash_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError(
+                "must be the 64 lowercase hex digits of the key's SHA-256 "
+                "(`uici keys new NAME` prints a key and its hash)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_is_separate(self) -> ApiKey:
+        # Approvals need a credential other than the webhook's: a webhook key does nothing else.
+        if "webhook" in self.scopes and len(self.scopes) > 1:
+            raise ValueError("a key with the 'webhook' scope may have no other scope")
+        return self
+
+
+class RateLimit(StrictModel):
+    requests_per_second: float = Field(gt=0, le=100_000)
+    burst: int = Field(ge=1, le=1_000_000)
+
+
+class RateLimits(StrictModel):
+    per_key: RateLimit
+    per_address: RateLimit
+    webhook: RateLimit
+
+
+class DispatchSettings(StrictModel):
+    poll_seconds: float = Field(gt=0, le=300)
+    batch_size: int = Field(ge=1, le=1000)
+    retry_backoff_seconds: float = Field(gt=0, le=600)
+    max_backoff_seconds: float = Field(gt=0, le=86_400)
+
+
+class EventStreamSettings(StrictModel):
+    poll_seconds: float = Field(gt=0, le=60)
+    replay_limit: int = Field(ge=1, le=100_000)
+
+
+class ApiSettings(StrictModel):
+    max_body_bytes: int = Field(ge=1024, le=64 * 1024 * 1024)
+    cors_origins: list[NonEmpty]
+    metrics_require_key: bool
+    readiness_timeout_seconds: PositiveSeconds
+    api_keys: list[ApiKey]
+    rate_limits: RateLimits
+    dispatch: DispatchSettings
+    events: EventStreamSettings
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> ApiSettings:
+        names = [k.name for k in self.api_keys]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"api_keys: duplicate key names {duplicates}")
+        hashes = [k.sha256 for k in self.api_keys if k.sha256]
+        if len(hashes) != len(set(hashes)):
+            raise ValueError("api_keys: two keys have the same hash (one key, two identities)")
+        return self
+
+
+class AlertRule(StrictModel):
+    """Alerts whose labels all fully match these regular expressions go to `environment`."""
+
+    match: dict[LabelName, Regex] = Field(min_length=1)
+    environment: Name
+
+    @field_validator("match")
+    @classmethod
+    def _regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        for pattern in value.values():
+            _check_regex(pattern)
+        return value
+
+
+class AlertMapping(StrictModel):
+    environment_labels: list[LabelName]
+    rules: list[AlertRule]
+    use_default_environment: bool
+    target_labels: list[LabelName] = Field(min_length=1)
+    namespace_label: LabelName | None = None
+    dependencies_label: LabelName | None = None
+
+
 class PlatformConfig(StrictModel):
     platform: PlatformInfo
     llm: LLMSettings
@@ -176,6 +278,8 @@ class PlatformConfig(StrictModel):
     storage: StorageSettings
     logging: LoggingSettings
     configuration: ConfigurationSettings
+    api: ApiSettings
+    alerts: AlertMapping
 
 
 # --- environments.yml -------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The UICI agent service: a FastAPI application (`uici serve`)."""

@@ -1,0 +1,244 @@
+"""The outbox dispatcher: stored alerts start their diagnosis, resolved alerts cancel waiting
+approvals. It runs in the background of `uici serve`, so the webhook answers as soon as an
+alert is stored, and a Prefect outage only delays work: failed starts are retried with backoff
+and nothing is lost. Starting a diagnosis carries an idempotency key (fingerprint and
+startsAt), so a retry after an ambiguous failure returns the run that already exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Protocol
+from uuid import UUID
+
+from agent.audit import AuditLog
+from agent.events import EventLog
+from agent.logs import log_context
+from agent.store import IncidentStore
+from infrastructure.configuration.loader import UICIConfig
+
+log = logging.getLogger("uici.dispatch")
+
+ACTOR = "uici-service"
+
+
+class Launcher(Protocol):
+    """Where diagnoses run (Prefect deployments in production)."""
+
+    async def start_diagnosis(self, parameters: dict[str, Any], idempotency_key: str) -> str:
+        """Start (or find, by key) the diagnosis run; return its id."""
+        ...
+
+    async def cancel_approval(self, flow_run_id: str, reason: str) -> bool:
+        """Answer a paused run's approval with a rejection; False if it was not paused."""
+        ...
+
+    async def resume(self, flow_run_id: str, approve: bool, approver: str, reason: str) -> None:
+        """Answer a paused run's approval."""
+        ...
+
+    async def reachable(self) -> None:
+        """Raise unless the orchestrator answers."""
+        ...
+
+
+class Dispatcher:
+    def __init__(self, config: UICIConfig, store: IncidentStore, launcher: Launcher) -> None:
+        self.settings = config.platform.api.dispatch
+        self.store = store
+        self.launcher = launcher
+        self.events = EventLog(store.path)
+        self.audit = AuditLog(store.path)
+        self.wake = asyncio.Event()
+
+    def pending(self) -> int:
+        with self.store._db() as db:
+            row = db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()
+        return int(row[0])
+
+    def _due(self) -> list[dict[str, Any]]:
+        with self.store._db() as db:
+            rows = db.execute(
+                "SELECT * FROM dispatch WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY id LIMIT ?",
+                (time.time(), self.settings.batch_size),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    async def run_once(self) -> int:
+        """Dispatch every due outbox row once; the number handled (successfully or not)."""
+        rows = await asyncio.to_thread(self._due)
+        for row in rows:
+            try:
+                result = await self._dispatch(row)
+            except Exception as exc:
+                await asyncio.to_thread(self._failed, row, exc)
+            else:
+                await asyncio.to_thread(self._done, row, result)
+        return len(rows)
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception:  # the store itself failing: log, wait, go on
+                log.exception("dispatch loop: could not read the outbox")
+                handled = 0
+            if handled >= self.settings.batch_size:
+                continue
+            self.wake.clear()
+            waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(
+                waiters, timeout=self.settings.poll_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _dispatch(self, row: dict[str, Any]) -> str:
+        payload = json.loads(row["payload"])
+        if row["kind"] == "diagnose":
+            return await self.launcher.start_diagnosis(payload, row["key"])
+        if row["kind"] == "cancel_approvals":
+            return await self._cancel_approvals(row["incident_id"], payload["reason"])
+        raise ValueError(f"unknown outbox kind {row['kind']!r}")
+
+    async def _cancel_approvals(self, incident_id: str, reason: str) -> str:
+        record = await asyncio.to_thread(self.store.get, incident_id)
+        pending = await asyncio.to_thread(self.store.approvals, incident_id, "pending")
+        if record is None or not pending or not record.flow_run_id:
+            return "nothing waiting for approval"
+        paused = await self.launcher.cancel_approval(record.flow_run_id, reason)
+        for approval in pending:
+            await asyncio.to_thread(
+                self.store.decide_approval,
+                incident_id,
+                approval.step_key,
+                "cancelled",
+                "alertmanager",
+                reason,
+            )
+            self.events.emit(
+                "approval.decided",
+                incident_id,
+                step=approval.step.describe(),
+                decision="cancelled",
+                by="alertmanager",
+            )
+        return "cancelled" if paused else "run was no longer paused"
+
+    def _done(self, row: dict[str, Any], result: str) -> None:
+        now = time.time()
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE dispatch SET state = 'done', result = ?, attempts = attempts + 1,"
+                " updated_at = ? WHERE id = ?",
+                (result, now, row["id"]),
+            )
+            if row["kind"] == "diagnose":
+                db.execute(
+                    "UPDATE incidents SET flow_run_id = ?, updated_at = ? WHERE id = ?",
+                    (result, now, row["incident_id"]),
+                )
+                self.events.emit("dispatch.started", row["incident_id"], db, flow_run_id=result)
+            request_id = json.loads(row["payload"]).get("request_id")
+            self.audit.record(
+                ACTOR,
+                f"dispatch.{row['kind']}",
+                result,
+                incident_id=row["incident_id"],
+                request_id=request_id,
+                db=db,
+            )
+
+    def _failed(self, row: dict[str, Any], exc: Exception) -> None:
+        attempts = row["attempts"] + 1
+        delay = min(
+            self.settings.max_backoff_seconds,
+            self.settings.retry_backoff_seconds * 2 ** (attempts - 1),
+        )
+        message = f"{type(exc).__name__}: {exc}"[:500]
+        with log_context(incident_id=row["incident_id"]):
+            log.warning(
+                "dispatch %s for incident %s failed (attempt %d, next in %.1f s): %s",
+                row["kind"],
+                row["incident_id"],
+                attempts,
+                delay,
+                message,
+            )
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE dispatch SET attempts = ?, next_attempt_at = ?, last_error = ?,"
+                " updated_at = ? WHERE id = ?",
+                (attempts, time.time() + delay, message, time.time(), row["id"]),
+            )
+            if attempts == 1:
+                self.events.emit(
+                    "dispatch.failed", row["incident_id"], db, kind=row["kind"], error=message
+                )
+
+
+class PrefectLauncher:
+    """Starts the diagnose-incident deployment through the Prefect API in platform.yml."""
+
+    def __init__(self, config: UICIConfig) -> None:
+        prefect = config.platform.prefect
+        self.api_url = prefect.api_url
+        self.deployment = f"diagnose-incident/{prefect.deployments.diagnose_incident}"
+        self._deployment_id: Any = None
+
+    def _settings(self) -> Any:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        return temporary_settings(updates={PREFECT_API_URL: self.api_url})
+
+    async def start_diagnosis(self, parameters: dict[str, Any], idempotency_key: str) -> str:
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        with self._settings():
+            async with get_client() as client:
+                if self._deployment_id is None:
+                    deployment = await client.read_deployment_by_name(self.deployment)
+                    self._deployment_id = deployment.id
+                try:
+                    run = await client.create_flow_run_from_deployment(
+                        self._deployment_id,
+                        parameters=parameters,
+                        idempotency_key=idempotency_key,
+                        tags=["uici", "alertmanager"],
+                    )
+                except ObjectNotFound:
+                    self._deployment_id = None  # redeployed under a new id: look it up again
+                    raise
+        return str(run.id)
+
+    async def cancel_approval(self, flow_run_id: str, reason: str) -> bool:
+        from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
+
+        try:
+            await self.resume(flow_run_id, False, "alertmanager", reason)
+        except (NotPausedError, FlowPauseTimeout, ObjectNotFound):
+            return False  # finished, timed out or gone: nothing waits any more
+        return True
+
+    async def resume(self, flow_run_id: str, approve: bool, approver: str, reason: str) -> None:
+        """Answer the run's pending ApprovalInput (raises NotPausedError if it is not paused)."""
+        from prefect.flow_runs import aresume_flow_run
+
+        with self._settings():
+            await aresume_flow_run(
+                UUID(flow_run_id),
+                run_input={"approve": approve, "approver": approver, "reason": reason},
+            )
+
+    async def reachable(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        with self._settings():
+            async with get_client() as client:
+                response = await client._client.get("/health")
+                response.raise_for_status()
