@@ -107,11 +107,14 @@ class Dispatcher:
 
     async def _cancel_approvals(self, incident_id: str, reason: str) -> str:
         record = await asyncio.to_thread(self.store.get, incident_id)
-        pending = await asyncio.to_thread(self.store.approvals, incident_id, "pending")
-        if record is None or not pending or not record.flow_run_id:
+        approvals = await asyncio.to_thread(self.store.approvals, incident_id)
+        waiting = [a for a in approvals if a.status in ("pending", "cancelled")]
+        if record is None or not waiting or not record.flow_run_id:
             return "nothing waiting for approval"
-        paused = await self.launcher.cancel_approval(record.flow_run_id, reason)
-        for approval in pending:
+        # Recorded first: the run, once resumed, records its own answer only if still pending.
+        for approval in waiting:
+            if approval.status != "pending":
+                continue
             await asyncio.to_thread(
                 self.store.decide_approval,
                 incident_id,
@@ -127,6 +130,8 @@ class Dispatcher:
                 decision="cancelled",
                 by="alertmanager",
             )
+        # Raises while the run is still on its way to the pause: the outbox retries.
+        paused = await self.launcher.cancel_approval(record.flow_run_id, reason)
         return "cancelled" if paused else "run was no longer paused"
 
     def _done(self, row: dict[str, Any], result: str) -> None:
@@ -217,12 +222,20 @@ class PrefectLauncher:
         return str(run.id)
 
     async def cancel_approval(self, flow_run_id: str, reason: str) -> bool:
+        from prefect.client.orchestration import get_client
         from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 
         try:
             await self.resume(flow_run_id, False, "alertmanager", reason)
-        except (NotPausedError, FlowPauseTimeout, ObjectNotFound):
-            return False  # finished, timed out or gone: nothing waits any more
+        except (FlowPauseTimeout, ObjectNotFound):
+            return False  # timed out or gone: nothing waits any more
+        except NotPausedError:
+            with self._settings():
+                async with get_client() as client:
+                    run = await client.read_flow_run(UUID(flow_run_id))
+            if run.state is not None and run.state.is_final():
+                return False
+            raise RuntimeError("the run has not reached its approval pause yet") from None
         return True
 
     async def resume(self, flow_run_id: str, approve: bool, approver: str, reason: str) -> None:

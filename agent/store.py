@@ -337,7 +337,7 @@ class IncidentStore:
         with self._db() as db:
             db.execute(
                 "UPDATE approvals SET status = ?, actor = ?, reason = ?, decided_at = ?"
-                " WHERE incident_id = ? AND step_key = ?",
+                " WHERE incident_id = ? AND step_key = ? AND status = 'pending'",
                 (status, actor, reason, time.time(), incident_id, step_key),
             )
 

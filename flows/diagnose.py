@@ -10,6 +10,7 @@ it into Prefect.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from typing import Any
@@ -39,6 +40,8 @@ from agent.incident import (
     StepDecision,
 )
 from agent.investigation import StepRunner, context_from_alert, observation_from_result
+from agent.journal import Journal
+from agent.logs import configure_logging, incident_id_var, log_context, request_id_var
 from agent.planner import DiagnosticPlanner
 from agent.policy import Approval, WriteHistory
 from agent.remediation import Remediator
@@ -64,6 +67,8 @@ from tasks.operations import (
     run_write_step,
 )
 
+log = logging.getLogger("uici.flow")
+
 
 class ApprovalInput(RunInput):
     """The form shown in the Prefect UI (flow run page, Resume) for a write that needs a person."""
@@ -82,6 +87,8 @@ class Services:
         self.planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
         self.runner = StepRunner(config, self.planner.policy)
         self.remediator = Remediator(self.store, self.runner)
+        self.journal = Journal(self.store.path)
+        self.actor = f"flow-run:{flow_run.id}" if flow_run.id else "flow"
 
 
 def artifact_key(incident_id: str, suffix: str = "") -> str:
@@ -139,6 +146,21 @@ async def run_environment_steps(
 
     async def one(step: PlanStep) -> tuple[PlanStep, OperationResult]:
         spec = registry.describe(step.operation)
+        services.journal.started(
+            step.operation, environment, step.target, context.incident_id, phase
+        )
+        result = await _read(step, spec)
+        services.journal.finished(
+            result,
+            services.actor,
+            {"parameters": step.parameters, "proposed_by": step.proposed_by},
+            context.incident_id,
+            request_id_var.get(),
+            phase,
+        )
+        return step, result
+
+    async def _read(step: PlanStep, spec: Any) -> OperationResult:
         state = await run_read_step.with_options(**read_step_options(spec))(  # type: ignore[misc]
             phase,
             environment,
@@ -151,9 +173,9 @@ async def run_environment_steps(
         )
         outcome = await state.aresult(raise_on_failure=False)
         if isinstance(outcome, OperationResult):
-            return step, outcome
+            return outcome
         if isinstance(outcome, RetryableOperationError):
-            return step, outcome.result  # retried as configured, still failing: reported
+            return outcome.result  # retried as configured, still failing: reported
         if isinstance(outcome, StepNotAuthorized):
             raise outcome
         raise RuntimeError(f"{step.describe()} ended in state {state.type}: {outcome}")
@@ -168,14 +190,32 @@ async def diagnose_incident(
     environment: str | None = None,
     dependencies: list[str] | None = None,
     incident_id: str | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
-    """Diagnose one incident: an Alertmanager alert (or webhook body), or a service by name."""
+    """Diagnose one incident: an Alertmanager alert (or webhook body), or a service by name.
+
+    The service passes the alert with the `service` and `environment` it mapped it to, and
+    the request id of the webhook call, which this run's `uici` logs carry."""
+    with log_context(request_id=request_id, incident_id=incident_id):
+        return await _diagnose(alert, service, environment, dependencies, incident_id)
+
+
+async def _diagnose(
+    alert: dict[str, Any] | None,
+    service: str | None,
+    environment: str | None,
+    dependencies: list[str] | None,
+    incident_id: str | None,
+) -> dict[str, Any]:
     logger = get_run_logger()
     config = load_config()
+    configure_logging(config.platform.logging.level, config.platform.logging.format)
     services = Services(config)
     default_environment = environment or config.platform.platform.default_environment
     if alert:
         context = context_from_alert(alert, default_environment, incident_id, dependencies or [])
+        if service:  # the target the service mapped the alert to
+            context = context.model_copy(update={"service": service})
     elif service:
         context = context_from_alert(
             {"labels": {"alertname": "manual", "service": service}},
@@ -188,6 +228,8 @@ async def diagnose_incident(
     if environment:
         context = context.model_copy(update={"environment": environment})
     run_id = str(flow_run.id) if flow_run.id else None
+    incident_id_var.set(context.incident_id)
+    log.info("diagnosis of %s on %s started", context.service, context.environment)
     services.store.open_incident(context, run_id)
     services.store.set_status(context.incident_id, "diagnosing", run_id)
     runbook = services.planner.runbooks.match(context)
@@ -212,10 +254,13 @@ async def diagnose_incident(
 
     for index, phase in enumerate(PHASES):
         planned = 0
+        services.journal.events.emit("phase.started", context.incident_id, phase=phase)
         for iteration in range(rounds):
+            calls_before = services.planner.incident_usage(context.incident_id).model_copy()
             plan = plan_phase(
                 phase, iteration, context, report.observations, planned, services.planner
             )
+            _llm_event(services, context.incident_id, phase, calls_before)
             report.plans.append(plan)
             planned += len(plan.decisions)
             report.rejected.extend(d for d in plan.decisions if d.decision == "rejected")
@@ -266,6 +311,12 @@ async def diagnose_incident(
     status: IncidentStatus = "resolved" if report.healthy else "diagnosed"
     data = report.model_dump(mode="json")
     services.store.save_report(context.incident_id, data, status)
+    services.journal.events.emit(
+        "incident.diagnosed",
+        context.incident_id,
+        root_cause=report.diagnosis.root_cause if report.diagnosis else None,
+        healthy=report.healthy,
+    )
     await acreate_markdown_artifact(
         markdown=render_markdown(report),
         key=artifact_key(context.incident_id),
@@ -305,12 +356,28 @@ async def _remediate(
     step = decision.step
     approval: Approval | None = None
     policy = services.planner.policy
+    if services.store.alert_resolved(context.incident_id):
+        # The alert resolved while we diagnosed: never start a remediation for it.
+        policy.release(context, step)
+        report.actions.append(
+            ActionRecord(
+                step=step.describe(),
+                decision=decision.decision,
+                policy=decision.policy,
+                outcome="not executed",
+                detail="the alert resolved before the remediation started",
+            )
+        )
+        return
     if decision.decision == "needs_approval":
         command = " ".join(decision.command)
         services.store.request_approval(context.incident_id, step, command)
         services.store.set_status(context.incident_id, "awaiting_approval")
         timeout = config_timeout(services, step)
         logger.warning("approval needed for %s: %s", step.describe(), command)
+        services.journal.events.emit(
+            "approval.needed", context.incident_id, step=step.describe(), command=command
+        )
         report.timeline.append(
             TimelineEntry(at=now(), event=f"approval requested: {step.describe()}")
         )
@@ -347,6 +414,13 @@ async def _remediate(
             services.store.set_status(context.incident_id, "diagnosing")
             return
         services.store.set_status(context.incident_id, "diagnosing")
+        services.journal.events.emit(
+            "approval.decided",
+            context.incident_id,
+            step=step.describe(),
+            decision="approved" if answer is not None and answer.approve else "rejected",
+            by=answer.approver if answer else "unknown",
+        )
         if answer is None or not answer.approve:
             who = answer.approver if answer else "unknown"
             services.store.decide_approval(
@@ -378,6 +452,9 @@ async def _remediate(
             TimelineEntry(at=now(), event=f"approved by {answer.approver}: {step.describe()}")
         )
 
+    services.journal.started(
+        step.operation, step.environment, step.target, context.incident_id, step.phase
+    )
     outcome = await run_write_step(
         step.phase,
         step.environment,
@@ -392,6 +469,15 @@ async def _remediate(
     )
     if outcome.result is not None:
         _observe(report, step, outcome.result)
+        services.journal.finished(
+            outcome.result,
+            approval.approved_by if approval else services.actor,
+            {"parameters": step.parameters, "policy": outcome.decision.policy},
+            context.incident_id,
+            request_id_var.get(),
+            step.phase,
+            _risk(services, step).value,
+        )
     result_text = (
         "executed" if outcome.executed else "recovered" if outcome.recovered else "not executed"
     )
@@ -407,6 +493,21 @@ async def _remediate(
         )
     )
     report.timeline.append(TimelineEntry(at=now(), event=f"{result_text}: {step.describe()}"))
+
+
+def _llm_event(services: Services, incident_id: str, phase: str, before: Any) -> None:
+    after = services.planner.incident_usage(incident_id)
+    if after.calls == before.calls:
+        return
+    services.journal.events.emit(
+        "llm.call",
+        incident_id,
+        phase=phase,
+        calls=after.calls - before.calls,
+        prompt_tokens=after.prompt_tokens - before.prompt_tokens,
+        completion_tokens=after.completion_tokens - before.completion_tokens,
+        cost=round(after.cost - before.cost, 8),
+    )
 
 
 def config_timeout(services: Services, step: PlanStep) -> int:

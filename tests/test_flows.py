@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from pathlib import Path
@@ -376,3 +377,82 @@ def test_the_reconciler_escalates_runs_that_died(lab: FailureLab, flow_env: Path
     assert asyncio.run(state_of(stuck_run)) == "CRASHED"
     # A run within its budget is left alone.
     assert asyncio.run(reconcile_incidents(config)) == []
+
+
+def test_a_resolved_alert_cancels_the_remediation_waiting_for_approval(
+    lab: FailureLab,
+    flow_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shipped_config_dir: Path,
+) -> None:
+    """Firing alert through the webhook -> the diagnosis pauses for a restart -> the alert
+    resolves -> the dispatcher answers the pause: nothing restarts, the incident stays resolved."""
+    from fastapi.testclient import TestClient
+    from prefect.settings import PREFECT_API_URL
+
+    from agent.api.app import create_app
+    from agent.dispatch import PrefectLauncher
+    from infrastructure.configuration.cache import ConfigCache
+    from tests.api_support import KEYS, alert, notification
+
+    _strict(flow_env, monkeypatch, shipped_config_dir)
+    from agent.api.auth import key_hash
+
+    monkeypatch.setenv("UICI_WEBHOOK_KEY_SHA256", key_hash(KEYS["webhook"]))
+    name = "resolves-itself"
+    lab.run(
+        name,
+        ["sh", "-c", "echo INFO loading; tail /dev/zero"],
+        mem_limit="16m",
+        memswap_limit="16m",
+    )
+    from tests.failures import wait_for
+
+    wait_for(
+        lambda: (lab.container(name).reload() or lab.container(name).status) == "exited",
+        30,
+        "OOM kill",
+    )
+    target = lab.name(name)
+    start = time.time() - 1
+    configs = ConfigCache(shipped_config_dir)
+    launcher = PrefectLauncher(configs.get())
+    launcher.api_url = PREFECT_API_URL.value()
+    firing = alert(target, fingerprint="res0000000000001", alertname="WorkerExited")
+    headers = {"Authorization": f"Bearer {KEYS['webhook']}"}
+    with TestClient(create_app(configs, launcher, run_dispatcher=False)) as client:
+        response = client.post("/webhooks/alertmanager", json=notification(firing), headers=headers)
+        [incident] = response.json()["new_incidents"]
+        store = IncidentStore(flow_env / "uici.db")
+        import sqlite3
+
+        with sqlite3.connect(store.path) as db:
+            parameters = json.loads(db.execute("SELECT payload FROM dispatch").fetchone()[0])
+        # The run a worker would start from the outbox, here in process.
+        thread, box = run_in_thread(**parameters)
+        wait_for_pending_approval(store, incident)
+        resolved = {**firing, "status": "resolved", "endsAt": "2026-11-24T14:00:00Z"}
+        answer = client.post("/webhooks/alertmanager", json=notification(resolved), headers=headers)
+        assert answer.json()["resolved_incidents"] == [incident]
+        state = client.app.state.uici  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the pause shows in the API a moment after the row
+            asyncio.run(state.dispatcher.run_once())
+            with sqlite3.connect(store.path) as db:
+                result = db.execute(
+                    "SELECT result FROM dispatch WHERE kind = 'cancel_approvals'"
+                ).fetchone()
+                done = db.execute(
+                    "SELECT state FROM dispatch WHERE kind = 'cancel_approvals'"
+                ).fetchone()[0]
+            if done == "done":
+                assert result[0] == "cancelled"
+                break
+            time.sleep(0.5)
+        thread.join(120)
+    assert "error" not in box, box.get("error")
+    [action] = box["report"]["actions"]
+    assert action["outcome"] == "not executed" and "alertmanager" in action["detail"]
+    assert restarts(lab, target, start) == 0
+    assert store.approvals(incident, "cancelled")
+    assert store.get(incident).status == "resolved"  # type: ignore[union-attr]

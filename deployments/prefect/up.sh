@@ -17,6 +17,8 @@ export UICI_PROJECT_DIR="$root"
 # React to new runs in ~2 s instead of Prefect's default 10 s poll.
 export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-2}
 export PREFECT_WORKER_PREFETCH_SECONDS=${PREFECT_WORKER_PREFETCH_SECONDS:-2}
+# UICI's own loggers (request and incident ids) also reach the flow run logs in the UI.
+export PREFECT_LOGGING_EXTRA_LOGGERS=${PREFECT_LOGGING_EXTRA_LOGGERS:-uici}
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 # The server's health endpoint, asked with the venv's Python (no other HTTP client needed).

@@ -1,0 +1,102 @@
+"""The outbox dispatcher against a real Prefect server: a Prefect outage delays diagnoses but
+loses none, and a resubmitted alert finds the run that already exists."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+
+from agent.alerts import AlertIngestor, AlertmanagerWebhook
+from agent.dispatch import Dispatcher, PrefectLauncher
+from agent.store import IncidentStore
+from infrastructure.configuration.loader import load_config
+from tests.api_support import alert, key_env, notification
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def deployed() -> str:
+    """The diagnose-incident deployment registered on the test server (no worker runs it)."""
+    from flows.diagnose import diagnose_incident
+
+    async def apply() -> str:
+        deployment = await diagnose_incident.to_deployment(name="diagnose-incident")
+        return str(await deployment.apply())
+
+    return asyncio.run(apply())
+
+
+def setup(test_config_dir: Path, tmp_path: Path) -> tuple[Any, IncidentStore, PrefectLauncher]:
+    config = load_config(test_config_dir, environ=key_env(tmp_path))
+    store = IncidentStore.from_config(config)
+    launcher = PrefectLauncher(config)
+    launcher.api_url = PREFECT_API_URL.value()  # the test server, not platform.yml's
+    return config, store, launcher
+
+
+def test_a_prefect_outage_delays_dispatch_and_loses_nothing(
+    deployed: str, test_config_dir: Path, tmp_path: Path
+) -> None:
+    config, store, launcher = setup(test_config_dir, tmp_path)
+    body = AlertmanagerWebhook.model_validate(
+        notification(alert("web", fingerprint="out0000000000001"))
+    )
+    [incident] = (
+        AlertIngestor(config, store).ingest(body, "req-outage", "webhook", "test").new_incidents
+    )
+    dispatcher = Dispatcher(config, store, launcher)
+
+    launcher.api_url = "http://127.0.0.1:9/api"  # nothing listens: Prefect is "down"
+    assert asyncio.run(dispatcher.run_once()) == 1
+    with sqlite3.connect(store.path) as db:
+        state, attempts, error = db.execute(
+            "SELECT state, attempts, last_error FROM dispatch"
+        ).fetchone()
+        assert (state, attempts) == ("pending", 1) and "Connect" in error
+        events = [r[0] for r in db.execute("SELECT type FROM events ORDER BY id")]
+    assert events == ["incident.created", "dispatch.failed"]
+    assert store.get(incident).flow_run_id is None  # type: ignore[union-attr]
+
+    launcher.api_url = PREFECT_API_URL.value()  # Prefect is back
+    time.sleep(config.platform.api.dispatch.retry_backoff_seconds)
+    assert asyncio.run(dispatcher.run_once()) == 1
+    record = store.get(incident)
+    assert record is not None and record.flow_run_id
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT state FROM dispatch").fetchone()[0] == "done"
+        assert (
+            db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()[0] == 0
+        )
+
+    async def read(run_id: str) -> Any:
+        async with get_client() as client:
+            return await client.read_flow_run(run_id)
+
+    run = asyncio.run(read(record.flow_run_id))
+    assert str(run.deployment_id) == deployed
+    assert run.parameters["incident_id"] == incident
+    assert run.parameters["service"] == "web" and run.parameters["request_id"] == "req-outage"
+    assert run.idempotency_key == body.alerts[0].key
+
+    # The same alert dispatched again (an ambiguous failure, a second service) finds that run.
+    again = asyncio.run(launcher.start_diagnosis(run.parameters, run.idempotency_key))
+    assert again == record.flow_run_id
+
+
+def test_a_missing_deployment_is_retried_not_dropped(test_config_dir: Path, tmp_path: Path) -> None:
+    config, store, launcher = setup(test_config_dir, tmp_path)
+    launcher.deployment = "diagnose-incident/not-deployed"
+    body = AlertmanagerWebhook.model_validate(notification(alert("web")))
+    AlertIngestor(config, store).ingest(body, "req-x", "webhook", "test")
+    asyncio.run(Dispatcher(config, store, launcher).run_once())
+    with sqlite3.connect(store.path) as db:
+        state, error = db.execute("SELECT state, last_error FROM dispatch").fetchone()
+    assert state == "pending" and "ObjectNotFound" in error
