@@ -1,0 +1,97 @@
+"""End to end, every part real: a Prometheus rule fires, Alertmanager delivers the webhook to
+`uici serve`, the service opens an incident and starts the diagnose-incident deployment, a
+Prefect worker runs it against a real crash-looping Docker container, and the report names
+the cause."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.api.auth import key_hash
+from tests.api_support import KEYS
+from tests.failures import FailureLab
+from tests.promstack import ENSURE_SCRIPT, PromStack
+from tests.service_process import REPO_ROOT, ServiceProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def prometheus_installed() -> None:
+    done = subprocess.run(
+        [str(ENSURE_SCRIPT)], capture_output=True, text=True, timeout=300, check=False
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot install Prometheus/Alertmanager: {done.stdout}{done.stderr}")
+
+
+def test_a_prometheus_alert_becomes_a_diagnosed_incident(
+    prometheus_installed: None, lab: FailureLab, tmp_path: Path
+) -> None:
+    target = lab.get("missing_env").target
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UICI_", "PREFECT_"))}
+    env.update(
+        UICI_STATE_DIR=str(tmp_path / "state"),
+        UICI_PREFECT_PORT=str(port),
+        UICI_STORAGE_URL=f"sqlite:///{tmp_path}/uici.db",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        UICI_WEBHOOK_KEY_SHA256=key_hash(KEYS["webhook"]),
+        UICI_READER_KEY_SHA256=key_hash(KEYS["reader"]),
+    )
+    service = ServiceProcess(env, tmp_path / "serve.log")
+    try:
+        up = subprocess.run(
+            [str(REPO_ROOT / "deployments/prefect/up.sh")],
+            env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert up.returncode == 0, up.stdout + up.stderr
+        service.start()
+        rule = {
+            "alert": "ContainerCrashLooping",
+            "expr": "vector(1) > 0",
+            "for": "0s",
+            "labels": {"severity": "critical", "service": target, "uici_env": "local-docker"},
+            "annotations": {"summary": f"{target} keeps restarting"},
+        }
+        with PromStack(
+            tmp_path / "prom",
+            f"{service.url}/webhooks/alertmanager",
+            bearer=KEYS["webhook"],
+            rules=[rule],
+        ) as stack:
+            reader = {"Authorization": f"Bearer {KEYS['reader']}"}
+            deadline = time.monotonic() + 240
+            incident: dict[str, object] = {}
+            while time.monotonic() < deadline:
+                listed = httpx.get(f"{service.url}/incidents", headers=reader).json()
+                if listed and listed[0]["status"] in ("diagnosed", "resolved", "failed"):
+                    incident = listed[0]
+                    break
+                time.sleep(1)
+            assert incident, f"no diagnosed incident in time: {listed}\n{stack.logs()}"
+        detail = httpx.get(f"{service.url}/incidents/{incident['id']}", headers=reader).json()
+        assert detail["service"] == target and detail["environment"] == "local-docker"
+        assert detail["alerts"][0]["labels"]["alertname"] == "ContainerCrashLooping"
+        report = detail["report"]
+        assert report["diagnosis"]["rules_matched"][:1] == ["missing-configuration"], report
+        events = [e["event"] for e in detail["timeline"]]
+        assert events[0] == "incident.created" and "dispatch.started" in events
+        assert "operation.finished" in events and events[-1] == "incident.diagnosed"
+        # The flow run's uici logs carry the webhook's request id.
+        request_id = detail["context"]["alert"]["fingerprint"] and next(
+            e["data"]["request_id"] for e in detail["timeline"] if e["event"] == "incident.created"
+        )
+        assert request_id
+        metrics = httpx.get(f"{service.url}/metrics").text
+        assert 'uici_alerts_received_total{status="firing"}' in metrics
+    finally:
+        service.stop()
+        subprocess.run(
+            [str(REPO_ROOT / "deployments/prefect/down.sh")],
+            env=env, capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
