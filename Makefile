@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format docker-engine test up down demo bench clean
+.PHONY: help venv install lint format docker-engine prometheus test serve up down demo bench clean
 
 help:
 	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
 	@echo "make up     start Prefect (server, work pool, deployments, worker); make down stops it"
+	@echo "make serve  run the agent service (uici serve): webhook, API, events, metrics"
 	@echo "make test   lint, type-check and run the test suite"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make format apply ruff formatting"
@@ -43,10 +44,18 @@ docker-engine:
 	tests/infra/ensure_docker.sh
 
 # pytest exits 5 when a selection (PYTEST_ARGS="-k ...") collects nothing: say so, don't fail.
-test: lint docker-engine
+# Debian's prometheus and prometheus-alertmanager for the end-to-end test (installed if missing).
+prometheus:
+	tests/infra/ensure_prometheus.sh
+
+test: lint docker-engine prometheus
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc
+
+# The agent service (Alertmanager webhook, API, events, metrics) on platform.yml's host and port.
+serve: $(STAMP)
+	$(BIN)/uici serve
 
 # Prefect server + work pool + deployments + worker on 127.0.0.1 (state under .uici/).
 up: $(STAMP) docker-engine
@@ -63,6 +72,7 @@ bench: $(STAMP) docker-engine
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/docker_ops.py
 	$(BIN)/python bench/flow_ops.py
+	$(BIN)/python bench/webhook_ingest.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

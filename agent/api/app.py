@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
@@ -265,8 +266,8 @@ def create_app(
             ).model_dump(),
         )
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
             status_code=exc.status_code,
             content=ErrorResponse(
@@ -630,7 +631,7 @@ def create_app(
     @app.get("/events", response_model=list[Event], tags=["events"])
     def events(
         _: Reader,
-        since: Annotated[int, Query(ge=0)] = 0,
+        since: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
         incident_id: Annotated[str | None, Query(max_length=100)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[Event]:
@@ -659,6 +660,8 @@ def create_app(
                 else await asyncio.to_thread(state.events.last_id)
             )
         except ValueError:
+            after = -1
+        if not 0 <= after < 2**63:
             await websocket.close(code=1008, reason="since must be an event id")
             return
         await websocket.accept()
