@@ -220,9 +220,7 @@ class AlertIngestor:
                 request_id=request_id,
                 received=len(payload.alerts),
                 truncated_alerts=payload.truncatedAlerts,
-                new_incidents=[d.incident_id for d in dispositions if d.outcome == "new_incident"]
-                if dispositions
-                else [],
+                new_incidents=[d.incident_id for d in dispositions if d.outcome == "new_incident"],
                 resolved_incidents=[
                     d.incident_id for d in dispositions if d.outcome == "resolved" and d.incident_id
                 ],

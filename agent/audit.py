@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.store import connect
+from agent.store import connect, where_clause
 from infrastructure.redaction import mask_secrets
 
 
@@ -74,18 +74,14 @@ class AuditLog:
         since: float | None = None,
         limit: int = 100,
     ) -> list[AuditRecord]:
-        clauses: list[str] = []
-        values: list[Any] = []
-        for clause, value in (
-            ("incident_id = ?", incident_id),
-            ("actor = ?", actor),
-            ("action = ?", action),
-            ("at >= ?", since),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                values.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, values = where_clause(
+            (
+                ("incident_id = ?", incident_id),
+                ("actor = ?", actor),
+                ("action = ?", action),
+                ("at >= ?", since),
+            )
+        )
         with connect(self.path) as db:
             rows = db.execute(
                 f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses

@@ -54,11 +54,6 @@ class Dispatcher:
         self.audit = AuditLog(store.path)
         self.wake = asyncio.Event()
 
-    def pending(self) -> int:
-        with self.store._db() as db:
-            row = db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()
-        return int(row[0])
-
     def _due(self) -> list[dict[str, Any]]:
         with self.store._db() as db:
             rows = db.execute(

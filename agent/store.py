@@ -165,6 +165,14 @@ def write_transaction(path: Path) -> Iterator[sqlite3.Connection]:
         db.execute("COMMIT")
 
 
+def where_clause(filters: tuple[tuple[str, Any], ...]) -> tuple[str, list[Any]]:
+    """`WHERE a = ? AND ...` from fixed clauses whose value is not None, and their values."""
+    used = [(clause, value) for clause, value in filters if value is not None]
+    if not used:
+        return "", []
+    return "WHERE " + " AND ".join(c for c, _ in used), [v for _, v in used]
+
+
 class IncidentRecord(BaseModel):
     id: str
     status: IncidentStatus
@@ -260,19 +268,15 @@ class IncidentStore:
         since: float | None = None,
         until: float | None = None,
     ) -> list[IncidentRecord]:
-        clauses: list[str] = []
-        values: list[Any] = []
-        for clause, value in (
-            ("status = ?", status),
-            ("service = ?", service),
-            ("environment = ?", environment),
-            ("created_at >= ?", since),
-            ("created_at < ?", until),
-        ):
-            if value is not None:
-                clauses.append(clause)
-                values.append(value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, values = where_clause(
+            (
+                ("status = ?", status),
+                ("service = ?", service),
+                ("environment = ?", environment),
+                ("created_at >= ?", since),
+                ("created_at < ?", until),
+            )
+        )
         with self._db() as db:
             rows = db.execute(
                 f"SELECT * FROM incidents {where} ORDER BY created_at DESC LIMIT ?",  # noqa: S608 - fixed column names
