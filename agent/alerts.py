@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent.audit import AuditLog
 from agent.events import EventLog
 from agent.incident import AlertInfo, IncidentContext
-from agent.store import IncidentStore
+from agent.store import IncidentStore, insert_incident
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import EnvironmentType
 from infrastructure.registry import OperationRegistry
@@ -307,19 +307,7 @@ class AlertIngestor:
             service=mapping.target,
             dependencies=mapping.dependencies,
         )
-        db.execute(
-            "INSERT OR IGNORE INTO incidents VALUES (?, 'open', ?, ?, ?, ?, ?, NULL, NULL, ?, ?)",
-            (
-                incident_id,
-                mapping.environment,
-                mapping.target,
-                alert.identity,
-                alert.starts_at,
-                context.model_dump_json(),
-                now,
-                now,
-            ),
-        )
+        insert_incident(db, context, now=now)
         parameters = {
             "alert": {
                 "status": "firing",

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.store import connect, where_clause
+from agent.store import connect, execute, where_clause
 from infrastructure.redaction import mask_secrets
 
 
@@ -60,11 +60,7 @@ class AuditLog:
             "INSERT INTO audit (at, actor, action, target, parameters, result, incident_id,"
             " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         )
-        if db is not None:
-            db.execute(query, row)
-            return
-        with connect(self.path) as own:
-            own.execute(query, row)
+        execute(self.path, query, row, db)
 
     def query(
         self,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.store import connect
+from agent.store import connect, execute
 
 EventType = Literal[
     "incident.created",
@@ -61,11 +61,7 @@ class EventLog:
         """Record an event; inside `db`'s transaction when given (so it commits with the change)."""
         row = (time.time(), type_, incident_id, json.dumps(data, default=str))
         query = "INSERT INTO events (at, type, incident_id, data) VALUES (?, ?, ?, ?)"
-        if db is not None:
-            db.execute(query, row)
-            return
-        with connect(self.path) as own:
-            own.execute(query, row)
+        execute(self.path, query, row, db)
 
     def since(
         self, after_id: int = 0, limit: int = 1000, incident_id: str | None = None

@@ -165,6 +165,18 @@ def write_transaction(path: Path) -> Iterator[sqlite3.Connection]:
         db.execute("COMMIT")
 
 
+def execute(
+    path: Path, query: str, values: tuple[Any, ...], db: sqlite3.Connection | None = None
+) -> None:
+    """One statement inside the caller's transaction `db` when given (so it commits with the
+    caller's change), otherwise on its own autocommit connection."""
+    if db is not None:
+        db.execute(query, values)
+        return
+    with connect(path) as own:
+        own.execute(query, values)
+
+
 def where_clause(filters: tuple[tuple[str, Any], ...]) -> tuple[str, list[Any]]:
     """`WHERE a = ? AND ...` from fixed clauses whose value is not None, and their values."""
     used = [(clause, value) for clause, value in filters if value is not None]
@@ -210,6 +222,30 @@ class ApprovalRecord(BaseModel):
     decided_at: float | None = None
 
 
+def insert_incident(
+    db: sqlite3.Connection,
+    context: IncidentContext,
+    flow_run_id: str | None = None,
+    now: float | None = None,
+) -> None:
+    """Write a new incident inside the caller's transaction; an existing id is left as it is."""
+    now = time.time() if now is None else now
+    db.execute(
+        "INSERT OR IGNORE INTO incidents VALUES (?, 'open', ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+        (
+            context.incident_id,
+            context.environment,
+            context.service,
+            context.alert.fingerprint,
+            context.alert.starts_at,
+            context.model_dump_json(),
+            flow_run_id,
+            now,
+            now,
+        ),
+    )
+
+
 class IncidentStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -234,22 +270,8 @@ class IncidentStore:
         self, context: IncidentContext, flow_run_id: str | None = None
     ) -> IncidentRecord:
         """Create the incident, or return the existing one with the same id."""
-        now = time.time()
         with self._db() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO incidents VALUES (?, 'open', ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-                (
-                    context.incident_id,
-                    context.environment,
-                    context.service,
-                    context.alert.fingerprint,
-                    context.alert.starts_at,
-                    context.model_dump_json(),
-                    flow_run_id,
-                    now,
-                    now,
-                ),
-            )
+            insert_incident(db, context, flow_run_id)
         record = self.get(context.incident_id)
         assert record is not None
         return record

@@ -345,6 +345,27 @@ def _observe(report: IncidentReport, step: PlanStep, result: OperationResult) ->
     report.observations.append(observation)
 
 
+def _not_executed(
+    decision: StepDecision,
+    context: IncidentContext,
+    services: Services,
+    report: IncidentReport,
+    label: str,
+    detail: str,
+) -> None:
+    """A remediation that will not run: give back its reservation and say why in the report."""
+    services.planner.policy.release(context, decision.step)
+    report.actions.append(
+        ActionRecord(
+            step=decision.step.describe(),
+            decision=label,
+            policy=decision.policy,
+            outcome="not executed",
+            detail=detail,
+        )
+    )
+
+
 async def _remediate(
     decision: StepDecision,
     context: IncidentContext,
@@ -358,16 +379,10 @@ async def _remediate(
     policy = services.planner.policy
     if services.store.alert_resolved(context.incident_id):
         # The alert resolved while we diagnosed: never start a remediation for it.
-        policy.release(context, step)
-        report.actions.append(
-            ActionRecord(
-                step=step.describe(),
-                decision=decision.decision,
-                policy=decision.policy,
-                outcome="not executed",
-                detail="the alert resolved before the remediation started",
-            )
-        )
+        _not_executed(
+            decision, context, services, report, decision.decision,
+            "the alert resolved before the remediation started",
+        )  # fmt: skip
         return
     if decision.decision == "needs_approval":
         command = " ".join(decision.command)
@@ -401,16 +416,10 @@ async def _remediate(
             services.store.decide_approval(
                 context.incident_id, step.key(), "expired", "uici", "no answer"
             )
-            policy.release(context, step)
-            report.actions.append(
-                ActionRecord(
-                    step=step.describe(),
-                    decision="needs_approval",
-                    policy=decision.policy,
-                    outcome="not executed",
-                    detail=f"no approval within {timeout} s",
-                )
-            )
+            _not_executed(
+                decision, context, services, report, "needs_approval",
+                f"no approval within {timeout} s",
+            )  # fmt: skip
             services.store.set_status(context.incident_id, "diagnosing")
             return
         services.store.set_status(context.incident_id, "diagnosing")
@@ -426,16 +435,7 @@ async def _remediate(
             services.store.decide_approval(
                 context.incident_id, step.key(), "rejected", who, answer.reason if answer else ""
             )
-            policy.release(context, step)
-            report.actions.append(
-                ActionRecord(
-                    step=step.describe(),
-                    decision="rejected",
-                    policy=decision.policy,
-                    outcome="not executed",
-                    detail=f"rejected by {who}",
-                )
-            )
+            _not_executed(decision, context, services, report, "rejected", f"rejected by {who}")
             report.timeline.append(
                 TimelineEntry(at=now(), event=f"rejected by {who}: {step.describe()}")
             )

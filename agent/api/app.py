@@ -54,7 +54,7 @@ from agent.incident import AlertInfo, IncidentContext
 from agent.journal import Journal
 from agent.logs import request_id_var
 from agent.metrics import ServiceMetrics
-from agent.store import IncidentRecord, IncidentStatus, IncidentStore
+from agent.store import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
 from infrastructure.configuration.cache import ConfigCache
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel
@@ -515,10 +515,7 @@ def create_app(
             "request_id": request.state.request_id,
         }
         with state.store.transaction() as db:
-            db.execute(
-                "INSERT INTO incidents VALUES (?, 'open', ?, ?, NULL, NULL, ?, NULL, NULL, ?, ?)",
-                (incident_id, environment, body.service, context.model_dump_json(), now, now),
-            )
+            insert_incident(db, context, now=now)
             enqueue(db, "diagnose", incident_id, incident_id, parameters, now)
             state.events.emit(
                 "incident.created", incident_id, db, environment=environment,
