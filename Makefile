@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format docker-engine prometheus test serve up down demo bench clean
+.PHONY: help venv install lint format docker-engine packages test serve up down demo bench clean
 
 help:
 	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
@@ -44,11 +44,12 @@ docker-engine:
 	tests/infra/ensure_docker.sh
 
 # pytest exits 5 when a selection (PYTEST_ARGS="-k ...") collects nothing: say so, don't fail.
-# Debian's prometheus and prometheus-alertmanager for the end-to-end test (installed if missing).
-prometheus:
-	tests/infra/ensure_prometheus.sh
+# Debian's prometheus, prometheus-alertmanager (end-to-end alert tests) and postgresql (Prefect's
+# database with UICI_PREFECT_DB=postgres), installed if missing.
+packages:
+	tests/infra/ensure_packages.sh
 
-test: lint docker-engine prometheus
+test: lint docker-engine packages
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc
@@ -68,11 +69,12 @@ down:
 demo: up
 	PREFECT_API_URL=http://127.0.0.1:$${UICI_PREFECT_PORT:-4200}/api $(BIN)/python deployments/demo/demo.py
 
-bench: $(STAMP) docker-engine
+bench: $(STAMP) docker-engine packages
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/docker_ops.py
 	$(BIN)/python bench/flow_ops.py
 	$(BIN)/python bench/webhook_ingest.py
+	$(BIN)/python bench/webhook_to_operation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -3,7 +3,7 @@
 A `PromStack` writes a Prometheus configuration with the given alert rules and an Alertmanager
 configuration whose only receiver is a webhook (with bearer or basic credentials), starts both
 binaries on free ports and waits until each reports ready. Used as a context manager, it stops
-both on exit. Install the binaries with tests/infra/ensure_prometheus.sh; `available()` says
+both on exit. Install the binaries with tests/infra/ensure_packages.sh; `available()` says
 whether they are there.
 
 Timing: Prometheus evaluates the rules every second and resends firing alerts every second
@@ -31,14 +31,14 @@ import yaml
 
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 ALERTMANAGER_BIN = Path("/usr/bin/prometheus-alertmanager")  # Debian's name for alertmanager
-ENSURE_SCRIPT = Path(__file__).resolve().parent / "infra" / "ensure_prometheus.sh"
+ENSURE_SCRIPT = Path(__file__).resolve().parent / "infra" / "ensure_packages.sh"
 
 HOST = "127.0.0.1"
 LOG_TAIL_LINES = 40
 
 
 def available() -> bool:
-    """Whether both binaries are installed (tests/infra/ensure_prometheus.sh installs them)."""
+    """Whether both binaries are installed (tests/infra/ensure_packages.sh installs them)."""
     return all(
         shutil.which(str(binary)) is not None for binary in (PROMETHEUS_BIN, ALERTMANAGER_BIN)
     )

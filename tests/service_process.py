@@ -14,6 +14,14 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def prefect_stack(action: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run deployments/prefect/up.sh or down.sh (`action` "up" or "down") with `env`."""
+    return subprocess.run(
+        [str(REPO_ROOT / f"deployments/prefect/{action}.sh")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,7 +17,7 @@ from agent.api.auth import key_hash
 from tests.api_support import KEYS
 from tests.failures import FailureLab
 from tests.promstack import ENSURE_SCRIPT, PromStack
-from tests.service_process import REPO_ROOT, ServiceProcess, free_port
+from tests.service_process import ServiceProcess, free_port, prefect_stack
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,7 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
     )
     service = ServiceProcess(env, tmp_path / "serve.log")
     try:
-        up = subprocess.run(
-            [str(REPO_ROOT / "deployments/prefect/up.sh")],
-            env=env, capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+        up = prefect_stack("up", env)
         assert up.returncode == 0, up.stdout + up.stderr
         service.start()
         rule = {
@@ -91,7 +88,4 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
         assert 'uici_alerts_received_total{status="firing"}' in metrics
     finally:
         service.stop()
-        subprocess.run(
-            [str(REPO_ROOT / "deployments/prefect/down.sh")],
-            env=env, capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
+        prefect_stack("down", env)

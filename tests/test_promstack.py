@@ -2,7 +2,7 @@
 
 A Prometheus rule fires, Alertmanager delivers the webhook with the configured credentials to a
 small recording receiver on 127.0.0.1; and alerts fed straight to Alertmanager arrive, then
-resolve. tests/infra/ensure_prometheus.sh installs the binaries first (Debian, root).
+resolve. tests/infra/ensure_packages.sh installs the binaries first (Debian, root).
 """
 
 from __future__ import annotations

@@ -15,3 +15,10 @@ for name in prefect-worker prefect-server; do
     fi
     rm -f "$pidfile"
 done
+# The PostgreSQL cluster of UICI_PREFECT_DB=postgres, if up.sh started one.
+if [ -f "$state/postgres.bin" ] && [ -f "$state/postgres/PG_VERSION" ]; then
+    as=()
+    [ "$(id -u)" -eq 0 ] && as=(runuser -u postgres --)
+    "${as[@]}" "$(cat "$state/postgres.bin")/pg_ctl" -D "$state/postgres" -m fast -w stop \
+        >/dev/null 2>&1 && echo "down: stopped PostgreSQL"
+fi

@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# Make sure Debian's Prometheus and Alertmanager binaries are present, for the end-to-end alert
-# tests (tests/promstack.py runs them as plain processes on 127.0.0.1; no service is started here).
-# On Debian as root: install prometheus and prometheus-alertmanager if either is missing.
-# Anywhere else: say what is missing and fail.
+# Make sure the Debian packages the tests and benchmarks run as plain processes are present:
+# prometheus and prometheus-alertmanager (the end-to-end alert tests, tests/promstack.py) and
+# postgresql (the Prefect server's database with UICI_PREFECT_DB=postgres). No service is
+# started here. On Debian as root: install what is missing. Anywhere else: say what is missing
+# and fail.
 set -euo pipefail
 
-prometheus=/usr/bin/prometheus
-alertmanager=/usr/bin/prometheus-alertmanager # Debian's name; there is no `alertmanager`
-packages=(prometheus prometheus-alertmanager)
+pg_ctl() { compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" | sort -V | tail -n 1; }
+# package -> how to tell it is installed
+declare -A present=(
+    [prometheus]='[ -x /usr/bin/prometheus ]'
+    [prometheus-alertmanager]='[ -x /usr/bin/prometheus-alertmanager ]' # no `alertmanager` name
+    [postgresql]='[ -n "$(pg_ctl)" ]'
+)
+missing=()
+for package in prometheus prometheus-alertmanager postgresql; do
+    eval "${present[$package]}" || missing+=("$package")
+done
 
-if [ -x "$prometheus" ] && [ -x "$alertmanager" ]; then
-    echo "ensure_prometheus: already installed ($("$prometheus" --version 2>&1 | head -n 1))"
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "ensure_packages: already installed ($(/usr/bin/prometheus --version 2>&1 | head -n 1);" \
+        "$("$(pg_ctl)" --version))"
     exit 0
 fi
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure_prometheus: missing $prometheus or $alertmanager; install them" \
-        "(Debian: apt-get install --no-install-recommends ${packages[*]})" >&2
+    echo "ensure_packages: missing ${missing[*]}; install them" \
+        "(Debian: apt-get install --no-install-recommends ${missing[*]})" >&2
     exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+log=/tmp/uici-apt-packages.log
 install_packages() {
-    apt-get install -y -q --no-install-recommends "${packages[@]}" >/tmp/uici-apt-prometheus.log 2>&1
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1
 }
 
 # Refresh the package lists only when there are none, or when installing from them fails.
@@ -32,26 +43,22 @@ if ! compgen -G "/var/lib/apt/lists/*Packages*" >/dev/null; then
     updated=yes
 fi
 if ! install_packages; then
-    if [ "$updated" = yes ]; then
-        echo "ensure_prometheus: apt-get install ${packages[*]} failed; it ended with:" >&2
-        tail -n 20 /tmp/uici-apt-prometheus.log >&2 || true
-        exit 1
+    if [ "$updated" = no ]; then
+        apt-get update -q >/dev/null
+        updated=yes
     fi
-    apt-get update -q >/dev/null
-    updated=yes
-    if ! install_packages; then
-        echo "ensure_prometheus: apt-get install ${packages[*]} failed after apt-get update;" \
-            "it ended with:" >&2
-        tail -n 20 /tmp/uici-apt-prometheus.log >&2 || true
+    if [ "$updated" = yes ] && ! install_packages; then
+        echo "ensure_packages: apt-get install ${missing[*]} failed; it ended with:" >&2
+        tail -n 20 "$log" >&2 || true
         exit 1
     fi
 fi
 
 # The packages try to start their services; without systemd nothing starts, which is what we want.
-if [ ! -x "$prometheus" ] || [ ! -x "$alertmanager" ]; then
-    echo "ensure_prometheus: installed ${packages[*]} but $prometheus or $alertmanager is" \
-        "still missing" >&2
-    exit 1
-fi
-echo "ensure_prometheus: installed ${packages[*]} (apt-get update: $updated;" \
-    "$("$prometheus" --version 2>&1 | head -n 1))"
+for package in "${missing[@]}"; do
+    if ! eval "${present[$package]}"; then
+        echo "ensure_packages: installed $package but its binaries are still missing" >&2
+        exit 1
+    fi
+done
+echo "ensure_packages: installed ${missing[*]} (apt-get update: $updated)"
