@@ -127,14 +127,19 @@ class StepRunner:
         context: IncidentContext,
         runbook: Runbook | None,
         approval: Approval | None = None,
+        intent: str | None = None,
     ) -> tuple[StepDecision, OperationResult | None]:
+        """`intent`: the remediation intent ("<key>@<time>") a write is made under; executors
+        that can make a write idempotent use it (a Kubernetes restart writes it as its
+        restartedAt annotation)."""
         decision = self.policy.authorize(step, context, runbook, approval)
         if decision.decision != "accepted":
             return decision, None
         call = self.policy.registry.validate(
             step.operation, step.environment, step.parameters, step.target
         )
-        result = self.executor(step.environment).execute(self.translator.translate(call))
+        spec = self.translator.translate(call, {"intent": intent} if intent else None)
+        result = self.executor(step.environment).execute(spec)
         if result.success:
             self.policy.record_executed(context, step)
         return decision, result

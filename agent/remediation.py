@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -110,10 +111,13 @@ class Remediator:
                     note=note,
                 )
             # Not observed: the crash came before the call. Carry on with the same intent.
+            recorded_at = existing.recorded_at
         else:
-            self.store.begin_intent(key, context.incident_id, step, self.clock())
+            recorded_at = self.clock()
+            self.store.begin_intent(key, context.incident_id, step, recorded_at)
         self.checkpoint("after_intent")
-        decision, result = self.runner.run(step, context, runbook, approval)
+        intent = f"{key}@{datetime.fromtimestamp(recorded_at, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"
+        decision, result = self.runner.run(step, context, runbook, approval, intent)
         self.checkpoint("after_call")
         if result is None:
             self.store.finish_intent(key, "failed", {"decision": decision.model_dump(mode="json")})

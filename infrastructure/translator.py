@@ -73,7 +73,9 @@ class CommandTranslator:
     def from_config(cls, config: UICIConfig) -> CommandTranslator:
         return cls(config.translations, config.environments, config.operations)
 
-    def translate(self, call: ValidatedCall) -> CommandSpec:
+    def translate(self, call: ValidatedCall, runtime: dict[str, Any] | None = None) -> CommandSpec:
+        """`runtime`: values known only when the call is made (WRITE_CONTEXT_KEYS, e.g. the
+        remediation intent), never taken from a plan."""
         translation = self._translations.translations.get(call.environment_type, {}).get(
             call.operation
         )
@@ -89,6 +91,7 @@ class CommandTranslator:
             **self._global_context,
             **environment.connection.command_context(),
             **call.parameters,
+            **(runtime or {}),
             "environment": call.environment,
             "target": call.target,
         }

@@ -101,7 +101,17 @@ def test_connection_context_fills_kubernetes_and_oci_commands(
         "--namespace",
         "default",
     ]
-    assert spec.arguments == {"target": "checkout", "namespace": "default"}
+    # No remediation intent on a manual call; the remediation path supplies one at run time.
+    assert spec.arguments == {"target": "checkout", "namespace": "default", "intent": None}
+    call = OperationRegistry.from_config(config).validate(
+        "restart_service", "staging-k8s", {}, "checkout"
+    )
+    intent = "abc@2026-11-25T13:00:00Z"
+    with_intent = CommandTranslator.from_config(config).translate(call, {"intent": intent})
+    assert with_intent.arguments["intent"] == intent and with_intent.command == spec.command
+    # A plan cannot smuggle an intent in as a parameter: the registry refuses unknown ones.
+    with pytest.raises(CallValidationError):
+        translate(config, "restart_service", "staging-k8s", {"intent": "forged"}, "checkout")
     spec = translate(config, "scale_service", "staging-k8s", {"replicas": "3"}, "checkout")
     assert "--replicas=3" in spec.command
     spec = translate(config, "list_services", "oci-prod", {}, None)

@@ -23,6 +23,7 @@ from infrastructure.configuration.models import (
     CONNECTION_MODELS,
     GLOBAL_CONTEXT_KEYS,
     PHASES,
+    WRITE_CONTEXT_KEYS,
     AgentsConfig,
     ArgvGroup,
     EnvironmentsConfig,
@@ -434,6 +435,8 @@ def cross_check(
                 )
             context_keys = set(_context_keys(env_type))
             known = {*spec.parameters, "environment", *context_keys}
+            if spec.risk is not RiskLevel.READ:
+                known.update(WRITE_CONTEXT_KEYS)
             if spec.target != "none":
                 known.add("target")
             for arg, source in translation.args.items():

@@ -37,6 +37,7 @@ from infrastructure.executors.base import (
     MethodOutput,
     executor_method,
 )
+from infrastructure.executors.logtext import cap_tail, line_filter
 from infrastructure.redaction import REDACTED, is_secret_key
 from infrastructure.registry import duration_seconds
 
@@ -268,7 +269,7 @@ class DockerExecutor(EnvironmentExecutor):
         level_patterns: dict[str, str] | None = None,
         pattern: str | None = None,
     ) -> MethodOutput:
-        keep = _line_filter(level, level_patterns or {}, pattern)
+        keep = line_filter(level, level_patterns or {}, pattern)
         now = int(time.time())
         since_at = now - duration_seconds(since) if since else None
         until_at = now - duration_seconds(until) if until else None
@@ -284,7 +285,7 @@ class DockerExecutor(EnvironmentExecutor):
             )
             all_lines = raw.decode("utf-8", errors="replace").splitlines()
             kept = [line for line in all_lines if keep(line)]
-            kept, truncated = _cap_tail(kept, max_bytes)
+            kept, truncated = cap_tail(kept, max_bytes)
             return {
                 "container": container.name,
                 "lines": kept,
@@ -761,45 +762,3 @@ def _parse_time(value: str) -> datetime:
     fraction = (match.group(2) or ".0")[:7]
     zone = match.group(3) or "Z"
     return datetime.fromisoformat(f"{match.group(1)}{fraction}{'+00:00' if zone == 'Z' else zone}")
-
-
-def _line_filter(
-    level: str | None, level_patterns: dict[str, str], pattern: str | None
-) -> Callable[[str], bool]:
-    """Keep lines at `level` or more severe (levels are ordered most severe first) and/or
-    matching `pattern`."""
-    checks: list[Callable[[str], bool]] = []
-    if level is not None:
-        if level not in level_patterns:
-            raise ExecutorError(
-                ErrorKind.PERMANENT,
-                f"no pattern for log level {level!r}",
-                "add it to operations.yml: log_levels",
-            )
-        names = list(level_patterns)
-        # Each pattern on its own: they may carry their own inline flags such as (?i).
-        levels = [re.compile(level_patterns[n]) for n in names[: names.index(level) + 1]]
-        checks.append(lambda line: any(p.search(line) for p in levels))
-    if pattern is not None:
-        try:
-            compiled = re.compile(pattern)
-        except re.error as exc:
-            raise ExecutorError(
-                ErrorKind.PERMANENT, f"pattern {pattern!r} is not a valid regular expression: {exc}"
-            ) from exc
-        checks.append(lambda line: compiled.search(line) is not None)
-    return lambda line: all(check(line) for check in checks)
-
-
-def _cap_tail(lines: list[str], max_bytes: int) -> tuple[list[str], int]:
-    """The newest lines that fit in max_bytes, and how many older ones were cut."""
-    total = 0
-    kept: list[str] = []
-    for line in reversed(lines):
-        size = len(line.encode("utf-8")) + 1
-        if total + size > max_bytes:
-            break
-        total += size
-        kept.append(line)
-    kept.reverse()
-    return kept, len(lines) - len(kept)
