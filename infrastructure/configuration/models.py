@@ -333,6 +333,16 @@ class KubernetesConnection(StrictModel):
     allowed_namespaces: list[Name]
     target_selectors: list[NonEmpty]
     request_timeout_seconds: PositiveSeconds
+    # Reads answered 429/5xx are retried this many times here (Retry-After honoured, capped);
+    # writes only after a 429, which means the server did not act.
+    read_retries: Annotated[int, Field(ge=0, le=10)]
+    retry_backoff_seconds: PositiveSeconds
+    retry_after_cap_seconds: PositiveSeconds
+    # urllib3 re-tries a failed *connection* (nothing sent) this many times; never a request.
+    connect_retries: Annotated[int, Field(ge=0, le=10)]
+    # scale_service stays within these bounds in this environment.
+    min_replicas: Annotated[int, Field(ge=0)]
+    max_replicas: Annotated[int, Field(ge=1)]
 
     @model_validator(mode="after")
     def _namespace_allowed(self) -> KubernetesConnection:
@@ -344,6 +354,10 @@ class KubernetesConnection(StrictModel):
         for selector in self.target_selectors:
             if "{target}" not in selector:
                 raise ValueError(f"target selector {selector!r} must contain {{target}}")
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}"
+            )
         return self
 
     CONTEXT_KEYS: ClassVar[tuple[str, ...]] = ("namespace", "kube_context")
@@ -358,8 +372,22 @@ class OCIConnection(StrictModel):
     profile: str
     region: str
     compartment_id: str
-    service_endpoints: dict[str, str] = Field(default_factory=dict)
+    # Per service (container_instances, logging_search, monitoring): private endpoints, tests.
+    service_endpoints: dict[Literal["container_instances", "logging_search", "monitoring"], str] = (
+        Field(default_factory=dict)
+    )
+    connect_timeout_seconds: PositiveSeconds
     timeout_seconds: PositiveSeconds
+    # 429 and 5xx on reads are retried this many times (Retry-After honoured, capped); a
+    # write is sent again only with the same opc-retry-token, so OCI acts once.
+    read_retries: Annotated[int, Field(ge=0, le=10)]
+    retry_backoff_seconds: PositiveSeconds
+    retry_after_cap_seconds: PositiveSeconds
+    # Start/stop/restart return a work request, polled to its end within this time.
+    work_request_poll_seconds: PositiveSeconds
+    work_request_timeout_seconds: PositiveSeconds
+    # Logging Search scope per service (display name): "<compartment>/<log group>/<log>" OCIDs.
+    log_search_scopes: dict[str, NonEmpty] = Field(default_factory=dict)
 
     CONTEXT_KEYS: ClassVar[tuple[str, ...]] = ("compartment_id", "region")
 
@@ -396,6 +424,9 @@ class OCIEnvironment(_EnvironmentBase):
 
 # Values every translation may use besides parameters and the connection's context.
 GLOBAL_CONTEXT_KEYS: tuple[str, ...] = ("log_level_patterns",)
+# Values the remediation path supplies to write operations: `intent` is the remediation
+# intent's id and time (absent for a manual `uici run`).
+WRITE_CONTEXT_KEYS: tuple[str, ...] = ("intent",)
 
 CONNECTION_MODELS: dict[
     EnvironmentType, type[DockerConnection] | type[KubernetesConnection] | type[OCIConnection]

@@ -27,6 +27,12 @@ cat >> environment-type-without-translations/environments.yml <<'YAML'
       allowed_namespaces: [default]
       target_selectors: ["app={target}"]
       request_timeout_seconds: 5
+      read_retries: 2
+      retry_backoff_seconds: 0.5
+      retry_after_cap_seconds: 10
+      connect_retries: 2
+      min_replicas: 1
+      max_replicas: 10
 YAML
 mk runbook-unknown-operation; sed 's/        - operation: get_logs/        - operation: get_logz/' $B/agents.yml > runbook-unknown-operation/agents.yml
 mk runbook-invalid-params; sed 's/          params: {lines: 50}/          params: {lines: 0, colour: red, level: fatal}/' $B/agents.yml > runbook-invalid-params/agents.yml

@@ -1,0 +1,1021 @@
+"""The Kubernetes executor: universal operations on a cluster through the official client.
+
+Targets are `name` or `namespace/name` (the namespace must be one of `allowed_namespaces`). A
+name is looked up as a Deployment, then a StatefulSet, then a DaemonSet, then a Pod, and last
+through the configured `target_selectors` (e.g. `app={target}`). The workload's pods are found
+through its own selector, and per-pod results are reported for every replica.
+
+Responses are read as the API's own JSON (`_preload_content=False`), so output and data use
+the field names an SRE knows from `kubectl get -o json`.
+
+Errors: 403 is `denied` and never retried, 404 is `permanent` (with the names that do exist),
+409 on a patch re-reads and retries once, 429/5xx/connection errors are `retryable`. Reads are
+retried here with a back-off that honours Retry-After; a write is re-sent only when the server
+said it did not process it (429), never after a 5xx or a lost connection. urllib3's own retries
+are set explicitly: connection attempts only, which never re-send a request.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from infrastructure.configuration.models import (
+    EnvironmentType,
+    KubernetesConnection,
+    KubernetesEnvironment,
+)
+from infrastructure.executors.base import (
+    EnvironmentExecutor,
+    ErrorKind,
+    ExecutorError,
+    MethodOutput,
+    executor_method,
+)
+from infrastructure.executors.logtext import cap_tail, line_filter
+from infrastructure.redaction import REDACTED
+from infrastructure.registry import duration_seconds
+
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+REVISION = "deployment.kubernetes.io/revision"
+_WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+_SCALABLE = ("Deployment", "StatefulSet")
+_UNPROCESSED = (429,)  # the server refused before acting: safe to send again
+
+
+@dataclass
+class Workload:
+    """What a target resolved to: a workload (or a bare pod / selector) and its pods."""
+
+    kind: str  # Deployment, StatefulSet, DaemonSet, Pod or Selector
+    name: str
+    namespace: str
+    selector: str
+    obj: dict[str, Any] = field(default_factory=dict)
+    pods: list[dict[str, Any]] = field(default_factory=list)
+
+
+class KubernetesExecutor(EnvironmentExecutor):
+    environment_type = EnvironmentType.KUBERNETES
+
+    def __init__(self, name: str, environment: KubernetesEnvironment) -> None:
+        super().__init__(name, environment)
+        self.connection: KubernetesConnection = environment.connection
+        self._api: k8s.ApiClient | None = None
+        self._lock = threading.Lock()
+
+    # --- connection -----------------------------------------------------------------
+
+    def _client(self) -> k8s.ApiClient:
+        with self._lock:
+            if self._api is None:
+                self._api = k8s.ApiClient(self._configuration())
+            return self._api
+
+    def _configuration(self) -> k8s.Configuration:
+        conn = self.connection
+        configuration = k8s.Configuration()
+        try:
+            if conn.in_cluster:
+                k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration
+                )
+            else:
+                path = os.path.expanduser(conn.kubeconfig or "~/.kube/config")
+                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=path,
+                    context=conn.context or None,
+                    client_configuration=configuration,
+                )
+        except (ConfigException, OSError, TypeError, ValueError) as exc:
+            where = "the in-cluster service account" if conn.in_cluster else conn.kubeconfig
+            raise ExecutorError(
+                ErrorKind.PERMANENT,
+                f"cannot load the Kubernetes configuration from {where}: {exc}",
+                "check connection.kubeconfig / connection.context in environments.yml"
+                " (or in_cluster: true inside a cluster)",
+            ) from exc
+        if conn.api_server:
+            configuration.host = conn.api_server.rstrip("/")
+        # Explicit: urllib3 retries only failed connection attempts (nothing was sent), never
+        # reads or statuses; our own loop retries reads and decides about writes.
+        configuration.retries = urllib3.Retry(
+            total=None, connect=conn.connect_retries, read=0, redirect=0, status=0, other=0
+        )
+        configuration.client_go_retries = False
+        return configuration
+
+    def close(self) -> None:
+        with self._lock:
+            if self._api is not None:
+                self._api.close()  # type: ignore[no-untyped-call]
+                self._api = None
+
+    def check_connection(self) -> MethodOutput:
+        version = self._json("GET", "/version")
+        namespace = self.connection.namespace
+        self._json("GET", f"/api/v1/namespaces/{namespace}/pods", {"limit": "1"})
+        return MethodOutput(
+            output=f"Kubernetes {version.get('gitVersion', '?')}"
+            f" at {self._client().configuration.host}",
+            data={"version": version, "namespace": namespace},
+        )
+
+    # --- HTTP with error classes ------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        api = self._client()
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
+        write = method not in ("GET", "HEAD")
+        attempts = 1 + self.connection.read_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                response: urllib3.BaseHTTPResponse = api.call_api(
+                    *api.param_serialize(
+                        method=method,
+                        resource_path=path,
+                        query_params=params,
+                        header_params=headers,
+                        body=body,
+                        auth_settings=["BearerToken"],
+                    ),
+                    _request_timeout=self.connection.request_timeout_seconds,
+                ).response
+            except ApiException as exc:
+                response = _as_response(exc)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ExecutorError(
+                    ErrorKind.RETRYABLE,
+                    f"cannot reach the Kubernetes API at {api.configuration.host}: {exc}",
+                    "check the cluster is up and connection.kubeconfig / api_server;"
+                    + (" the write may have been sent: observe before repeating" if write else ""),
+                ) from exc
+            status = response.status
+            if status < 400:
+                return response
+            retryable = status == 429 or status >= 500
+            may_resend = not write or status in _UNPROCESSED
+            if retryable and may_resend and attempt < attempts:
+                time.sleep(self._backoff(response, attempt))
+                continue
+            raise self._error(response, path, write)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _backoff(self, response: urllib3.BaseHTTPResponse, attempt: int) -> float:
+        header = response.headers.get("Retry-After")
+        cap = self.connection.retry_after_cap_seconds
+        if header is not None:
+            try:
+                return float(min(cap, max(0.0, float(header))))
+            except ValueError:
+                pass
+        return float(min(cap, self.connection.retry_backoff_seconds * 2 ** (attempt - 1)))
+
+    def _error(self, response: urllib3.BaseHTTPResponse, path: str, write: bool) -> ExecutorError:
+        status = response.status
+        message = _status_message(response)
+        retry_after = response.headers.get("Retry-After")
+        if status in (401, 403):
+            return ExecutorError(
+                ErrorKind.DENIED,
+                f"the Kubernetes API refused {path} ({status}): {message}",
+                "grant UICI's service account this permission (deployments/kubernetes/rbac-*.yaml)"
+                if status == 403
+                else "the credentials in the kubeconfig were not accepted",
+            )
+        if status == 404:
+            return ExecutorError(ErrorKind.PERMANENT, f"not found: {message}")
+        if status == 409:
+            return ExecutorError(ErrorKind.RETRYABLE, f"conflict on {path}: {message}")
+        if status == 429 or status >= 500:
+            hint = f"retry after {retry_after} s" if retry_after else "retry with back-off"
+            if write and status >= 500:
+                hint += "; the write may have been applied: observe before repeating"
+            return ExecutorError(
+                ErrorKind.RETRYABLE, f"the Kubernetes API answered {status}: {message}", hint
+            )
+        return ExecutorError(
+            ErrorKind.PERMANENT, f"the Kubernetes API answered {status}: {message}"
+        )
+
+    def _json(self, method: str, path: str, query: dict[str, Any] | None = None) -> Any:
+        return json.loads(self._request(method, path, query).data or b"{}")
+
+    def _patch(self, path: str, body: Any, reread: Callable[[], Any] | None = None) -> Any:
+        """A patch; on 409 the object is re-read (`reread` rebuilds the body) and the patch sent
+        once more, since a conflict means the server did not apply it."""
+        kind = "application/json-patch+json" if isinstance(body, list) else (
+            "application/strategic-merge-patch+json"
+        )  # fmt: skip
+        try:
+            return json.loads(self._request("PATCH", path, body=body, content_type=kind).data)
+        except ExecutorError as exc:
+            if reread is None or not exc.message.startswith("conflict"):
+                raise
+        body = reread()
+        return json.loads(self._request("PATCH", path, body=body, content_type=kind).data)
+
+    # --- targets ------------------------------------------------------------------------
+
+    def _namespace_and_name(self, target: str, namespace: str | None) -> tuple[str, str]:
+        if "/" in target:
+            namespace, _, target = target.partition("/")
+        namespace = namespace or self.connection.namespace
+        if namespace not in self.connection.allowed_namespaces:
+            raise ExecutorError(
+                ErrorKind.DENIED,
+                f"namespace {namespace!r} is not in allowed_namespaces"
+                f" {self.connection.allowed_namespaces}",
+                "add it to connection.allowed_namespaces in environments.yml",
+            )
+        return namespace, target
+
+    def resolve(self, target: str, namespace: str | None = None) -> Workload:
+        namespace, name = self._namespace_and_name(target, namespace)
+        for kind in _WORKLOAD_KINDS:
+            obj = self._get_optional(_workload_path(kind, namespace, name))
+            if obj is not None:
+                selector = _selector(obj["spec"].get("selector") or {})
+                return Workload(
+                    kind, name, namespace, selector, obj, self._pods(namespace, selector)
+                )
+        pod = self._get_optional(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        if pod is not None:
+            return Workload("Pod", name, namespace, f"metadata.name={name}", pod, [pod])
+        for template in self.connection.target_selectors:
+            selector = template.replace("{target}", name)
+            pods = self._pods(namespace, selector)
+            if pods:
+                return Workload("Selector", name, namespace, selector, {}, pods)
+        raise ExecutorError(
+            ErrorKind.PERMANENT,
+            f"no deployment, statefulset, daemonset or pod {name!r} in namespace {namespace!r},"
+            f" and no pods match {', '.join(self.connection.target_selectors)}",
+            self._closest(namespace, name),
+        )
+
+    def _get_optional(self, path: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self._json("GET", path)
+        except ExecutorError as exc:
+            if exc.kind is ErrorKind.PERMANENT and exc.message.startswith("not found"):
+                return None
+            raise
+        return found
+
+    def _pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        found = self._json(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}
+        )
+        return sorted(found.get("items", []), key=lambda p: p["metadata"]["name"])
+
+    def _closest(self, namespace: str, name: str) -> str:
+        names: list[str] = []
+        for kind in _WORKLOAD_KINDS:
+            listed = self._json("GET", _workload_path(kind, namespace, None))
+            names += [f"{kind.lower()}/{i['metadata']['name']}" for i in listed.get("items", [])]
+        if not names:
+            return f"namespace {namespace!r} has no workloads"
+        bare = {n.partition("/")[2]: n for n in names}
+        close = difflib.get_close_matches(name, list(bare), n=3, cutoff=0.5)
+        shown = ", ".join(bare[c] for c in close) if close else ", ".join(names[:10])
+        return f"{'did you mean' if close else 'existing workloads'}: {shown}"
+
+    def _workload(self, target: str, namespace: str | None, kinds: tuple[str, ...]) -> Workload:
+        workload = self.resolve(target, namespace)
+        if workload.kind not in kinds:
+            raise ExecutorError(
+                ErrorKind.PERMANENT,
+                f"{target!r} is a {workload.kind.lower()}, and this operation needs a"
+                f" {' or '.join(k.lower() for k in kinds)}",
+            )
+        return workload
+
+    # --- read operations ----------------------------------------------------------------
+
+    @executor_method
+    def list_services(
+        self, namespace: str, include_stopped: bool = True, selector: str | None = None
+    ) -> MethodOutput:
+        namespace, _ = self._namespace_and_name("-", namespace)
+        pods = self._json(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}
+        ).get("items", [])
+        items: list[dict[str, Any]] = []
+        for kind in _WORKLOAD_KINDS:
+            listed = self._json(
+                "GET", _workload_path(kind, namespace, None), {"labelSelector": selector}
+            )
+            for obj in listed.get("items", []):
+                item = _workload_summary(kind, obj, pods)
+                if include_stopped or item["desired"]:
+                    items.append(item)
+        lines = [
+            f"{i['kind'].lower()}/{i['name']}: {i['state']}, {i['ready']}/{i['desired']} ready,"
+            f" {i['restarts']} restarts, age {i['age']}"
+            for i in items
+        ]
+        return MethodOutput(output="\n".join(lines) or f"no workloads in {namespace}", data=items)
+
+    @executor_method
+    def get_status(self, target: str, namespace: str | None = None) -> MethodOutput:
+        workload = self.resolve(target, namespace)
+        items = [item for pod in workload.pods for item in _container_statuses(pod)]
+        if not items:
+            raise ExecutorError(
+                ErrorKind.PERMANENT,
+                f"{workload.kind.lower()} {workload.name!r} has no pods (selector"
+                f" {workload.selector})",
+                "a scaled-to-zero or not yet scheduled workload has no status to read",
+            )
+        lines = []
+        for i in items:
+            text = f"{i['pod']}/{i['container']}: {i['phase']}, {i['state']}"
+            if i["reason"]:
+                text += f" ({i['reason']})"
+            text += f", restarts {i['restart_count']}, ready {str(i['ready']).lower()}"
+            last = i["last_terminated"]
+            if last:
+                text += f"; last exit: {last['reason']} (exit code {last['exit_code']})"
+            lines.append(text + f", node {i['node'] or '-'}")
+        return MethodOutput(output="\n".join(lines), data=items)
+
+    @executor_method
+    def get_logs(
+        self,
+        target: str,
+        lines: int,
+        max_bytes: int,
+        namespace: str | None = None,
+        since: str | None = None,
+        timestamps: bool = False,
+        previous: bool = False,
+        level: str | None = None,
+        level_patterns: dict[str, str] | None = None,
+        pattern: str | None = None,
+    ) -> MethodOutput:
+        """Each pod's containers. Without `previous`, a container that restarted and is not
+        running now also gets its previous instance's log: that is where a crash loop says why
+        (`kubectl logs --previous`)."""
+        keep = line_filter(level, level_patterns or {}, pattern)
+        workload = self.resolve(target, namespace)
+        items: list[dict[str, Any]] = []
+        for pod in workload.pods:
+            for status in _container_statuses(pod):
+                crashed = status["restart_count"] > 0 and status["state"] != "running"
+                instances = [True] if previous else ([True, False] if crashed else [False])
+                for earlier in instances:
+                    items.append(
+                        self._log(workload.namespace, status, earlier, lines, max_bytes,
+                                  since, timestamps, keep)
+                    )  # fmt: skip
+        several = len({(i["pod"], i["container"]) for i in items}) > 1
+        output: list[str] = []
+        for item in items:
+            prefix = f"{item['pod']}/{item['container']}" if several else ""
+            if item["previous"]:
+                prefix += " [previous]"
+            prefix = f"{prefix.strip()} | " if prefix else ""
+            if item["error"]:
+                output.append(f"{prefix}({item['error']})")
+            output.extend(prefix + line for line in item["lines"])
+            if item["truncated_lines"]:
+                output.append(f"{prefix}[{item['truncated_lines']} older lines cut at max_bytes]")
+        return MethodOutput(output="\n".join(output), data=items)
+
+    def _log(
+        self,
+        namespace: str,
+        status: dict[str, Any],
+        previous: bool,
+        lines: int,
+        max_bytes: int,
+        since: str | None,
+        timestamps: bool,
+        keep: Callable[[str], bool],
+    ) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "pod": status["pod"],
+            "container": status["container"],
+            "previous": previous,
+            "lines": [],
+            "read_lines": 0,
+            "filtered_out": 0,
+            "truncated_lines": 0,
+            "error": None,
+        }
+        query = {
+            "container": status["container"],
+            "tailLines": lines,
+            "limitBytes": max_bytes,
+            "timestamps": timestamps or None,
+            "previous": previous or None,
+            "sinceSeconds": duration_seconds(since) if since else None,
+        }
+        try:
+            raw = self._request(
+                "GET", f"/api/v1/namespaces/{namespace}/pods/{status['pod']}/log", query
+            )
+        except ExecutorError as exc:
+            if exc.kind is not ErrorKind.PERMANENT:
+                raise
+            item["error"] = exc.message  # e.g. no previous instance: say so, keep the others
+            return item
+        all_lines = raw.data.decode("utf-8", errors="replace").splitlines()
+        kept = [line for line in all_lines if keep(line)]
+        kept, cut = cap_tail(kept, max_bytes)
+        item.update(
+            lines=kept,
+            read_lines=len(all_lines),
+            filtered_out=len(all_lines) - len(kept) - cut,
+            truncated_lines=cut,
+        )
+        return item
+
+    @executor_method
+    def get_events(
+        self, target: str, since: str, limit: int, namespace: str | None = None
+    ) -> MethodOutput:
+        workload = self.resolve(target, namespace)
+        involved = {p["metadata"]["name"] for p in workload.pods} | {workload.name}
+        if workload.kind == "Deployment":
+            involved |= {rs["metadata"]["name"] for rs in self._replica_sets(workload)}
+        cutoff = time.time() - duration_seconds(since)
+        listed = self._json("GET", f"/api/v1/namespaces/{workload.namespace}/events")
+        events = []
+        for event in listed.get("items", []):
+            obj = event.get("involvedObject") or {}
+            at = _event_time(event)
+            if obj.get("name") in involved and (at is None or at >= cutoff):
+                events.append(
+                    {
+                        "time": _iso(at),
+                        "type": event.get("type"),
+                        "reason": event.get("reason"),
+                        "object": f"{str(obj.get('kind', '')).lower()}/{obj.get('name')}",
+                        "message": event.get("message"),
+                        "count": event.get("count") or 1,
+                    }
+                )
+        events.sort(key=lambda e: e["time"] or "")
+        events = events[-limit:]
+        output = "\n".join(
+            f"{e['time']} {e['type']} {e['reason']} {e['object']}: {e['message']}"
+            + (f" (x{e['count']})" if e["count"] > 1 else "")
+            for e in events
+        )
+        return MethodOutput(output=output or f"no events since {since}", data=events)
+
+    @executor_method
+    def get_metrics(self, target: str, namespace: str | None = None) -> MethodOutput:
+        workload = self.resolve(target, namespace)
+        path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{workload.namespace}/pods"
+        try:
+            listed = self._json("GET", path, {"labelSelector": workload.selector})
+        except ExecutorError as exc:
+            if exc.kind is ErrorKind.PERMANENT and exc.message.startswith("not found"):
+                raise ExecutorError(
+                    ErrorKind.UNSUPPORTED,
+                    "this cluster does not serve metrics.k8s.io (no metrics-server)",
+                    "install metrics-server to get CPU and memory use per pod",
+                ) from exc
+            raise
+        usage = {m["metadata"]["name"]: m for m in listed.get("items", [])}
+        items = []
+        for pod in workload.pods:
+            name = pod["metadata"]["name"]
+            measured = {
+                c["name"]: c.get("usage", {}) for c in usage.get(name, {}).get("containers", [])
+            }
+            for container in pod["spec"].get("containers", []):
+                resources = container.get("resources") or {}
+                used = measured.get(container["name"], {})
+                items.append(
+                    {
+                        "pod": name,
+                        "container": container["name"],
+                        "measured": container["name"] in measured,
+                        "cpu_millicores": _millicores(used.get("cpu")),
+                        "memory_bytes": _bytes(used.get("memory")),
+                        "requests": resources.get("requests") or {},
+                        "limits": resources.get("limits") or {},
+                        "memory_percent_of_limit": _percent(
+                            _bytes(used.get("memory")),
+                            _bytes((resources.get("limits") or {}).get("memory")),
+                        ),
+                        "cpu_percent_of_limit": _percent(
+                            _millicores(used.get("cpu")),
+                            _millicores((resources.get("limits") or {}).get("cpu")),
+                        ),
+                    }
+                )
+        lines = [
+            f"{i['pod']}/{i['container']}: "
+            + (
+                f"cpu {i['cpu_millicores']}m (limit {i['limits'].get('cpu', 'none')}), memory "
+                f"{_mib(i['memory_bytes'])} (limit {i['limits'].get('memory', 'none')})"
+                if i["measured"]
+                else "no sample yet"
+            )
+            for i in items
+        ]
+        return MethodOutput(output="\n".join(lines), data=items)
+
+    @executor_method
+    def describe(self, target: str, namespace: str | None = None) -> MethodOutput:
+        workload = self.resolve(target, namespace)
+        obj = workload.obj
+        spec = obj.get("spec", {})
+        template = spec.get("template", {}).get("spec", {}) if workload.kind != "Pod" else spec
+        if workload.kind == "Selector":
+            template = workload.pods[0]["spec"] if workload.pods else {}
+        metadata = obj.get("metadata", {})
+        status = obj.get("status", {})
+        data = {
+            "kind": workload.kind,
+            "name": workload.name,
+            "namespace": workload.namespace,
+            "selector": workload.selector,
+            "replicas": spec.get("replicas"),
+            "strategy": (spec.get("strategy") or spec.get("updateStrategy") or {}).get("type"),
+            "revision": (metadata.get("annotations") or {}).get(REVISION),
+            "generation": metadata.get("generation"),
+            "observed_generation": status.get("observedGeneration"),
+            "rollout": _rollout(workload.kind, obj),
+            "containers": [_container_spec(c) for c in template.get("containers", [])],
+        }
+        lines = [
+            f"{workload.kind.lower()}/{workload.name} in {workload.namespace}: replicas"
+            f" {data['replicas']}, strategy {data['strategy']}, revision {data['revision']},"
+            f" rollout {data['rollout']}"
+        ]
+        for c in data["containers"]:
+            lines.append(
+                f"  {c['name']}: image {c['image']}, requests {c['requests'] or 'none'}, limits"
+                f" {c['limits'] or 'none'}, liveness {c['liveness'] or 'none'}, readiness"
+                f" {c['readiness'] or 'none'}, env {', '.join(c['env']) or 'none'}"
+            )
+        return MethodOutput(output="\n".join(lines), data=data)
+
+    @executor_method
+    def exec_diagnostic(self, target: str, **_: Any) -> MethodOutput:
+        raise ExecutorError(
+            ErrorKind.UNSUPPORTED,
+            "exec_diagnostic is not available on Kubernetes: UICI's role has no pods/exec",
+            "pods/exec would let UICI run any command in any pod it can see; it is left out"
+            " of the RBAC on purpose",
+        )
+
+    @executor_method
+    def check_endpoint(self, target: str, **_: Any) -> MethodOutput:
+        raise ExecutorError(
+            ErrorKind.UNSUPPORTED,
+            "check_endpoint is not available on Kubernetes: pod IPs are not reachable from"
+            " outside the cluster and UICI's role has no pods/exec or pods/proxy",
+            "watch the readiness probe instead (get_status shows the Ready condition)",
+        )
+
+    # --- write operations ---------------------------------------------------------------
+
+    @executor_method
+    def restart_service(
+        self, target: str, namespace: str | None = None, intent: str | None = None
+    ) -> MethodOutput:
+        """`kubectl rollout restart`: exactly one patch of the pod template's restartedAt
+        annotation. Its value names the remediation intent, so repeating the same intent
+        patches in the same value and the controller rolls nothing."""
+        # DaemonSets too could be restarted so, but UICI's write role patches only deployments
+        # and statefulsets (deployments/kubernetes/rbac-write.yaml): say so before the 403.
+        workload = self._workload(target, namespace, _SCALABLE)
+        value = intent or f"manual@{_iso(time.time())}"
+        annotations = workload.obj["spec"]["template"]["metadata"].get("annotations") or {}
+        before = annotations.get(RESTARTED_AT)
+        body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: value}}}}}
+        path = _workload_path(workload.kind, workload.namespace, workload.name)
+        patched = self._patch(path, body)
+        data = {
+            "kind": workload.kind,
+            "name": workload.name,
+            "namespace": workload.namespace,
+            "restarted_at": value,
+            "already_applied": before == value,
+            "generation": patched["metadata"].get("generation"),
+        }
+        verb = "already restarted for this intent" if before == value else "rollout restarted"
+        return MethodOutput(output=f"{workload.kind.lower()}/{workload.name}: {verb}", data=data)
+
+    @executor_method
+    def scale_service(
+        self, target: str, replicas: int, namespace: str | None = None
+    ) -> MethodOutput:
+        low, high = self.connection.min_replicas, self.connection.max_replicas
+        if not low <= replicas <= high:
+            raise ExecutorError(
+                ErrorKind.DENIED,
+                f"replicas={replicas} is outside this environment's bounds [{low}, {high}]",
+                "change connection.min_replicas / max_replicas in environments.yml",
+            )
+        workload = self._workload(target, namespace, _SCALABLE)
+        before = workload.obj["spec"].get("replicas")
+        path = _workload_path(workload.kind, workload.namespace, workload.name) + "/scale"
+        scale = self._patch(path, {"spec": {"replicas": replicas}})
+        data = {
+            "kind": workload.kind,
+            "name": workload.name,
+            "namespace": workload.namespace,
+            "previous_replicas": before,
+            "replicas": scale.get("spec", {}).get("replicas"),
+        }
+        return MethodOutput(
+            output=f"{workload.kind.lower()}/{workload.name}: replicas {before} -> {replicas}",
+            data=data,
+        )
+
+    @executor_method
+    def rollback_service(
+        self, target: str, namespace: str | None = None, revision: int | None = None
+    ) -> MethodOutput:
+        """`kubectl rollout undo`: the deployment's pod template replaced by the one of the
+        ReplicaSet at `revision` (default: the one before the current)."""
+        workload = self._workload(target, namespace, ("Deployment",))
+
+        def body() -> list[dict[str, Any]]:
+            current = self._json(
+                "GET", _workload_path("Deployment", workload.namespace, workload.name)
+            )
+            fresh = Workload(
+                workload.kind, workload.name, workload.namespace, workload.selector, current
+            )
+            source, current_revision = self._rollback_source(fresh, revision)
+            template = json.loads(json.dumps(source["spec"]["template"]))
+            template.get("metadata", {}).get("labels", {}).pop("pod-template-hash", None)
+            body.revisions = (current_revision, _revision(source))  # type: ignore[attr-defined]
+            return [
+                {"op": "test", "path": "/metadata/resourceVersion",
+                 "value": current["metadata"]["resourceVersion"]},
+                {"op": "replace", "path": "/spec/template", "value": template},
+            ]  # fmt: skip
+
+        path = _workload_path("Deployment", workload.namespace, workload.name)
+        self._patch(path, body(), reread=body)
+        current_revision, target_revision = body.revisions  # type: ignore[attr-defined]
+        return MethodOutput(
+            output=f"deployment/{workload.name}: rolled back from revision {current_revision}"
+            f" to the template of revision {target_revision}",
+            data={
+                "name": workload.name,
+                "namespace": workload.namespace,
+                "from_revision": current_revision,
+                "to_revision": target_revision,
+            },
+        )
+
+    def _replica_sets(self, workload: Workload) -> list[dict[str, Any]]:
+        uid = workload.obj.get("metadata", {}).get("uid")
+        listed = self._json(
+            "GET",
+            f"/apis/apps/v1/namespaces/{workload.namespace}/replicasets",
+            {"labelSelector": workload.selector},
+        )
+        return [
+            rs
+            for rs in listed.get("items", [])
+            if any(o.get("uid") == uid for o in rs["metadata"].get("ownerReferences") or [])
+        ]
+
+    def _rollback_source(
+        self, workload: Workload, revision: int | None
+    ) -> tuple[dict[str, Any], int]:
+        history = sorted(self._replica_sets(workload), key=_revision)
+        current = _revision_of(workload.obj) or (history and _revision(history[-1])) or 0
+        if revision is None:
+            older = [rs for rs in history if _revision(rs) < current]
+            if not older:
+                raise ExecutorError(
+                    ErrorKind.PERMANENT,
+                    f"deployment {workload.name!r} has no revision before {current} to return to",
+                    "a deployment rolled out once has nothing to roll back to",
+                )
+            return older[-1], current
+        for rs in history:
+            if _revision(rs) == revision:
+                return rs, current
+        known = ", ".join(str(_revision(rs)) for rs in history) or "none"
+        raise ExecutorError(
+            ErrorKind.PERMANENT,
+            f"deployment {workload.name!r} has no revision {revision} (known: {known})",
+        )
+
+    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
+        """restart: the template carries a restartedAt written at or after `since`."""
+        if operation != "restart_service":
+            return None
+        try:
+            workload = self._workload(target, None, _SCALABLE)
+        except ExecutorError:
+            return None
+        annotations = workload.obj["spec"]["template"]["metadata"].get("annotations") or {}
+        value = annotations.get(RESTARTED_AT)
+        if not value:
+            return False
+        written = _parse_time(value.rpartition("@")[2])
+        return written is not None and written.timestamp() >= since - 1
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _as_response(exc: ApiException) -> Any:
+    """An ApiException carries what the server answered; look at it like a response."""
+
+    class Answer:
+        status = exc.status or 0
+        headers = exc.headers or {}
+        data = (exc.body or b"") if isinstance(exc.body, bytes) else str(exc.body or "").encode()
+
+    return Answer()
+
+
+def _status_message(response: Any) -> str:
+    try:
+        body = json.loads(response.data or b"{}")
+    except ValueError:
+        return (response.data or b"").decode("utf-8", errors="replace")[:300]
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(body)[:300]
+
+
+def _workload_path(kind: str, namespace: str, name: str | None) -> str:
+    plural = {"Deployment": "deployments", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+    path = f"/apis/apps/v1/namespaces/{namespace}/{plural[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+def _selector(selector: dict[str, Any]) -> str:
+    """A LabelSelector object as the labelSelector query string."""
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif operator == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif operator == "Exists":
+            parts.append(key)
+        elif operator == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
+
+
+def _pod_matches(pod: dict[str, Any], selector: dict[str, Any]) -> bool:
+    labels = pod["metadata"].get("labels") or {}
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """One item per container: what the rules and a person need to see how it is doing."""
+    status = pod.get("status", {})
+    conditions = {c["type"]: c.get("status") for c in status.get("conditions") or []}
+    statuses = {c["name"]: c for c in status.get("containerStatuses") or []}
+    items = []
+    for container in pod["spec"].get("containers", []):
+        name = container["name"]
+        current = statuses.get(name, {})
+        state_name, state = next(iter((current.get("state") or {"waiting": {}}).items()))
+        last = (current.get("lastState") or {}).get("terminated")
+        terminated = state if state_name == "terminated" else None
+        oom = any(t and t.get("reason") == "OOMKilled" for t in (terminated, last))
+        items.append(
+            {
+                "pod": pod["metadata"]["name"],
+                "container": name,
+                "phase": status.get("phase"),
+                "state": state_name,
+                "reason": state.get("reason"),
+                "message": state.get("message"),
+                "ready": bool(current.get("ready")),
+                "restart_count": current.get("restartCount", 0),
+                "exit_code": (terminated or last or {}).get("exitCode"),
+                "oom_killed": oom,
+                "last_terminated": None
+                if not last
+                else {
+                    "reason": last.get("reason"),
+                    "exit_code": last.get("exitCode"),
+                    "finished_at": last.get("finishedAt"),
+                },
+                "image": current.get("image") or container.get("image"),
+                "node": pod["spec"].get("nodeName"),
+                "conditions": conditions,
+                "health": None,
+            }
+        )
+    return items
+
+
+def _workload_summary(kind: str, obj: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    spec, status = obj.get("spec", {}), obj.get("status", {})
+    own = [p for p in pods if _pod_matches(p, spec.get("selector") or {})]
+    if kind == "DaemonSet":
+        desired, ready = status.get("desiredNumberScheduled", 0), status.get("numberReady", 0)
+    else:
+        desired, ready = spec.get("replicas", 1), status.get("readyReplicas", 0)
+    restarts = sum(
+        c.get("restartCount", 0)
+        for p in own
+        for c in p.get("status", {}).get("containerStatuses") or []
+    )
+    created = _parse_time(obj["metadata"].get("creationTimestamp") or "")
+    # The sweep reads `state` and `health`: a waiting reason such as CrashLoopBackOff says more
+    # than a phase, and a workload with fewer ready pods than desired is unhealthy.
+    waiting = [
+        c["state"]["waiting"].get("reason")
+        for p in own
+        for c in p.get("status", {}).get("containerStatuses") or []
+        if (c.get("state") or {}).get("waiting")
+    ]
+    state = next((r for r in waiting if r), "running" if ready >= desired else "degraded")
+    if not desired:
+        state = "scaled to zero"
+    return {
+        "kind": kind,
+        "state": state,
+        "health": None if not desired else ("healthy" if ready >= desired else "unhealthy"),
+        "name": obj["metadata"]["name"],
+        "namespace": obj["metadata"].get("namespace"),
+        "desired": desired,
+        "ready": ready,
+        "pods": len(own),
+        "restarts": restarts,
+        "age": _age(created),
+        "created": obj["metadata"].get("creationTimestamp"),
+    }
+
+
+def _container_spec(container: dict[str, Any]) -> dict[str, Any]:
+    resources = container.get("resources") or {}
+    env = []
+    for variable in container.get("env") or []:
+        source = variable.get("valueFrom")
+        if source:
+            ref: dict[str, Any] = next(iter(source.values()), {})
+            env.append(f"{variable['name']}=<from {next(iter(source))} {ref.get('name', '')}>")
+        else:
+            env.append(f"{variable['name']}={REDACTED}")
+    return {
+        "name": container["name"],
+        "image": container.get("image"),
+        "command": container.get("command") or [],
+        "args": container.get("args") or [],
+        "ports": [p.get("containerPort") for p in container.get("ports") or []],
+        "requests": resources.get("requests") or {},
+        "limits": resources.get("limits") or {},
+        "liveness": _probe(container.get("livenessProbe")),
+        "readiness": _probe(container.get("readinessProbe")),
+        "startup": _probe(container.get("startupProbe")),
+        "env": env,
+    }
+
+
+def _probe(probe: dict[str, Any] | None) -> str | None:
+    if not probe:
+        return None
+    if "httpGet" in probe:
+        how = f"GET {probe['httpGet'].get('path', '/')} :{probe['httpGet'].get('port')}"
+    elif "tcpSocket" in probe:
+        how = f"tcp :{probe['tcpSocket'].get('port')}"
+    elif "exec" in probe:
+        how = "exec " + " ".join(probe["exec"].get("command") or [])
+    elif "grpc" in probe:
+        how = f"grpc :{probe['grpc'].get('port')}"
+    else:
+        how = "unknown"
+    return (
+        f"{how} every {probe.get('periodSeconds', 10)}s, timeout {probe.get('timeoutSeconds', 1)}s,"
+        f" failure threshold {probe.get('failureThreshold', 3)}"
+    )
+
+
+def _rollout(kind: str, obj: dict[str, Any]) -> str:
+    if kind not in ("Deployment", "StatefulSet"):
+        return "n/a"
+    spec, status = obj.get("spec", {}), obj.get("status", {})
+    if status.get("observedGeneration", 0) < obj["metadata"].get("generation", 0):
+        return "waiting for the controller to observe the new spec"
+    wanted = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    available = status.get("availableReplicas", status.get("readyReplicas", 0))
+    if updated < wanted:
+        return f"in progress: {updated} of {wanted} updated"
+    if available < wanted:
+        return f"in progress: {available} of {wanted} available"
+    return "complete"
+
+
+def _revision(obj: dict[str, Any]) -> int:
+    return _revision_of(obj) or 0
+
+
+def _revision_of(obj: dict[str, Any]) -> int | None:
+    value = (obj.get("metadata", {}).get("annotations") or {}).get(REVISION)
+    return int(value) if value and str(value).isdigit() else None
+
+
+def _event_time(event: dict[str, Any]) -> float | None:
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        if event.get(key):
+            parsed = _parse_time(event[key])
+            if parsed is not None:
+                return parsed.timestamp()
+    created = _parse_time(event.get("metadata", {}).get("creationTimestamp") or "")
+    return created.timestamp() if created else None
+
+
+def _parse_time(value: str) -> datetime | None:
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", value or "")
+    if match is None:
+        return None
+    fraction = (match.group(2) or ".0")[:7]
+    zone = "+00:00" if match.group(3) == "Z" else match.group(3)
+    return datetime.fromisoformat(f"{match.group(1)}{fraction}{zone}")
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(created: datetime | None) -> str:
+    if created is None:
+        return "?"
+    seconds = max(0, int(time.time() - created.timestamp()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+
+
+def _bytes(quantity: str | None) -> int | None:
+    if not quantity:
+        return None
+    match = re.match(r"^(\d+(?:\.\d+)?)([A-Za-z]*)$", quantity)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _SUFFIX.get(match.group(2), 1))
+
+
+def _millicores(quantity: str | None) -> int | None:
+    if not quantity:
+        return None
+    if quantity.endswith("n"):
+        return int(quantity[:-1]) // 1_000_000
+    if quantity.endswith("u"):
+        return int(quantity[:-1]) // 1_000
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    return int(float(quantity) * 1000)
+
+
+def _percent(used: int | None, limit: int | None) -> float | None:
+    if used is None or not limit:
+        return None
+    return round(100.0 * used / limit, 1)
+
+
+def _mib(value: int | None) -> str:
+    return "?" if value is None else f"{value / 2**20:.1f} MiB"

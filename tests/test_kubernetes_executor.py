@@ -1,0 +1,486 @@
+"""The Kubernetes executor: the official client over real HTTP against the API double.
+
+Every operation runs through the registry and the translator, as `uici run` does, against
+objects shaped like a real cluster's (tests/k8s_scenarios.py). The double answers the error
+classes on demand, and records every request, so the tests also see what went over the wire.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agent.cli import app
+from infrastructure.configuration.loader import UICIConfig, load_config
+from infrastructure.executors.base import ErrorKind, OperationResult
+from infrastructure.executors.factory import create_executor
+from infrastructure.executors.kubernetes import RESTARTED_AT, REVISION, KubernetesExecutor
+from infrastructure.redaction import REDACTED
+from infrastructure.registry import OperationRegistry
+from infrastructure.translator import CommandTranslator
+from tests import k8s_scenarios as scenarios
+from tests.conftest import SHIPPED_CONFIG
+from tests.k8s_double import KubeDouble
+
+ENV = "staging-k8s"
+FATAL = "FATAL: required environment variable DATABASE_URL is not set"
+
+
+def k8s_config_dir(target: Path, kubeconfig: Path, **connection: Any) -> Path:
+    """The shipped configuration with its Kubernetes environment enabled against the double."""
+    shutil.copytree(SHIPPED_CONFIG, target)
+    path = target / "environments.yml"
+    document = yaml.safe_load(path.read_text())
+    environment = document["environments"][ENV]
+    environment["enabled"] = True
+    environment["connection"].update(
+        kubeconfig=str(kubeconfig),
+        context="double",
+        read_retries=2,
+        retry_backoff_seconds=0.05,
+        retry_after_cap_seconds=2,
+        **connection,
+    )
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return target
+
+
+@pytest.fixture(scope="module")
+def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeDouble]:
+    with KubeDouble() as server:
+        scenarios.crash_looping_deployment(server, "api")
+        scenarios.oom_killed_deployment(server, "worker")
+        scenarios.image_pull_failure_deployment(server, "puller")
+        scenarios.rolled_out_twice_deployment(server, "web")
+        scenarios.healthy_statefulset(server, "db")
+        scenarios.daemonset(server, "agent")
+        yield server
+
+
+@pytest.fixture(scope="module")
+def config_dir(double: KubeDouble, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("k8s")
+    return k8s_config_dir(base / "config", double.kubeconfig(base / "kubeconfig"))
+
+
+@pytest.fixture(scope="module")
+def config(config_dir: Path) -> UICIConfig:
+    return load_config(config_dir, environ={})
+
+
+@pytest.fixture
+def executor(config: UICIConfig) -> Iterator[KubernetesExecutor]:
+    executor = create_executor(ENV, config.environments.environments[ENV])
+    assert isinstance(executor, KubernetesExecutor)
+    yield executor
+    executor.close()
+
+
+def run(
+    config: UICIConfig,
+    executor: KubernetesExecutor,
+    operation: str,
+    target: str | None = None,
+    runtime: dict[str, Any] | None = None,
+    **params: Any,
+) -> OperationResult:
+    call = OperationRegistry.from_config(config).validate(operation, ENV, params, target)
+    return executor.execute(CommandTranslator.from_config(config).translate(call, runtime))
+
+
+# --- read operations on realistic objects ----------------------------------------------------
+
+
+def test_get_status_shows_the_crash_loop_and_its_last_exit(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_status", "api")
+    assert result.success, result.error
+    assert len(result.data) == 2  # both replicas
+    for item in result.data:
+        assert item["state"] == "waiting" and item["reason"] == "CrashLoopBackOff"
+        assert item["last_terminated"]["exit_code"] == 1
+        assert item["restart_count"] >= 1 and item["node"]
+    assert "CrashLoopBackOff" in result.output
+    assert result.command[:3] == ["kubectl", "get", "pods"]
+
+
+def test_get_status_names_the_oom_kill(config: UICIConfig, executor: KubernetesExecutor) -> None:
+    result = run(config, executor, "get_status", "worker")
+    assert result.success, result.error
+    assert all(item["oom_killed"] for item in result.data)
+    assert {item["last_terminated"]["reason"] for item in result.data} == {"OOMKilled"}
+    assert "OOMKilled (exit code 137)" in result.output
+
+
+def test_get_status_names_the_image_pull_failure(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_status", "puller")
+    assert result.success, result.error
+    assert {item["reason"] for item in result.data} <= {"ImagePullBackOff", "ErrImagePull"}
+
+
+def test_logs_of_a_crash_loop_include_the_previous_instance(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    result = run(config, executor, "get_logs", "api", lines=50, max_bytes=4096)
+    assert result.success, result.error
+    previous = [item for item in result.data if item["previous"]]
+    assert previous and all(FATAL in item["lines"] for item in previous)
+    assert f"[previous] | {FATAL}" in result.output  # replicas merged with a pod prefix
+    log_calls = [r for r in double.requests if r.path.endswith("/log")]
+    assert all(r.query["tailLines"] == "50" and r.query["limitBytes"] == "4096" for r in log_calls)
+    assert any(r.query.get("previous") == "true" for r in log_calls)
+
+
+def test_logs_filter_by_level_and_pattern_and_cap_bytes(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    only = run(config, executor, "get_logs", "api", previous=True, pattern="DATABASE_URL")
+    assert only.success, only.error
+    assert all(line.endswith(FATAL) for line in only.output.splitlines())
+    errors = run(config, executor, "get_logs", "api", previous=True, level="error")
+    assert errors.success and FATAL in errors.output
+    assert "--previous" in errors.command
+
+
+def test_events_of_the_workload_and_its_pods(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_events", "puller", since="24h")
+    assert result.success, result.error
+    reasons = {event["reason"] for event in result.data}
+    assert {"Failed", "BackOff"} <= reasons
+    assert any("pull" in (event["message"] or "").lower() for event in result.data)
+
+
+def test_metrics_with_requests_and_limits(config: UICIConfig, executor: KubernetesExecutor) -> None:
+    result = run(config, executor, "get_metrics", "worker")
+    assert result.success, result.error
+    measured = [item for item in result.data if item["measured"]]
+    assert measured and all(item["memory_bytes"] for item in measured)
+    assert all(item["limits"].get("memory") for item in result.data)
+
+
+def test_metrics_without_metrics_server_are_unsupported(tmp_path: Path) -> None:
+    with KubeDouble(metrics=False) as server:
+        scenarios.oom_killed_deployment(server, "worker")
+        config = load_config(
+            k8s_config_dir(tmp_path / "config", server.kubeconfig(tmp_path / "kubeconfig")),
+            environ={},
+        )
+        executor = create_executor(ENV, config.environments.environments[ENV])
+        assert isinstance(executor, KubernetesExecutor)
+        result = run(config, executor, "get_metrics", "worker")
+        executor.close()
+    assert result.error is not None and result.error.kind is ErrorKind.UNSUPPORTED
+    assert "metrics.k8s.io" in result.error.message
+
+
+def test_describe_redacts_env_values_and_shows_the_rollout(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "describe", "api")
+    assert result.success, result.error
+    container = result.data["containers"][0]
+    assert container["image"] and container["limits"] and container["liveness"]
+    assert f"DATABASE_PASSWORD={REDACTED}" in container["env"]
+    assert scenarios.SECRET_VALUE not in result.output + str(result.data)
+    assert result.data["revision"] is not None
+    assert "DATABASE_PASSWORD" in result.output
+
+
+def test_list_services_counts_replicas_and_restarts(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "list_services")
+    assert result.success, result.error
+    by_name = {item["name"]: item for item in result.data}
+    assert {"api", "worker", "puller", "web", "db", "agent"} <= set(by_name)
+    assert by_name["api"]["state"] == "CrashLoopBackOff"
+    assert by_name["api"]["health"] == "unhealthy" and by_name["api"]["restarts"] > 0
+    assert by_name["db"]["kind"] == "StatefulSet" and by_name["agent"]["kind"] == "DaemonSet"
+
+
+def test_unsupported_operations_say_why(config: UICIConfig, executor: KubernetesExecutor) -> None:
+    for operation in ("exec_diagnostic", "check_endpoint"):
+        spec_params: dict[str, Any] = (
+            {"command": "uptime"} if operation == "exec_diagnostic" else {"port": 8080}
+        )
+        try:
+            result = run(config, executor, operation, "api", **spec_params)
+        except Exception as exc:  # the registry may refuse earlier: still with a reason
+            assert "kubernetes" in str(exc).lower()
+            continue
+        assert result.error is not None and result.error.kind is ErrorKind.UNSUPPORTED
+        assert "pods/exec" in result.error.message or "pods/proxy" in result.error.message
+
+
+def test_an_unknown_target_names_what_exists(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_status", "apx")
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "deployment/api" in result.error.hint
+
+
+def test_a_namespace_outside_the_allowed_ones_is_denied(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_status", "kube-system/coredns")
+    assert result.error is not None and result.error.kind is ErrorKind.DENIED
+
+
+# --- writes --------------------------------------------------------------------------------
+
+
+def test_restart_is_exactly_one_annotation_patch_and_repeating_changes_nothing(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    before = double.get("apps/v1", "Deployment", "web")
+    assert before is not None
+    revision = int(before["metadata"]["annotations"][REVISION])
+    intent = "0123456789abcdef01234567@2026-11-25T13:00:00Z"
+    double.clear_requests()
+    result = run(config, executor, "restart_service", "web", runtime={"intent": intent})
+    assert result.success, result.error
+    writes = [r for r in double.requests if r.method != "GET"]
+    assert len(writes) == 1
+    [patch] = writes
+    assert patch.method == "PATCH" and patch.path.endswith("/deployments/web")
+    assert patch.body == {
+        "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: intent}}}}
+    }
+    after = double.get("apps/v1", "Deployment", "web")
+    assert after is not None and int(after["metadata"]["annotations"][REVISION]) == revision + 1
+    assert executor.effect_observed("restart_service", "web", time.time() - 3600) is True
+
+    again = run(config, executor, "restart_service", "web", runtime={"intent": intent})
+    assert again.success and again.data["already_applied"] is True
+    same = double.get("apps/v1", "Deployment", "web")
+    assert same is not None and int(same["metadata"]["annotations"][REVISION]) == revision + 1
+
+
+def test_scale_patches_the_scale_subresource_within_bounds(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    result = run(config, executor, "scale_service", "db", replicas=3)
+    assert result.success, result.error
+    [patch] = [r for r in double.requests if r.method != "GET"]
+    assert patch.path.endswith("/statefulsets/db/scale") and patch.body == {"spec": {"replicas": 3}}
+    assert result.data["replicas"] == 3
+    too_many = run(config, executor, "scale_service", "db", replicas=11)
+    assert too_many.error is not None and too_many.error.kind is ErrorKind.DENIED
+    assert "max_replicas" in too_many.error.hint
+
+
+def test_rollback_returns_to_the_previous_revision_template(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    def image() -> str:
+        current = double.get("apps/v1", "Deployment", "web")
+        assert current is not None
+        return str(current["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    replica_sets = [
+        rs
+        for rs in double.list_objects("apps/v1", "ReplicaSet")
+        if rs["metadata"]["name"].startswith("web-")
+    ]
+    by_revision = {int(rs["metadata"]["annotations"][REVISION]): rs for rs in replica_sets}
+    current = max(by_revision)
+    previous_image = by_revision[current - 1]["spec"]["template"]["spec"]["containers"][0]["image"]
+    result = run(config, executor, "rollback_service", "web")
+    assert result.success, result.error
+    assert result.data["to_revision"] == current - 1
+    assert image() == previous_image
+    missing = run(config, executor, "rollback_service", "web", revision=99)
+    assert missing.error is not None and "no revision 99" in missing.error.message
+
+
+# --- error classes ----------------------------------------------------------------------------
+
+
+def test_403_is_denied_and_never_retried(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    double.fail("GET", r"/deployments/api$", 403, times=5)
+    result = run(config, executor, "get_status", "api")
+    assert result.error is not None and result.error.kind is ErrorKind.DENIED
+    assert len([r for r in double.requests if r.path.endswith("/deployments/api")]) == 1
+    double.clear_failures()
+
+
+def test_429_and_500_on_reads_are_retried_honouring_retry_after(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    double.fail("GET", r"/deployments/api$", 429, times=1, headers={"Retry-After": "1"})
+    started = time.monotonic()
+    result = run(config, executor, "get_status", "api")
+    assert result.success, result.error
+    assert time.monotonic() - started >= 0.9  # waited as told
+    double.fail("GET", r"/deployments/api$", 500, times=3)
+    failed = run(config, executor, "get_status", "api")
+    assert failed.error is not None and failed.error.kind is ErrorKind.RETRYABLE
+    assert len([r for r in double.requests if r.path.endswith("/deployments/api")]) == 1 + 1 + 3
+
+
+def test_a_write_is_not_resent_after_a_500(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    double.fail("PATCH", r"/deployments/web$", 500, times=2)
+    result = run(
+        config, executor, "restart_service", "web", runtime={"intent": "x@2026-01-01T00:00:00Z"}
+    )
+    assert result.error is not None and result.error.kind is ErrorKind.RETRYABLE
+    assert "observe before repeating" in result.error.hint
+    assert len([r for r in double.requests if r.method == "PATCH"]) == 1
+    double.clear_failures()
+
+
+def test_a_409_on_a_patch_rereads_and_retries_once(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    double.fail("PATCH", r"/deployments/web$", 409, times=1)
+    result = run(config, executor, "rollback_service", "web")
+    assert result.success, result.error
+    assert len([r for r in double.requests if r.method == "PATCH"]) == 2
+    double.fail("PATCH", r"/deployments/web$", 409, times=2)
+    twice = run(config, executor, "rollback_service", "web")
+    assert twice.error is not None and twice.error.kind is ErrorKind.RETRYABLE
+
+
+def test_404_is_permanent(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.fail("GET", r"/pods/[^/]+/log$", 404, times=10)
+    result = run(config, executor, "get_logs", "worker")
+    double.clear_failures()
+    assert result.success  # each container says what failed; the operation keeps the rest
+    assert all(item["error"] and "not found" in item["error"] for item in result.data)
+
+
+def test_an_unreachable_api_is_retryable(config_dir: Path, tmp_path: Path) -> None:
+    dead = KubeDouble().start()
+    kubeconfig = dead.kubeconfig(tmp_path / "kubeconfig")
+    dead.stop()
+    config = load_config(k8s_config_dir(tmp_path / "config", kubeconfig), environ={})
+    executor = create_executor(ENV, config.environments.environments[ENV])
+    assert isinstance(executor, KubernetesExecutor)
+    result = run(config, executor, "get_status", "api")
+    executor.close()
+    assert result.error is not None and result.error.kind is ErrorKind.RETRYABLE
+    assert "cannot reach the Kubernetes API" in result.error.message
+
+
+def test_a_bad_kubeconfig_says_which_file(tmp_path: Path) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("this: is: not a kubeconfig")
+    config = load_config(k8s_config_dir(tmp_path / "config", broken), environ={})
+    executor = create_executor(ENV, config.environments.environments[ENV])
+    result = executor.execute(
+        CommandTranslator.from_config(config).translate(
+            OperationRegistry.from_config(config).validate("get_status", ENV, {}, "api")
+        )
+    )
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert str(broken) in result.error.message
+
+
+# --- the CLI -----------------------------------------------------------------------------------
+
+
+def test_uici_run_get_status_against_the_double(config_dir: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["--config-dir", str(config_dir), "run", "get_status", "--env", ENV, "--target", "api"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "CrashLoopBackOff" in result.output
+
+
+def test_a_429_on_a_write_is_sent_again_since_the_server_did_not_act(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    double.fail("PATCH", r"/statefulsets/db/scale$", 429, times=1, headers={"Retry-After": "0"})
+    result = run(config, executor, "scale_service", "db", replicas=2)
+    assert result.success, result.error
+    assert [r.status for r in double.requests if r.method == "PATCH"] == [429, 200]
+
+
+def test_the_client_retries_only_connections_itself(executor: KubernetesExecutor) -> None:
+    retries = executor._configuration().retries
+    assert (retries.connect, retries.read, retries.status, retries.other) == (2, 0, 0, 0)
+
+
+# --- remediation at most once, through the intent ----------------------------------------------
+
+
+def test_a_restart_remediation_happens_once_even_across_a_crash(
+    double: KubeDouble, config_dir: Path, tmp_path: Path
+) -> None:
+    from agent.incident import AlertInfo, IncidentContext, PlanStep
+    from agent.investigation import StepRunner
+    from agent.policy import Approval, SafetyPolicy, WriteHistory
+    from agent.remediation import Remediator
+    from agent.store import IncidentStore
+
+    scenarios.rolled_out_twice_deployment(double, "shop")
+    config = load_config(config_dir, environ={"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/u.db"})
+    policy = SafetyPolicy(config, WriteHistory.from_config(config))
+    store = IncidentStore.from_config(config)
+    context = IncidentContext(
+        incident_id="inc-k8s",
+        alert=AlertInfo(labels={"alertname": "Down", "service": "shop"}, fingerprint="fp-k8s",
+                        starts_at="2026-11-25T13:00:00Z"),
+        environment=ENV,
+        service="shop",
+    )  # fmt: skip
+    step = PlanStep(phase="resolution", operation="restart_service", environment=ENV,
+                    target="shop", proposed_by="runbook")  # fmt: skip
+    approval = Approval(
+        step_key=step.key(), approved_by="sre", expires_at=policy.approval_expiry(step)
+    )
+
+    def revision() -> int:
+        found = double.get("apps/v1", "Deployment", "shop")
+        assert found is not None
+        return int(found["metadata"]["annotations"][REVISION])
+
+    def crash_after_call(boundary: str) -> None:
+        if boundary == "after_call":
+            raise SystemExit("worker killed")  # the outcome is never recorded
+
+    before = revision()
+    double.clear_requests()
+    runner = StepRunner(config, policy)
+    with pytest.raises(SystemExit):
+        Remediator(store, runner, checkpoint=crash_after_call).run(step, context, None, approval)
+    [pending] = store.pending_intents()
+    assert revision() == before + 1
+    annotation = double.get("apps/v1", "Deployment", "shop")["spec"]["template"]["metadata"][  # type: ignore[index]
+        "annotations"
+    ][RESTARTED_AT]
+    assert annotation.startswith(pending.key + "@")
+
+    recovered = Remediator(store, StepRunner(config, policy)).run(step, context, None, approval)
+    assert recovered.recovered and not recovered.executed
+    again = Remediator(store, StepRunner(config, policy)).run(step, context, None, approval)
+    assert not again.executed
+    assert revision() == before + 1
+    assert len([r for r in double.requests if r.method == "PATCH"]) == 1
