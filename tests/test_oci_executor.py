@@ -1,0 +1,325 @@
+"""The OCI executor: the real `oci` SDK, signing every request with a freshly generated key,
+over HTTP to the OCI double (which verifies the signature), through registry and translator
+as `uici run` does."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from agent.cli import app
+from infrastructure.configuration.loader import UICIConfig, load_config
+from infrastructure.executors.base import ErrorKind, OperationResult
+from infrastructure.executors.factory import create_executor
+from infrastructure.executors.oci import OCIExecutor
+from infrastructure.redaction import REDACTED
+from infrastructure.registry import CallValidationError, OperationRegistry
+from infrastructure.translator import CommandTranslator
+from tests import oci_scenarios as scenarios
+from tests.conftest import SHIPPED_CONFIG
+from tests.oci_double import OciDouble
+
+ENV = "oci-prod"
+FATAL = "FATAL: required environment variable DATABASE_URL is not set"
+
+
+def oci_config_dir(target: Path, double: OciDouble, credentials: Path, **connection: Any) -> Path:
+    """The shipped configuration with its OCI environment enabled against the double."""
+    shutil.copytree(SHIPPED_CONFIG, target)
+    path = target / "environments.yml"
+    document = yaml.safe_load(path.read_text())
+    environment = document["environments"][ENV]
+    environment["enabled"] = True
+    environment["connection"].update(
+        config_file=str(credentials),
+        profile="DEFAULT",
+        region=double.region,
+        compartment_id=double.compartment_id,
+        service_endpoints={
+            "container_instances": double.url,
+            "logging_search": double.url,
+            "monitoring": double.url,
+        },
+        connect_timeout_seconds=2,
+        timeout_seconds=5,
+        read_retries=2,
+        retry_backoff_seconds=0.05,
+        retry_after_cap_seconds=2,
+        work_request_poll_seconds=0.1,
+        work_request_timeout_seconds=20,
+        **connection,
+    )
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return target
+
+
+@pytest.fixture(scope="module")
+def double() -> Iterator[OciDouble]:
+    with OciDouble() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def failing(double: OciDouble) -> scenarios.OciScenario:
+    return scenarios.failing_instance(double, "payments")
+
+
+@pytest.fixture(scope="module")
+def config_dir(
+    double: OciDouble, failing: scenarios.OciScenario, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    scenarios.healthy_instance(double, "gateway")
+    scenarios.stopped_instance(double, "batch")
+    base = tmp_path_factory.mktemp("oci")
+    scope = f"{double.compartment_id}/{failing.log_group_id}/{failing.log_id}"
+    return oci_config_dir(
+        base / "config",
+        double,
+        double.write_credentials(base / "oci"),
+        log_search_scopes={"payments": scope},
+    )
+
+
+@pytest.fixture(scope="module")
+def config(config_dir: Path) -> UICIConfig:
+    return load_config(config_dir, environ={})
+
+
+@pytest.fixture
+def executor(config: UICIConfig) -> Iterator[OCIExecutor]:
+    executor = create_executor(ENV, config.environments.environments[ENV])
+    assert isinstance(executor, OCIExecutor)
+    yield executor
+    executor.close()
+
+
+def run(
+    config: UICIConfig,
+    executor: OCIExecutor,
+    operation: str,
+    target: str | None = None,
+    runtime: dict[str, Any] | None = None,
+    **params: Any,
+) -> OperationResult:
+    call = OperationRegistry.from_config(config).validate(operation, ENV, params, target)
+    return executor.execute(CommandTranslator.from_config(config).translate(call, runtime))
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+def test_every_request_is_signed_and_verified(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.clear_requests()
+    result = run(config, executor, "get_status", "payments")
+    assert result.success, result.error
+    assert double.requests and all(r.signature_ok for r in double.requests)
+
+
+def test_a_wrong_key_is_refused_with_a_clear_message(double: OciDouble, tmp_path: Path) -> None:
+    credentials = double.write_credentials(tmp_path / "oci")
+    other = OciDouble()  # another key pair, same account names: the signature cannot verify
+    wrong_key = other.write_credentials(tmp_path / "other")
+    text = credentials.read_text().replace(
+        next(line for line in credentials.read_text().splitlines() if line.startswith("key_file")),
+        next(line for line in wrong_key.read_text().splitlines() if line.startswith("key_file")),
+    )
+    credentials.write_text(text)
+    config = load_config(oci_config_dir(tmp_path / "config", double, credentials), environ={})
+    executor = create_executor(ENV, config.environments.environments[ENV])
+    result = run(config, executor, "get_status", "payments")  # type: ignore[arg-type]
+    executor.close()
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "401" in result.error.message and "key" in result.error.hint
+
+
+def test_list_services_shows_each_instance_and_its_containers(
+    config: UICIConfig, executor: OCIExecutor
+) -> None:
+    result = run(config, executor, "list_services")
+    assert result.success, result.error
+    by_name = {item["name"]: item for item in result.data}
+    assert {"payments", "gateway", "batch"} <= set(by_name)
+    assert by_name["payments"]["health"] == "unhealthy"
+    assert by_name["gateway"]["health"] == "healthy"
+    assert by_name["batch"]["state"] == "INACTIVE"
+    assert result.command[:4] == ["oci", "container-instances", "container-instance", "list"]
+
+
+def test_get_status_reports_exit_code_restarts_and_work_requests(
+    config: UICIConfig, executor: OCIExecutor, failing: scenarios.OciScenario
+) -> None:
+    result = run(config, executor, "get_status", "payments")
+    assert result.success, result.error
+    app_item = next(i for i in result.data if i["container"] == failing.container)
+    assert app_item["lifecycle_state"] == "FAILED" and app_item["exit_code"] == 1
+    assert app_item["restart_count"] == 5
+    assert app_item["work_requests"], "the last work requests on the instance"
+    only = run(config, executor, "get_status", f"payments/{failing.container}")
+    assert [i["container"] for i in only.data] == [failing.container]
+    by_id = run(config, executor, "get_status", failing.instance_id)
+    assert by_id.success and by_id.data[0]["instance"] == "payments"
+
+
+def test_get_logs_from_the_container_and_logging_search(
+    config: UICIConfig, executor: OCIExecutor, failing: scenarios.OciScenario
+) -> None:
+    result = run(config, executor, "get_logs", f"payments/{failing.container}", lines=100)
+    assert result.success, result.error
+    sources = {item["source"] for item in result.data}
+    assert {failing.container, "logging-search"} <= sources
+    assert FATAL in result.output
+    assert all(FATAL in item["lines"] for item in result.data if item["source"] == "logging-search")
+    capped = run(config, executor, "get_logs", "payments", max_bytes=1024, pattern="FATAL")
+    assert capped.success and all("FATAL" in line for line in capped.output.splitlines())
+
+
+def test_get_metrics_reads_cpu_and_memory_from_monitoring(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.clear_requests()
+    result = run(config, executor, "get_metrics", "payments", window="15m")
+    assert result.success, result.error
+    [item] = result.data
+    assert item["cpu_percent"] is not None and item["memory_percent"] is not None
+    queries = [r.body["query"] for r in double.requests if r.body and "query" in r.body]
+    assert any(q.startswith("CpuUtilization[1m]") for q in queries)
+    assert all(r.body.get("namespace") == "oci_computecontainerinstance"
+               for r in double.requests if r.body and "query" in r.body)  # fmt: skip
+
+
+def test_describe_redacts_environment_values(config: UICIConfig, executor: OCIExecutor) -> None:
+    result = run(config, executor, "describe", "payments")
+    assert result.success, result.error
+    assert f"DATABASE_PASSWORD={REDACTED}" in result.output
+    assert scenarios.SECRET_VALUE not in result.output + str(result.data)
+    assert result.data["shape"] and result.data["containers"][0]["image"]
+
+
+def test_unknown_instance_lists_the_existing_ones(
+    config: UICIConfig, executor: OCIExecutor
+) -> None:
+    result = run(config, executor, "get_status", "paymnts")
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "payments" in result.error.hint
+
+
+def test_unsupported_operations_are_refused_with_a_reason(config: UICIConfig) -> None:
+    registry = OperationRegistry.from_config(config)
+    for operation in ("get_events", "scale_service", "rollback_service"):
+        with pytest.raises(CallValidationError, match=r"oci|Container Instance"):
+            registry.validate(
+                operation, ENV, {"replicas": 1} if "scale" in operation else {}, "payments"
+            )
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def test_404_is_permanent_and_mentions_permissions(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.fail("GET", r"/containerInstances/", 404, times=1)
+    result = run(config, executor, "get_status", "payments")
+    double.clear_failures()
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "missing permission" in result.error.hint
+
+
+def test_429_and_500_on_reads_are_retried(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.clear_failures()
+    double.clear_requests()
+    double.fail("GET", r"/containerInstances/", 429, times=1, headers={"Retry-After": "1"})
+    result = run(config, executor, "get_status", "payments")
+    assert result.success, result.error
+    assert [r.status for r in double.requests if "/containerInstances/" in r.path][:2] == [429, 200]
+    double.fail("GET", r"/containerInstances/", 500, times=3)
+    failed = run(config, executor, "get_status", "payments")
+    double.clear_failures()
+    assert failed.error is not None and failed.error.kind is ErrorKind.RETRYABLE
+
+
+# --- writes --------------------------------------------------------------------------------
+
+
+def test_restart_polls_its_work_request_to_the_end(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble, failing: scenarios.OciScenario
+) -> None:
+    before = double.get_container(failing.container_id)["containerRestartAttemptCount"]
+    double.clear_requests()
+    result = run(config, executor, "restart_service", "payments", runtime={"intent": "k@t"})
+    assert result.success, result.error
+    assert result.data["work_request_status"] == "SUCCEEDED"
+    assert double.work_request(result.data["work_request_id"])["status"] == "SUCCEEDED"
+    posts = [
+        r for r in double.requests if r.method == "POST" and r.path.endswith("/actions/restart")
+    ]
+    assert len(posts) == 1 and posts[0].headers.get("if-match")
+    after = double.get_container(failing.container_id)["containerRestartAttemptCount"]
+    assert after == before + 1
+    # A crashed worker's recovery finds this work request instead of restarting again.
+    assert executor.effect_observed("restart_service", "payments", 0) is True
+
+
+def test_a_409_on_an_action_rereads_and_tries_once_more(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.clear_requests()
+    double.fail("POST", r"/actions/restart$", 409, times=1)
+    result = run(config, executor, "restart_service", "gateway", runtime={"intent": "k@t"})
+    assert result.success, result.error
+    statuses = [r.status for r in double.requests if r.path.endswith("/actions/restart")]
+    assert statuses[0] == 409 and len(statuses) == 2
+    double.fail("POST", r"/actions/restart$", 412, times=2)
+    twice = run(config, executor, "restart_service", "gateway", runtime={"intent": "k@t"})
+    double.clear_failures()
+    assert twice.error is not None and twice.error.kind is ErrorKind.RETRYABLE
+
+
+def test_a_500_on_an_action_is_not_resent(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.clear_requests()
+    double.fail("POST", r"/actions/stop$", 500, times=3)
+    result = run(config, executor, "stop_service", "gateway", runtime={"intent": "k@t"})
+    double.clear_failures()
+    assert result.error is not None and result.error.kind is ErrorKind.RETRYABLE
+    assert "observe before repeating" in result.error.hint
+    assert len([r for r in double.requests if r.path.endswith("/actions/stop")]) == 1
+
+
+def test_stop_then_start(config: UICIConfig, executor: OCIExecutor, double: OciDouble) -> None:
+    stopped = run(config, executor, "stop_service", "batch", runtime={"intent": "a@t"})
+    # batch is already stopped: OCI answers 409 IncorrectState twice, reported, not hidden
+    assert stopped.error is not None and "409" in stopped.error.message
+    started = run(config, executor, "start_service", "batch", runtime={"intent": "b@t"})
+    assert started.success, started.error
+    [instance] = [i for i in run(config, executor, "list_services").data if i["name"] == "batch"]
+    assert instance["state"] == "ACTIVE"
+
+
+def test_uici_run_get_status_against_the_double(config_dir: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "--config-dir",
+            str(config_dir),
+            "run",
+            "get_status",
+            "--env",
+            ENV,
+            "--target",
+            "payments",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "FAILED" in result.output and "exit code 1" in result.output
