@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,7 +21,7 @@ from agent.investigation import StepRunner
 from agent.policy import Approval
 from agent.store import IncidentStore
 from infrastructure.configuration.models import Runbook
-from infrastructure.executors.base import OperationResult
+from infrastructure.executors.base import OperationResult, intent_value
 
 BOUNDARIES = ("before_intent", "after_intent", "after_call", "after_outcome")
 
@@ -85,7 +84,10 @@ class Remediator:
             return self._done_already(key, step, existing.outcome or {})
         if existing is not None and existing.state == "pending":
             observed = self.runner.executor(step.environment).effect_observed(
-                step.operation, step.target or "", existing.recorded_at
+                step.operation,
+                step.target or "",
+                existing.recorded_at,
+                intent_value(key, existing.recorded_at),
             )
             if observed:
                 outcome = {"observed": True, "note": "took effect before a crash; not repeated"}
@@ -116,7 +118,7 @@ class Remediator:
             recorded_at = self.clock()
             self.store.begin_intent(key, context.incident_id, step, recorded_at)
         self.checkpoint("after_intent")
-        intent = f"{key}@{datetime.fromtimestamp(recorded_at, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"
+        intent = intent_value(key, recorded_at)
         decision, result = self.runner.run(step, context, runbook, approval, intent)
         self.checkpoint("after_call")
         if result is None:

@@ -14,6 +14,7 @@ from prefect.states import Crashed
 
 from agent.store import IncidentStore
 from infrastructure.configuration.loader import UICIConfig
+from infrastructure.executors.base import intent_value
 from infrastructure.executors.factory import create_executor
 
 _ACTIVE = ("open", "diagnosing", "awaiting_approval")
@@ -76,7 +77,12 @@ def _resolve_intent(config: UICIConfig, store: IncidentStore, intent: Any) -> st
     step = intent.step
     executor = create_executor(step.environment, config.environments.environments[step.environment])
     try:
-        observed = executor.effect_observed(step.operation, step.target or "", intent.recorded_at)
+        observed = executor.effect_observed(
+            step.operation,
+            step.target or "",
+            intent.recorded_at,
+            intent_value(intent.key, intent.recorded_at),
+        )
     finally:
         executor.close()
     if observed:

@@ -19,11 +19,11 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from infrastructure.configuration.loader import UICIConfig, load_config
-from infrastructure.executors.base import ErrorKind, OperationResult
+from infrastructure.executors.base import ErrorKind, ExecutorError, OperationResult, intent_value
 from infrastructure.executors.factory import create_executor
 from infrastructure.executors.kubernetes import RESTARTED_AT, REVISION, KubernetesExecutor
 from infrastructure.redaction import REDACTED
-from infrastructure.registry import OperationRegistry
+from infrastructure.registry import CallValidationError, OperationRegistry
 from infrastructure.translator import CommandTranslator
 from tests import k8s_scenarios as scenarios
 from tests.conftest import SHIPPED_CONFIG
@@ -138,7 +138,8 @@ def test_logs_of_a_crash_loop_include_the_previous_instance(
     assert previous and all(FATAL in item["lines"] for item in previous)
     assert f"[previous] | {FATAL}" in result.output  # replicas merged with a pod prefix
     log_calls = [r for r in double.requests if r.path.endswith("/log")]
-    assert all(r.query["tailLines"] == "50" and r.query["limitBytes"] == "4096" for r in log_calls)
+    # limitBytes is twice max_bytes: the API keeps the start of the tail, UICI the newest lines.
+    assert all(r.query["tailLines"] == "50" and r.query["limitBytes"] == "8192" for r in log_calls)
     assert any(r.query.get("previous") == "true" for r in log_calls)
 
 
@@ -249,7 +250,8 @@ def test_restart_is_exactly_one_annotation_patch_and_repeating_changes_nothing(
     before = double.get("apps/v1", "Deployment", "web")
     assert before is not None
     revision = int(before["metadata"]["annotations"][REVISION])
-    intent = "0123456789abcdef01234567@2026-11-25T13:00:00Z"
+    recorded_at = time.time()
+    intent = intent_value("0123456789abcdef01234567", recorded_at)
     double.clear_requests()
     result = run(config, executor, "restart_service", "web", runtime={"intent": intent})
     assert result.success, result.error
@@ -262,7 +264,8 @@ def test_restart_is_exactly_one_annotation_patch_and_repeating_changes_nothing(
     }
     after = double.get("apps/v1", "Deployment", "web")
     assert after is not None and int(after["metadata"]["annotations"][REVISION]) == revision + 1
-    assert executor.effect_observed("restart_service", "web", time.time() - 3600) is True
+    assert executor.effect_observed("restart_service", "web", recorded_at, intent) is True
+    assert executor.effect_observed("restart_service", "web", recorded_at) is True  # by time
 
     again = run(config, executor, "restart_service", "web", runtime={"intent": intent})
     assert again.success and again.data["already_applied"] is True
@@ -484,3 +487,71 @@ def test_a_restart_remediation_happens_once_even_across_a_crash(
     assert not again.executed
     assert revision() == before + 1
     assert len([r for r in double.requests if r.method == "PATCH"]) == 1
+
+
+# --- found in review ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target", ["default/../kube-system", "default/..%2Fkube-system", "../kube-system", "default/"]
+)
+def test_a_target_cannot_leave_the_allowed_namespaces_through_the_path(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble, target: str
+) -> None:
+    double.clear_requests()
+    try:
+        result = run(config, executor, "restart_service", target)
+    except CallValidationError:
+        pass  # refused by the registry's target pattern already
+    else:
+        assert result.error is not None
+        assert result.error.kind in (ErrorKind.PERMANENT, ErrorKind.DENIED)
+    assert not double.requests, [r.path for r in double.requests]
+
+
+def test_the_executor_itself_refuses_path_tricks(executor: KubernetesExecutor) -> None:
+    # The registry's pattern lets "." and "/" through; the executor is the last guard.
+    for target in ("default/../kube-system", "default/", "Default/web", "default/a..b"):
+        with pytest.raises(ExecutorError, match="is not a Kubernetes name"):
+            executor.resolve(target)
+
+
+def test_a_failed_patch_test_422_counts_as_a_conflict(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    double.fail("PATCH", r"/deployments/web$", 422, times=1,
+                message='the server rejected our request: testing value /metadata/generation failed')  # fmt: skip
+    result = run(config, executor, "rollback_service", "web")
+    double.clear_failures()
+    assert result.success, result.error
+    [first, second] = [r for r in double.requests if r.method == "PATCH"]
+    assert first.status == 422 and second.status == 200
+    assert second.body[0] == {"op": "test", "path": "/metadata/generation",
+                              "value": double.get("apps/v1", "Deployment", "web")["metadata"]["generation"] - 1}  # type: ignore[index]  # fmt: skip
+
+
+def test_recovery_recognises_only_its_own_restart(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    mine = "aaaaaaaaaaaaaaaaaaaaaaaa@2026-11-25T13:10:00Z"
+    assert run(config, executor, "restart_service", "web", runtime={"intent": mine}).success
+    assert executor.effect_observed("restart_service", "web", 0, mine) is True
+    other = "bbbbbbbbbbbbbbbbbbbbbbbb@2026-11-25T13:10:00Z"
+    assert executor.effect_observed("restart_service", "web", 0, other) is False
+    assert executor.effect_observed("restart_service", "no-such-workload", 0, mine) is None
+
+
+def test_a_log_longer_than_the_api_limit_keeps_the_newest_lines_and_says_so(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    scenario = scenarios.rolled_out_twice_deployment(double, "chatty")
+    pod = scenario.pods[0]
+    double.set_log("default", pod, scenario.container,
+                   "".join(f"line {i:05d} {'x' * 80}\n" for i in range(3000)))  # fmt: skip
+    result = run(config, executor, "get_logs", f"default/{pod}", lines=3000, max_bytes=1024)
+    assert result.success, result.error
+    [item] = result.data
+    assert item["error"] and "limitBytes" in item["error"]
+    assert sum(len(line) + 1 for line in item["lines"]) <= 1024
+    assert all(len(line) == len("line 00000 ") + 80 for line in item["lines"])  # no cut line

@@ -274,7 +274,7 @@ def test_a_409_on_an_action_rereads_and_tries_once_more(
     config: UICIConfig, executor: OCIExecutor, double: OciDouble
 ) -> None:
     double.clear_requests()
-    double.fail("POST", r"/actions/restart$", 409, times=1)
+    double.fail("POST", r"/actions/restart$", 409, times=1, code="Conflict")
     result = run(config, executor, "restart_service", "gateway", runtime={"intent": "k@t"})
     assert result.success, result.error
     statuses = [r.status for r in double.requests if r.path.endswith("/actions/restart")]
@@ -323,3 +323,54 @@ def test_uici_run_get_status_against_the_double(config_dir: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "FAILED" in result.output and "exit code 1" in result.output
+
+
+# --- found in review ---------------------------------------------------------------------------
+
+
+def test_recovery_tells_start_from_restart_and_unfinished_from_done(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    scenarios.healthy_instance(double, "ledger")
+    assert run(config, executor, "restart_service", "ledger", runtime={"intent": "k@t"}).success
+    assert executor.effect_observed("restart_service", "ledger", 0) is True
+    assert executor.effect_observed("start_service", "ledger", 0) is False  # RESTART is not START
+    assert executor.effect_observed("restart_service", "no-such-instance", 0) is None
+
+
+def test_acting_in_the_wrong_state_is_permanent_and_says_why(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    scenarios.stopped_instance(double, "archive")
+    double.clear_requests()
+    result = run(config, executor, "stop_service", "archive", runtime={"intent": "k@t"})
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "IncorrectState" in result.error.message and "state" in result.error.hint
+    assert len([r for r in double.requests if r.path.endswith("/actions/stop")]) == 1
+
+
+def test_many_failures_in_a_row_stay_classified(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    # The SDK's default circuit breaker would open after 10 failures and raise its own error.
+    double.fail("GET", r"/containerInstances/", 500, times=15)
+    results = [run(config, executor, "get_status", "payments") for _ in range(5)]
+    double.clear_failures()
+    assert all(r.error is not None and r.error.kind is ErrorKind.RETRYABLE for r in results)
+    assert run(config, executor, "get_status", "payments").success
+
+
+def test_a_missing_key_file_is_a_configuration_error(double: OciDouble, tmp_path: Path) -> None:
+    credentials = double.write_credentials(tmp_path / "oci")
+    key_line = next(
+        line for line in credentials.read_text().splitlines() if line.startswith("key_file")
+    )
+    credentials.write_text(
+        credentials.read_text().replace(key_line, f"key_file={tmp_path}/gone.pem")
+    )
+    config = load_config(oci_config_dir(tmp_path / "config", double, credentials), environ={})
+    executor = create_executor(ENV, config.environments.environments[ENV])
+    result = run(config, executor, "get_status", "payments")  # type: ignore[arg-type]
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "gone.pem" in result.error.message or "key" in result.error.message.lower()
+    assert "unexpected" not in result.error.message

@@ -378,8 +378,8 @@ class OCIConnection(StrictModel):
     )
     connect_timeout_seconds: PositiveSeconds
     timeout_seconds: PositiveSeconds
-    # 429 and 5xx on reads are retried this many times (Retry-After honoured, capped); a
-    # write is sent again only with the same opc-retry-token, so OCI acts once.
+    # 429 and 5xx on reads are retried this many times (Retry-After honoured, capped); an
+    # action (start, stop, restart) is never sent again: recovery looks for its work request.
     read_retries: Annotated[int, Field(ge=0, le=10)]
     retry_backoff_seconds: PositiveSeconds
     retry_after_cap_seconds: PositiveSeconds

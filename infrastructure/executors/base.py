@@ -190,8 +190,12 @@ class EnvironmentExecutor(ABC):
             command=spec.command,
         )
 
-    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
-        """Whether a write `operation` on `target` took effect after `since` (epoch seconds).
+    def effect_observed(
+        self, operation: str, target: str, since: float, intent: str | None = None
+    ) -> bool | None:
+        """Whether a write `operation` on `target` took effect after `since` (epoch seconds);
+        `intent` is the value the write was made under (see `intent_value`), for executors
+        that can recognise their own write by it.
 
         Used to resolve a remediation intent left pending by a crash: observe, never repeat.
         None means this executor cannot tell, and the caller must not call again blindly.
@@ -204,3 +208,8 @@ class EnvironmentExecutor(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook: most executors hold nothing
         """Release clients and connections."""
+
+
+def intent_value(key: str, recorded_at: float) -> str:
+    """How a remediation intent is named to a write call: its key and when it was recorded."""
+    return f"{key}@{datetime.fromtimestamp(recorded_at, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"

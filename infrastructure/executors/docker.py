@@ -486,7 +486,9 @@ class DockerExecutor(EnvironmentExecutor):
             return parsed.hostname
         return "127.0.0.1"
 
-    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
+    def effect_observed(
+        self, operation: str, target: str, since: float, intent: str | None = None
+    ) -> bool | None:
         """restart: all containers started after `since`; start: all running; stop: none running."""
         try:
             containers = self.resolve(target)

@@ -55,6 +55,7 @@ REVISION = "deployment.kubernetes.io/revision"
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 _SCALABLE = ("Deployment", "StatefulSet")
 _UNPROCESSED = (429,)  # the server refused before acting: safe to send again
+_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass
@@ -180,6 +181,8 @@ class KubernetesExecutor(EnvironmentExecutor):
             retryable = status == 429 or status >= 500
             may_resend = not write or status in _UNPROCESSED
             if retryable and may_resend and attempt < attempts:
+                if hasattr(response, "drain_conn"):
+                    response.drain_conn()  # give the connection back before waiting
                 time.sleep(self._backoff(response, attempt))
                 continue
             raise self._error(response, path, write)
@@ -209,7 +212,8 @@ class KubernetesExecutor(EnvironmentExecutor):
             )
         if status == 404:
             return ExecutorError(ErrorKind.PERMANENT, f"not found: {message}")
-        if status == 409:
+        # A JSON-patch `test` that fails is answered 422: the object changed under us.
+        if status == 409 or (status == 422 and "test" in message.lower()):
             return ExecutorError(ErrorKind.RETRYABLE, f"conflict on {path}: {message}")
         if status == 429 or status >= 500:
             hint = f"retry after {retry_after} s" if retry_after else "retry with back-off"
@@ -244,6 +248,16 @@ class KubernetesExecutor(EnvironmentExecutor):
     def _namespace_and_name(self, target: str, namespace: str | None) -> tuple[str, str]:
         if "/" in target:
             namespace, _, target = target.partition("/")
+        # Both go into URL paths: anything but a Kubernetes name (e.g. "..", "/") could
+        # reach another namespace or resource, so it is refused here.
+        for part in (target, namespace):
+            if part is not None and part != "-" and not _NAME.fullmatch(part):
+                raise ExecutorError(
+                    ErrorKind.PERMANENT,
+                    f"{part!r} is not a Kubernetes name (lower-case letters, digits, '-' and"
+                    " '.', at most 253 characters)",
+                    "a target is `name` or `namespace/name`",
+                )
         namespace = namespace or self.connection.namespace
         if namespace not in self.connection.allowed_namespaces:
             raise ExecutorError(
@@ -428,10 +442,13 @@ class KubernetesExecutor(EnvironmentExecutor):
             "truncated_lines": 0,
             "error": None,
         }
+        # The API keeps the *first* limitBytes of the tail; ask for twice the cap so that
+        # cap_tail can keep the newest lines, and say so when even that was cut.
+        api_limit = 2 * max_bytes
         query = {
             "container": status["container"],
             "tailLines": lines,
-            "limitBytes": max_bytes,
+            "limitBytes": api_limit,
             "timestamps": timestamps or None,
             "previous": previous or None,
             "sinceSeconds": duration_seconds(since) if since else None,
@@ -446,6 +463,12 @@ class KubernetesExecutor(EnvironmentExecutor):
             item["error"] = exc.message  # e.g. no previous instance: say so, keep the others
             return item
         all_lines = raw.data.decode("utf-8", errors="replace").splitlines()
+        if len(raw.data) >= api_limit and all_lines:
+            all_lines.pop()  # cut mid-line by limitBytes
+            item["error"] = (
+                f"the API cut the log at limitBytes={api_limit}; the newest lines may be"
+                " missing: ask for fewer lines"
+            )
         kept = [line for line in all_lines if keep(line)]
         kept, cut = cap_tail(kept, max_bytes)
         item.update(
@@ -494,8 +517,9 @@ class KubernetesExecutor(EnvironmentExecutor):
     def get_metrics(self, target: str, namespace: str | None = None) -> MethodOutput:
         workload = self.resolve(target, namespace)
         path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{workload.namespace}/pods"
+        by = "fieldSelector" if workload.kind == "Pod" else "labelSelector"
         try:
-            listed = self._json("GET", path, {"labelSelector": workload.selector})
+            listed = self._json("GET", path, {by: workload.selector})
         except ExecutorError as exc:
             if exc.kind is ErrorKind.PERMANENT and exc.message.startswith("not found"):
                 raise ExecutorError(
@@ -616,7 +640,7 @@ class KubernetesExecutor(EnvironmentExecutor):
         before = annotations.get(RESTARTED_AT)
         body = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: value}}}}}
         path = _workload_path(workload.kind, workload.namespace, workload.name)
-        patched = self._patch(path, body)
+        patched = self._patch(path, body, reread=lambda: body)  # idempotent: resend as is
         data = {
             "kind": workload.kind,
             "name": workload.name,
@@ -642,7 +666,8 @@ class KubernetesExecutor(EnvironmentExecutor):
         workload = self._workload(target, namespace, _SCALABLE)
         before = workload.obj["spec"].get("replicas")
         path = _workload_path(workload.kind, workload.namespace, workload.name) + "/scale"
-        scale = self._patch(path, {"spec": {"replicas": replicas}})
+        body = {"spec": {"replicas": replicas}}
+        scale = self._patch(path, body, reread=lambda: body)  # absolute: resend as is
         data = {
             "kind": workload.kind,
             "name": workload.name,
@@ -674,9 +699,11 @@ class KubernetesExecutor(EnvironmentExecutor):
             template = json.loads(json.dumps(source["spec"]["template"]))
             template.get("metadata", {}).get("labels", {}).pop("pod-template-hash", None)
             body.revisions = (current_revision, _revision(source))  # type: ignore[attr-defined]
+            # `generation` moves only when the spec does (resourceVersion also moves with
+            # every status update, which a failing rollout makes often).
             return [
-                {"op": "test", "path": "/metadata/resourceVersion",
-                 "value": current["metadata"]["resourceVersion"]},
+                {"op": "test", "path": "/metadata/generation",
+                 "value": current["metadata"].get("generation")},
                 {"op": "replace", "path": "/spec/template", "value": template},
             ]  # fmt: skip
 
@@ -730,19 +757,22 @@ class KubernetesExecutor(EnvironmentExecutor):
             f"deployment {workload.name!r} has no revision {revision} (known: {known})",
         )
 
-    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
-        """restart: the template carries a restartedAt written at or after `since`."""
+    def effect_observed(
+        self, operation: str, target: str, since: float, intent: str | None = None
+    ) -> bool | None:
+        """restart: the template carries this intent's restartedAt (another restart written
+        since, by a person or another alert, is not this one)."""
         if operation != "restart_service":
             return None
         try:
             workload = self._workload(target, None, _SCALABLE)
-        except ExecutorError:
+            annotations = workload.obj["spec"]["template"]["metadata"].get("annotations") or {}
+        except Exception:  # cannot tell: the caller must not repeat blindly
             return None
-        annotations = workload.obj["spec"]["template"]["metadata"].get("annotations") or {}
         value = annotations.get(RESTARTED_AT)
-        if not value:
-            return False
-        written = _parse_time(value.rpartition("@")[2])
+        if intent is not None:
+            return value == intent
+        written = _parse_time(str(value or "").rpartition("@")[2])
         return written is not None and written.timestamp() >= since - 1
 
 
@@ -800,7 +830,19 @@ def _selector(selector: dict[str, Any]) -> str:
 
 def _pod_matches(pod: dict[str, Any], selector: dict[str, Any]) -> bool:
     labels = pod["metadata"].get("labels") or {}
-    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        present = key in labels
+        if (
+            (operator == "In" and labels.get(key) not in (values or []))
+            or (operator == "NotIn" and present and labels[key] in (values or []))
+            or (operator == "Exists" and not present)
+            or (operator == "DoesNotExist" and present)
+        ):
+            return False
+    return True
 
 
 def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -987,7 +1029,10 @@ def _age(created: datetime | None) -> str:
     return f"{seconds}s"
 
 
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
+_SUFFIX = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "m": 1e-3, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
 
 
 def _bytes(quantity: str | None) -> int | None:

@@ -46,6 +46,10 @@ _ACTIONS = {
     "stop_service": ("stop_container_instance", "STOP"),
 }
 _DONE = ("SUCCEEDED", "FAILED", "CANCELED")
+_SEARCH_LIMIT = 1000  # results per Logging Search call
+# OCI's clock stamps a work request, UICI's clock the intent: allow this much disagreement.
+# (The policy's cool-down keeps a second action on the same target out of this window.)
+_CLOCK_SKEW_SECONDS = 60
 # A container's lifecycle state as the rules and a person read it.
 _STATE = {"ACTIVE": "running", "INACTIVE": "exited", "FAILED": "failed", "CREATING": "starting"}
 
@@ -101,6 +105,9 @@ class OCIExecutor(EnvironmentExecutor):
                 }[service]
                 options: dict[str, Any] = {
                     "retry_strategy": oci.retry.NoneRetryStrategy(),
+                    # The SDK's default circuit breaker would raise its own error after 10
+                    # failures; this executor classifies and retries by itself.
+                    "circuit_breaker_strategy": oci.circuit_breaker.NoCircuitBreakerStrategy(),
                     "timeout": (
                         self.connection.connect_timeout_seconds,
                         self.connection.timeout_seconds,
@@ -111,7 +118,16 @@ class OCIExecutor(EnvironmentExecutor):
                 endpoint = self.connection.service_endpoints.get(service)  # type: ignore[call-overload]
                 if endpoint:
                     options["service_endpoint"] = endpoint
-                self._clients[service] = factory(config, **options)
+                try:
+                    self._clients[service] = factory(config, **options)
+                except (oci.exceptions.ClientError, OSError, ValueError) as exc:
+                    # the signer reads the key file here: missing, unreadable, encrypted
+                    raise ExecutorError(
+                        ErrorKind.PERMANENT,
+                        f"cannot load the OCI API key named by profile {self.connection.profile}:"
+                        f" {type(exc).__name__}: {exc}",
+                        "check key_file (and pass_phrase) in the OCI config file",
+                    ) from exc
             return self._clients[service]
 
     def close(self) -> None:
@@ -191,6 +207,12 @@ class OCIExecutor(EnvironmentExecutor):
                 "OCI answers 404 both for a missing resource and for a missing permission:"
                 " check the OCID and the IAM policy (deployments/oci/)",
             )
+        if status == 409 and code == "IncorrectState":
+            return ExecutorError(
+                ErrorKind.PERMANENT,
+                what,
+                "the instance is not in a state that allows this action (see get_status)",
+            )
         if status in (409, 412):
             return ExecutorError(ErrorKind.RETRYABLE, f"conflict: {what}", "the state changed")
         if status == 429 or status >= 500:
@@ -204,12 +226,17 @@ class OCIExecutor(EnvironmentExecutor):
     # --- targets --------------------------------------------------------------------------
 
     def _instances(self) -> list[Any]:
-        response = oci.pagination.list_call_get_all_results(
-            self._client("container_instances").list_container_instances,
-            compartment_id=self.connection.compartment_id,
-            retry_strategy=oci.retry.NoneRetryStrategy(),
-        )
-        return list(response.data)
+        """Every page, each call classified and retried like any other read."""
+        found: list[Any] = []
+        page: str | None = None
+        while True:
+            response = self._call(
+                "list_container_instances", self.connection.compartment_id, page=page
+            )
+            found.extend(response.data.items)
+            page = response.headers.get("opc-next-page")
+            if not page:
+                return found
 
     def _resolve(self, target: str) -> tuple[Any, list[Any]]:
         """The instance (full model) and its containers (full models), narrowed to one
@@ -218,10 +245,7 @@ class OCIExecutor(EnvironmentExecutor):
         if name.startswith("ocid1."):
             instance_id = name
         else:
-            try:
-                summaries = self._instances()
-            except oci.exceptions.ServiceError as exc:
-                raise self._error(exc, "list_container_instances", False) from exc
+            summaries = self._instances()
             live = [
                 s for s in summaries if s.display_name == name and s.lifecycle_state != "DELETED"
             ]
@@ -381,7 +405,11 @@ class OCIExecutor(EnvironmentExecutor):
                                        max_bytes, keep))  # fmt: skip
         scope = self.connection.log_search_scopes.get(instance.display_name)
         if scope:
-            items.append(self._search(scope, since or "1h", lines, max_bytes, keep))
+            try:
+                items.append(self._search(scope, since or "1h", lines, max_bytes, keep))
+            except ExecutorError as exc:  # the container logs above still stand
+                item = _log_item("logging-search", False, [], lines, max_bytes, keep)
+                items.append({**item, "error": f"{exc.message} ({exc.hint})"})
         several = len(items) > 1
         output: list[str] = []
         for item in items:
@@ -404,12 +432,15 @@ class OCIExecutor(EnvironmentExecutor):
             search_query=f'search "{scope}" | sort by datetime desc',
             is_return_field_info=False,
         )
-        response = self._call("search_logs", details, service="logging_search", limit=lines)
+        limit = min(lines, _SEARCH_LIMIT)
+        response = self._call("search_logs", details, service="logging_search", limit=limit)
         messages = []
         for result in response.data.results or []:
-            data = result.data or {}
-            message = (data.get("logContent") or {}).get("data", {}).get("message")
-            messages.append(str(message if message is not None else data))
+            data = result.data if isinstance(result.data, dict) else {}
+            content = data.get("logContent")
+            payload = content.get("data") if isinstance(content, dict) else None
+            message = payload.get("message") if isinstance(payload, dict) else payload
+            messages.append(str(message if message is not None else result.data))
         messages.reverse()  # oldest first, like a log
         return _log_item("logging-search", False, messages, lines, max_bytes, keep)
 
@@ -429,7 +460,9 @@ class OCIExecutor(EnvironmentExecutor):
             data = self._call(
                 "summarize_metrics_data", compartment_id, details, service="monitoring"
             ).data
-            points = [p for d in data for p in d.aggregated_datapoints or []]
+            points = sorted(
+                (p for d in data for p in d.aggregated_datapoints or []), key=lambda p: p.timestamp
+            )
             series[metric] = [{"at": _iso(p.timestamp), "value": p.value} for p in points]
         cpu, memory = series["CpuUtilization"], series["MemoryUtilization"]
         item = {
@@ -526,19 +559,32 @@ class OCIExecutor(EnvironmentExecutor):
                 if attempt == 2 or not exc.message.startswith("conflict"):
                     raise
         work_request_id = response.headers.get("opc-work-request-id")
-        status = self._await_work_request(work_request_id) if work_request_id else "UNKNOWN"
         data = {
             "instance": instance.display_name,
             "id": instance.id,
             "work_request_id": work_request_id,
-            "work_request_status": status,
+            "work_request_status": "UNKNOWN",
             "intent": intent,
         }
+        sent = "observe the instance (get_status) before repeating: the action was sent"
+        try:
+            if work_request_id:
+                data["work_request_status"] = self._await_work_request(work_request_id)
+        except ExecutorError as exc:
+            raise ExecutorError(
+                ErrorKind.RETRYABLE,
+                f"{operation} of {instance.display_name} was sent (work request"
+                f" {work_request_id}), then polling failed: {exc.message}",
+                sent,
+                data=data,
+            ) from exc
+        status = data["work_request_status"]
         if status != "SUCCEEDED":
             raise ExecutorError(
-                ErrorKind.RETRYABLE if status == "IN_PROGRESS" else ErrorKind.PERMANENT,
+                # FAILED or CANCELED is an answer; anything else is still under way.
+                ErrorKind.PERMANENT if status in _DONE else ErrorKind.RETRYABLE,
                 f"{operation} of {instance.display_name}: work request {work_request_id} {status}",
-                "observe the instance (get_status) before repeating: the action was sent",
+                sent,
                 output=f"work request {work_request_id}: {status}",
                 data=data,
             )
@@ -556,23 +602,27 @@ class OCIExecutor(EnvironmentExecutor):
                 return status
             time.sleep(self.connection.work_request_poll_seconds)
 
-    def effect_observed(self, operation: str, target: str, since: float) -> bool | None:
-        """A work request of this action on the instance, accepted after `since`, polled to
-        its end: the action was sent before the crash, and is not sent again."""
+    def effect_observed(
+        self, operation: str, target: str, since: float, intent: str | None = None
+    ) -> bool | None:
+        """A work request of exactly this action on the instance, accepted since the intent was
+        recorded: SUCCEEDED means it took effect (True); still running, failed or unreadable
+        means a person must look (None); none at all means the action was never sent (False)."""
         if operation not in _ACTIONS:
             return None
+        kind = f"{_ACTIONS[operation][1]}_CONTAINER_INSTANCE"
         try:
             instance, _ = self._resolve(target.partition("/")[0])
             work = self._call(
                 "list_work_requests", self.connection.compartment_id, resource_id=instance.id
             ).data.items
-        except ExecutorError:
+            for request in work:
+                accepted = request.time_accepted.timestamp() if request.time_accepted else 0
+                if request.operation_type == kind and accepted >= since - _CLOCK_SKEW_SECONDS:
+                    status = self._await_work_request(request.id)
+                    return True if status == "SUCCEEDED" else None
+        except Exception:  # cannot tell: the caller must not repeat blindly
             return None
-        kind = _ACTIONS[operation][1]
-        for request in work:
-            accepted = request.time_accepted.timestamp() if request.time_accepted else 0
-            if kind in str(request.operation_type).upper() and accepted >= since - 1:
-                return self._await_work_request(request.id) == "SUCCEEDED"
         return False
 
 
