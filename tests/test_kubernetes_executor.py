@@ -7,6 +7,7 @@ classes on demand, and records every request, so the tests also see what went ov
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -555,3 +556,32 @@ def test_a_log_longer_than_the_api_limit_keeps_the_newest_lines_and_says_so(
     assert item["error"] and "limitBytes" in item["error"]
     assert sum(len(line) + 1 for line in item["lines"]) <= 1024
     assert all(len(line) == len("line 00000 ") + 80 for line in item["lines"])  # no cut line
+
+
+def test_two_clusters_are_two_environments(tmp_path: Path) -> None:
+    with KubeDouble() as staging, KubeDouble() as production:
+        scenarios.crash_looping_deployment(staging, "api")
+        scenarios.rolled_out_twice_deployment(production, "api")
+        config_dir = k8s_config_dir(tmp_path / "config", staging.kubeconfig(tmp_path / "staging"))
+        path = config_dir / "environments.yml"
+        document = yaml.safe_load(path.read_text())
+        second = json.loads(json.dumps(document["environments"][ENV]))
+        second["connection"]["kubeconfig"] = str(production.kubeconfig(tmp_path / "production"))
+        second["description"] = "the production cluster"
+        document["environments"]["prod-k8s"] = second
+        path.write_text(yaml.safe_dump(document, sort_keys=False))
+        config = load_config(config_dir, environ={})
+        registry, translator = (
+            OperationRegistry.from_config(config),
+            CommandTranslator.from_config(config),
+        )
+        states = {}
+        for name in (ENV, "prod-k8s"):
+            executor = create_executor(name, config.environments.environments[name])
+            call = registry.validate("get_status", name, {}, "api")
+            result = executor.execute(translator.translate(call))
+            executor.close()
+            assert result.success, result.error
+            states[name] = {item["state"] for item in result.data}
+        assert staging.requests and production.requests
+    assert states == {ENV: {"waiting"}, "prod-k8s": {"running"}}

@@ -374,3 +374,24 @@ def test_a_missing_key_file_is_a_configuration_error(double: OciDouble, tmp_path
     assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
     assert "gone.pem" in result.error.message or "key" in result.error.message.lower()
     assert "unexpected" not in result.error.message
+
+
+def test_a_literal_pattern_filters_in_the_logging_search_query(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    double.clear_requests()
+    result = run(config, executor, "get_logs", "payments", pattern="DATABASE_URL", since="30m")
+    assert result.success, result.error
+    [search] = [r for r in double.requests if r.path.endswith("/search")]
+    assert search.body["searchQuery"].endswith(
+        "| where data.message = '*DATABASE_URL*' | sort by datetime desc"
+    )
+    start, end = search.body["timeStart"], search.body["timeEnd"]
+    assert start < end  # a time range, from `since`
+    regex = run(config, executor, "get_logs", "payments", pattern="DATABASE_(URL|HOST)")
+    assert regex.success and FATAL in regex.output  # applied here, not sent
+
+
+def test_timeouts_are_explicit(executor: OCIExecutor) -> None:
+    client = executor._client("container_instances")
+    assert client.base_client.timeout == (2, 5)

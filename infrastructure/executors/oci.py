@@ -18,6 +18,7 @@ crash looks for that work request instead of acting again.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ _ACTIONS = {
 }
 _DONE = ("SUCCEEDED", "FAILED", "CANCELED")
 _SEARCH_LIMIT = 1000  # results per Logging Search call
+# A pattern with no regular-expression syntax and no quote can go into a search query as is.
+_LITERAL = re.compile(r"[A-Za-z0-9 _:=,@#%/-]+")
 # OCI's clock stamps a work request, UICI's clock the intent: allow this much disagreement.
 # (The policy's cool-down keeps a second action on the same target out of this window.)
 _CLOCK_SKEW_SECONDS = 60
@@ -406,7 +409,7 @@ class OCIExecutor(EnvironmentExecutor):
         scope = self.connection.log_search_scopes.get(instance.display_name)
         if scope:
             try:
-                items.append(self._search(scope, since or "1h", lines, max_bytes, keep))
+                items.append(self._search(scope, since or "1h", lines, max_bytes, keep, pattern))
             except ExecutorError as exc:  # the container logs above still stand
                 item = _log_item("logging-search", False, [], lines, max_bytes, keep)
                 items.append({**item, "error": f"{exc.message} ({exc.hint})"})
@@ -423,13 +426,25 @@ class OCIExecutor(EnvironmentExecutor):
         return MethodOutput(output="\n".join(output), data=items)
 
     def _search(
-        self, scope: str, since: str, lines: int, max_bytes: int, keep: Callable[[str], bool]
+        self,
+        scope: str,
+        since: str,
+        lines: int,
+        max_bytes: int,
+        keep: Callable[[str], bool],
+        pattern: str | None,
     ) -> dict[str, Any]:
+        """Logging Search over `since`, newest first. A literal `pattern` is also sent as a
+        `where` filter, so the service returns matches instead of the newest lines only (a
+        regular expression is applied here, as for every other log)."""
         end = datetime.now(UTC)
+        query = f'search "{scope}"'
+        if pattern and _LITERAL.fullmatch(pattern):
+            query += f" | where data.message = '*{pattern}*'"
         details = oci.loggingsearch.models.SearchLogsDetails(
             time_start=end - timedelta(seconds=duration_seconds(since)),
             time_end=end,
-            search_query=f'search "{scope}" | sort by datetime desc',
+            search_query=f"{query} | sort by datetime desc",
             is_return_field_info=False,
         )
         limit = min(lines, _SEARCH_LIMIT)
