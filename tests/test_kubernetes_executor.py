@@ -139,8 +139,11 @@ def test_logs_of_a_crash_loop_include_the_previous_instance(
     assert previous and all(FATAL in item["lines"] for item in previous)
     assert f"[previous] | {FATAL}" in result.output  # replicas merged with a pod prefix
     log_calls = [r for r in double.requests if r.path.endswith("/log")]
-    # limitBytes is twice max_bytes: the API keeps the start of the tail, UICI the newest lines.
-    assert all(r.query["tailLines"] == "50" and r.query["limitBytes"] == "8192" for r in log_calls)
+    # max_bytes bounds the whole answer: 2 pods x (previous + current) get 1024 bytes each, and
+    # limitBytes is twice that share (the API keeps the start of the tail, UICI the newest).
+    assert len(log_calls) == 4
+    assert all(r.query["tailLines"] == "50" and r.query["limitBytes"] == "2048" for r in log_calls)
+    assert sum(len(line) + 1 for item in result.data for line in item["lines"]) <= 4096
     assert any(r.query.get("previous") == "true" for r in log_calls)
 
 
@@ -585,3 +588,32 @@ def test_two_clusters_are_two_environments(tmp_path: Path) -> None:
             states[name] = {item["state"] for item in result.data}
         assert staging.requests and production.requests
     assert states == {ENV: {"waiting"}, "prod-k8s": {"running"}}
+
+
+def test_a_paused_deployment_is_not_rolled_back(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    scenarios.rolled_out_twice_deployment(double, "frozen")
+    double.patch("apps/v1", "Deployment", "frozen", {"spec": {"paused": True}})
+    double.clear_requests()
+    result = run(config, executor, "rollback_service", "frozen")
+    assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
+    assert "paused" in result.error.message and "rollout resume" in result.error.hint
+    assert not [r for r in double.requests if r.method == "PATCH"]
+
+
+def test_events_of_another_kind_with_the_same_name_are_left_out(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    double.add({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "puller.svc-event", "namespace": "default"},
+        "involvedObject": {"kind": "Service", "name": "puller", "namespace": "default"},
+        "reason": "SyncLoadBalancerFailed", "message": "a Service event", "type": "Warning",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    })  # fmt: skip
+    result = run(config, executor, "get_events", "puller", since="1h")
+    assert result.success, result.error
+    assert "SyncLoadBalancerFailed" not in {e["reason"] for e in result.data}
+    assert {e["object"].split("/")[0] for e in result.data} <= {"pod", "replicaset", "deployment"}

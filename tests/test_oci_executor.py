@@ -178,7 +178,8 @@ def test_get_logs_from_the_container_and_logging_search(
     assert FATAL in result.output
     assert all(FATAL in item["lines"] for item in result.data if item["source"] == "logging-search")
     capped = run(config, executor, "get_logs", "payments", max_bytes=1024, pattern="FATAL")
-    assert capped.success and all("FATAL" in line for line in capped.output.splitlines())
+    assert capped.success
+    assert all("FATAL" in line or "cut at max_bytes" in line for line in capped.output.splitlines())
 
 
 def test_get_metrics_reads_cpu_and_memory_from_monitoring(
@@ -395,3 +396,10 @@ def test_a_literal_pattern_filters_in_the_logging_search_query(
 def test_timeouts_are_explicit(executor: OCIExecutor) -> None:
     client = executor._client("container_instances")
     assert client.base_client.timeout == (2, 5)
+
+
+def test_max_bytes_bounds_the_whole_answer(config: UICIConfig, executor: OCIExecutor) -> None:
+    result = run(config, executor, "get_logs", "payments", max_bytes=1024, lines=1000)
+    assert result.success, result.error
+    assert len(result.data) >= 3  # containers, a previous run, Logging Search
+    assert sum(len(line) + 1 for item in result.data for line in item["lines"]) <= 1024

@@ -397,16 +397,18 @@ class KubernetesExecutor(EnvironmentExecutor):
         (`kubectl logs --previous`)."""
         keep = line_filter(level, level_patterns or {}, pattern)
         workload = self.resolve(target, namespace)
-        items: list[dict[str, Any]] = []
+        reads = []
         for pod in workload.pods:
             for status in _container_statuses(pod):
                 crashed = status["restart_count"] > 0 and status["state"] != "running"
-                instances = [True] if previous else ([True, False] if crashed else [False])
-                for earlier in instances:
-                    items.append(
-                        self._log(workload.namespace, status, earlier, lines, max_bytes,
-                                  since, timestamps, keep)
-                    )  # fmt: skip
+                for earlier in [True] if previous else ([True, False] if crashed else [False]):
+                    reads.append((status, earlier))
+        # max_bytes bounds the whole answer: each log read gets its share.
+        share = max(1, max_bytes // max(1, len(reads)))
+        items = [
+            self._log(workload.namespace, status, earlier, lines, share, since, timestamps, keep)
+            for status, earlier in reads
+        ]
         several = len({(i["pod"], i["container"]) for i in items}) > 1
         output: list[str] = []
         for item in items:
@@ -484,16 +486,20 @@ class KubernetesExecutor(EnvironmentExecutor):
         self, target: str, since: str, limit: int, namespace: str | None = None
     ) -> MethodOutput:
         workload = self.resolve(target, namespace)
-        involved = {p["metadata"]["name"] for p in workload.pods} | {workload.name}
+        # (kind, name): a Service or ConfigMap that shares the workload's name is not it.
+        involved = {("Pod", p["metadata"]["name"]) for p in workload.pods}
+        involved.add((workload.kind, workload.name))
         if workload.kind == "Deployment":
-            involved |= {rs["metadata"]["name"] for rs in self._replica_sets(workload)}
+            involved |= {
+                ("ReplicaSet", rs["metadata"]["name"]) for rs in self._replica_sets(workload)
+            }
         cutoff = time.time() - duration_seconds(since)
         listed = self._json("GET", f"/api/v1/namespaces/{workload.namespace}/events")
         events = []
         for event in listed.get("items", []):
             obj = event.get("involvedObject") or {}
             at = _event_time(event)
-            if obj.get("name") in involved and (at is None or at >= cutoff):
+            if (obj.get("kind"), obj.get("name")) in involved and (at is None or at >= cutoff):
                 events.append(
                     {
                         "time": _iso(at),
@@ -687,6 +693,12 @@ class KubernetesExecutor(EnvironmentExecutor):
         """`kubectl rollout undo`: the deployment's pod template replaced by the one of the
         ReplicaSet at `revision` (default: the one before the current)."""
         workload = self._workload(target, namespace, ("Deployment",))
+        if workload.obj["spec"].get("paused"):
+            raise ExecutorError(
+                ErrorKind.PERMANENT,
+                f"deployment {workload.name!r} is paused: a rollback would not roll out",
+                "resume it first (kubectl rollout resume), as kubectl rollout undo requires",
+            )
 
         def body() -> list[dict[str, Any]]:
             current = self._json(

@@ -390,28 +390,32 @@ class OCIExecutor(EnvironmentExecutor):
         configured for the instance."""
         keep = line_filter(level, level_patterns or {}, pattern)
         instance, containers = self._resolve(target)
-        items = []
+        reads = []
         for c in containers:
             crashed = (c.container_restart_attempt_count or 0) > 0 and c.lifecycle_state != "ACTIVE"
             for earlier in [True] if previous else ([True, False] if crashed else [False]):
-                try:
-                    response = self._call("retrieve_logs", c.id, is_previous=earlier)
-                except ExecutorError as exc:
-                    if exc.kind is not ErrorKind.PERMANENT:
-                        raise
-                    # e.g. no previous run kept: say so for this one, keep the others
-                    item = _log_item(c.display_name, earlier, [], lines, max_bytes, keep)
-                    items.append({**item, "error": exc.message})
-                    continue
-                text = response.data.content.decode("utf-8", errors="replace")
-                items.append(_log_item(c.display_name, earlier, text.splitlines(), lines,
-                                       max_bytes, keep))  # fmt: skip
+                reads.append((c, earlier))
         scope = self.connection.log_search_scopes.get(instance.display_name)
+        # max_bytes bounds the whole answer: each log read gets its share.
+        share = max(1, max_bytes // max(1, len(reads) + (1 if scope else 0)))
+        items = []
+        for c, earlier in reads:
+            try:
+                response = self._call("retrieve_logs", c.id, is_previous=earlier)
+            except ExecutorError as exc:
+                if exc.kind is not ErrorKind.PERMANENT:
+                    raise
+                # e.g. no previous run kept: say so for this one, keep the others
+                item = _log_item(c.display_name, earlier, [], lines, share, keep)
+                items.append({**item, "error": exc.message})
+                continue
+            text = response.data.content.decode("utf-8", errors="replace")
+            items.append(_log_item(c.display_name, earlier, text.splitlines(), lines, share, keep))
         if scope:
             try:
-                items.append(self._search(scope, since or "1h", lines, max_bytes, keep, pattern))
+                items.append(self._search(scope, since or "1h", lines, share, keep, pattern))
             except ExecutorError as exc:  # the container logs above still stand
-                item = _log_item("logging-search", False, [], lines, max_bytes, keep)
+                item = _log_item("logging-search", False, [], lines, share, keep)
                 items.append({**item, "error": f"{exc.message} ({exc.hint})"})
         several = len(items) > 1
         output: list[str] = []
