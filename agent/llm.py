@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from agent.incident import Usage
 from infrastructure.configuration.models import LLMProvider, LLMSettings
+from infrastructure.retry import parse_retry_after, retry_delay
 
 FailureKind = Literal[
     "timeout",
@@ -154,10 +155,14 @@ class LLMClient:
             last.attempts = attempt
             if last.kind not in _RETRYABLE or attempt == attempts:
                 break
-            delay = self.settings.retry_backoff_seconds * (2 ** (attempt - 1))
-            if retry_after is not None:
-                delay = retry_after
-            self.sleep(min(delay, self.settings.max_retry_after_seconds))
+            self.sleep(
+                retry_delay(
+                    retry_after,
+                    attempt,
+                    self.settings.retry_backoff_seconds,
+                    self.settings.max_retry_after_seconds,
+                )
+            )
         assert last is not None
         self.breaker.failed()
         raise last
@@ -254,10 +259,4 @@ def _classify(exc: Exception) -> tuple[LLMFailure, float | None]:
 def _retry_after(exc: Exception) -> float | None:
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None) or {}
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: fall back to the configured backoff
+    return parse_retry_after(headers.get("retry-after"))

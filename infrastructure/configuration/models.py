@@ -324,7 +324,17 @@ class DockerConnection(StrictModel):
         return {"docker_host": self.base_url}
 
 
-class KubernetesConnection(StrictModel):
+class ClientRetrySettings(StrictModel):
+    """Reads answered 429 or 5xx are retried `read_retries` times, waiting the server's
+    Retry-After or an exponential back-off, never longer than the cap (infrastructure.retry).
+    What happens to writes is each connection's own (see their comments)."""
+
+    read_retries: Annotated[int, Field(ge=0, le=10)]
+    retry_backoff_seconds: PositiveSeconds
+    retry_after_cap_seconds: PositiveSeconds
+
+
+class KubernetesConnection(ClientRetrySettings):
     in_cluster: bool
     kubeconfig: str | None = None
     context: str | None = None
@@ -333,11 +343,7 @@ class KubernetesConnection(StrictModel):
     allowed_namespaces: list[Name]
     target_selectors: list[NonEmpty]
     request_timeout_seconds: PositiveSeconds
-    # Reads answered 429/5xx are retried this many times here (Retry-After honoured, capped);
-    # writes only after a 429, which means the server did not act.
-    read_retries: Annotated[int, Field(ge=0, le=10)]
-    retry_backoff_seconds: PositiveSeconds
-    retry_after_cap_seconds: PositiveSeconds
+    # Writes are sent again only after a 429, which means the server did not act.
     # urllib3 re-tries a failed *connection* (nothing sent) this many times; never a request.
     connect_retries: Annotated[int, Field(ge=0, le=10)]
     # scale_service stays within these bounds in this environment.
@@ -366,7 +372,7 @@ class KubernetesConnection(StrictModel):
         return {"namespace": self.namespace, "kube_context": self.context or ""}
 
 
-class OCIConnection(StrictModel):
+class OCIConnection(ClientRetrySettings):
     auth: Literal["api_key", "instance_principal", "resource_principal"]
     config_file: str | None = None
     profile: str
@@ -378,11 +384,7 @@ class OCIConnection(StrictModel):
     )
     connect_timeout_seconds: PositiveSeconds
     timeout_seconds: PositiveSeconds
-    # 429 and 5xx on reads are retried this many times (Retry-After honoured, capped); an
-    # action (start, stop, restart) is never sent again: recovery looks for its work request.
-    read_retries: Annotated[int, Field(ge=0, le=10)]
-    retry_backoff_seconds: PositiveSeconds
-    retry_after_cap_seconds: PositiveSeconds
+    # An action (start, stop, restart) is never sent again: recovery looks for its work request.
     # Start/stop/restart return a work request, polled to its end within this time.
     work_request_poll_seconds: PositiveSeconds
     work_request_timeout_seconds: PositiveSeconds

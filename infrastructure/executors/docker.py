@@ -37,7 +37,7 @@ from infrastructure.executors.base import (
     MethodOutput,
     executor_method,
 )
-from infrastructure.executors.logtext import cap_tail, line_filter
+from infrastructure.executors.logtext import kept_lines, line_filter
 from infrastructure.redaction import REDACTED, is_secret_key
 from infrastructure.registry import duration_seconds
 
@@ -283,17 +283,8 @@ class DockerExecutor(EnvironmentExecutor):
                 **({"since": since_at} if since_at is not None else {}),
                 **({"until": until_at} if until_at is not None else {}),
             )
-            all_lines = raw.decode("utf-8", errors="replace").splitlines()
-            kept = [line for line in all_lines if keep(line)]
-            kept, truncated = cap_tail(kept, max_bytes)
-            return {
-                "container": container.name,
-                "lines": kept,
-                "read_lines": len(all_lines),
-                "returned_lines": len(kept),
-                "filtered_out": len(all_lines) - len(kept) - truncated,
-                "truncated_lines": truncated,
-            }
+            kept = kept_lines(raw.decode("utf-8", errors="replace").splitlines(), keep, max_bytes)
+            return {"container": container.name, **kept, "returned_lines": len(kept["lines"])}
 
         items = self._each(target, read)
         several = len(items) > 1

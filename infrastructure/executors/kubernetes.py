@@ -46,9 +46,16 @@ from infrastructure.executors.base import (
     MethodOutput,
     executor_method,
 )
-from infrastructure.executors.logtext import cap_tail, line_filter
+from infrastructure.executors.logtext import (
+    byte_share,
+    instances_to_read,
+    kept_lines,
+    line_filter,
+    render_logs,
+)
 from infrastructure.redaction import REDACTED
 from infrastructure.registry import duration_seconds
+from infrastructure.retry import parse_retry_after, retry_delay
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 REVISION = "deployment.kubernetes.io/revision"
@@ -189,14 +196,12 @@ class KubernetesExecutor(EnvironmentExecutor):
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _backoff(self, response: urllib3.BaseHTTPResponse, attempt: int) -> float:
-        header = response.headers.get("Retry-After")
-        cap = self.connection.retry_after_cap_seconds
-        if header is not None:
-            try:
-                return float(min(cap, max(0.0, float(header))))
-            except ValueError:
-                pass
-        return float(min(cap, self.connection.retry_backoff_seconds * 2 ** (attempt - 1)))
+        return retry_delay(
+            parse_retry_after(response.headers.get("Retry-After")),
+            attempt,
+            self.connection.retry_backoff_seconds,
+            self.connection.retry_after_cap_seconds,
+        )
 
     def _error(self, response: urllib3.BaseHTTPResponse, path: str, write: bool) -> ExecutorError:
         status = response.status
@@ -397,31 +402,22 @@ class KubernetesExecutor(EnvironmentExecutor):
         (`kubectl logs --previous`)."""
         keep = line_filter(level, level_patterns or {}, pattern)
         workload = self.resolve(target, namespace)
-        reads = []
-        for pod in workload.pods:
-            for status in _container_statuses(pod):
-                crashed = status["restart_count"] > 0 and status["state"] != "running"
-                for earlier in [True] if previous else ([True, False] if crashed else [False]):
-                    reads.append((status, earlier))
-        # max_bytes bounds the whole answer: each log read gets its share.
-        share = max(1, max_bytes // max(1, len(reads)))
+        reads = [
+            (status, earlier)
+            for pod in workload.pods
+            for status in _container_statuses(pod)
+            for earlier in instances_to_read(
+                previous, status["restart_count"] > 0 and status["state"] != "running"
+            )
+        ]
+        share = byte_share(max_bytes, len(reads))
         items = [
             self._log(workload.namespace, status, earlier, lines, share, since, timestamps, keep)
             for status, earlier in reads
         ]
         several = len({(i["pod"], i["container"]) for i in items}) > 1
-        output: list[str] = []
-        for item in items:
-            prefix = f"{item['pod']}/{item['container']}" if several else ""
-            if item["previous"]:
-                prefix += " [previous]"
-            prefix = f"{prefix.strip()} | " if prefix else ""
-            if item["error"]:
-                output.append(f"{prefix}({item['error']})")
-            output.extend(prefix + line for line in item["lines"])
-            if item["truncated_lines"]:
-                output.append(f"{prefix}[{item['truncated_lines']} older lines cut at max_bytes]")
-        return MethodOutput(output="\n".join(output), data=items)
+        output = render_logs(items, lambda i: f"{i['pod']}/{i['container']}" if several else "")
+        return MethodOutput(output=output, data=items)
 
     def _log(
         self,
@@ -438,10 +434,7 @@ class KubernetesExecutor(EnvironmentExecutor):
             "pod": status["pod"],
             "container": status["container"],
             "previous": previous,
-            "lines": [],
-            "read_lines": 0,
-            "filtered_out": 0,
-            "truncated_lines": 0,
+            **kept_lines([], bool, max_bytes),
             "error": None,
         }
         # The API keeps the *first* limitBytes of the tail; ask for twice the cap so that
@@ -471,14 +464,7 @@ class KubernetesExecutor(EnvironmentExecutor):
                 f"the API cut the log at limitBytes={api_limit}; the newest lines may be"
                 " missing: ask for fewer lines"
             )
-        kept = [line for line in all_lines if keep(line)]
-        kept, cut = cap_tail(kept, max_bytes)
-        item.update(
-            lines=kept,
-            read_lines=len(all_lines),
-            filtered_out=len(all_lines) - len(kept) - cut,
-            truncated_lines=cut,
-        )
+        item.update(kept_lines(all_lines, keep, max_bytes))
         return item
 
     @executor_method

@@ -36,9 +36,16 @@ from infrastructure.executors.base import (
     MethodOutput,
     executor_method,
 )
-from infrastructure.executors.logtext import cap_tail, line_filter
+from infrastructure.executors.logtext import (
+    byte_share,
+    instances_to_read,
+    kept_lines,
+    line_filter,
+    render_logs,
+)
 from infrastructure.redaction import REDACTED
 from infrastructure.registry import duration_seconds
+from infrastructure.retry import parse_retry_after, retry_delay
 
 METRIC_NAMESPACE = "oci_computecontainerinstance"
 _ACTIONS = {
@@ -184,14 +191,12 @@ class OCIExecutor(EnvironmentExecutor):
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _backoff(self, headers: dict[str, Any], attempt: int) -> float:
-        cap = self.connection.retry_after_cap_seconds
-        header = headers.get("Retry-After") or headers.get("retry-after")
-        if header is not None:
-            try:
-                return float(min(cap, max(0.0, float(header))))
-            except ValueError:
-                pass
-        return float(min(cap, self.connection.retry_backoff_seconds * 2 ** (attempt - 1)))
+        return retry_delay(
+            parse_retry_after(headers.get("Retry-After") or headers.get("retry-after")),
+            attempt,
+            self.connection.retry_backoff_seconds,
+            self.connection.retry_after_cap_seconds,
+        )
 
     def _error(self, exc: oci.exceptions.ServiceError, method: str, write: bool) -> ExecutorError:
         status, code, message = exc.status, exc.code, exc.message
@@ -390,14 +395,16 @@ class OCIExecutor(EnvironmentExecutor):
         configured for the instance."""
         keep = line_filter(level, level_patterns or {}, pattern)
         instance, containers = self._resolve(target)
-        reads = []
-        for c in containers:
-            crashed = (c.container_restart_attempt_count or 0) > 0 and c.lifecycle_state != "ACTIVE"
-            for earlier in [True] if previous else ([True, False] if crashed else [False]):
-                reads.append((c, earlier))
+        reads = [
+            (c, earlier)
+            for c in containers
+            for earlier in instances_to_read(
+                previous,
+                (c.container_restart_attempt_count or 0) > 0 and c.lifecycle_state != "ACTIVE",
+            )
+        ]
         scope = self.connection.log_search_scopes.get(instance.display_name)
-        # max_bytes bounds the whole answer: each log read gets its share.
-        share = max(1, max_bytes // max(1, len(reads) + (1 if scope else 0)))
+        share = byte_share(max_bytes, len(reads) + (1 if scope else 0))
         items = []
         for c, earlier in reads:
             try:
@@ -418,16 +425,8 @@ class OCIExecutor(EnvironmentExecutor):
                 item = _log_item("logging-search", False, [], lines, share, keep)
                 items.append({**item, "error": f"{exc.message} ({exc.hint})"})
         several = len(items) > 1
-        output: list[str] = []
-        for item in items:
-            prefix = item["source"] + (" [previous]" if item["previous"] else "")
-            prefix = f"{prefix} | " if several or item["previous"] else ""
-            if item["error"]:
-                output.append(f"{prefix}({item['error']})")
-            output.extend(prefix + line for line in item["lines"])
-            if item["truncated_lines"]:
-                output.append(f"{prefix}[{item['truncated_lines']} older lines cut at max_bytes]")
-        return MethodOutput(output="\n".join(output), data=items)
+        output = render_logs(items, lambda i: i["source"] if several or i["previous"] else "")
+        return MethodOutput(output=output, data=items)
 
     def _search(
         self,
@@ -653,17 +652,11 @@ def _log_item(
     max_bytes: int,
     keep: Callable[[str], bool],
 ) -> dict[str, Any]:
-    tail = all_lines[-lines:]
-    kept = [line for line in tail if keep(line)]
-    kept, cut = cap_tail(kept, max_bytes)
     return {
         "source": source,
         "container": source,
         "previous": previous,
-        "lines": kept,
-        "read_lines": len(tail),
-        "filtered_out": len(tail) - len(kept) - cut,
-        "truncated_lines": cut,
+        **kept_lines(all_lines[-lines:], keep, max_bytes),
         "error": None,
     }
 
