@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
 from infrastructure.configuration.loader import UICIConfig, load_config
-from infrastructure.executors.base import ErrorKind, OperationResult
+from infrastructure.executors.base import ErrorKind
 from infrastructure.executors.docker import DockerExecutor
 from infrastructure.executors.factory import create_executor
 from infrastructure.registry import OperationRegistry
 from infrastructure.translator import CommandTranslator
 from tests.conftest import SHIPPED_CONFIG
+from tests.executor_support import run_operation
 from tests.failures import FailureLab
 
 pytestmark = pytest.mark.usefixtures("docker_client")
@@ -37,15 +38,7 @@ def executor(config: UICIConfig):  # type: ignore[no-untyped-def]
     executor.close()
 
 
-def run(
-    config: UICIConfig,
-    executor: DockerExecutor,
-    operation: str,
-    target: str | None = None,
-    **params: Any,
-) -> OperationResult:
-    call = OperationRegistry.from_config(config).validate(operation, "local-docker", params, target)
-    return executor.execute(CommandTranslator.from_config(config).translate(call))
+run = functools.partial(run_operation, "local-docker")
 
 
 # --- the failure library, as each operation sees it ------------------------------------------

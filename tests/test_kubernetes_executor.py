@@ -7,8 +7,8 @@ classes on demand, and records every request, so the tests also see what went ov
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +20,13 @@ from typer.testing import CliRunner
 
 from agent.cli import app
 from infrastructure.configuration.loader import UICIConfig, load_config
-from infrastructure.executors.base import ErrorKind, ExecutorError, OperationResult, intent_value
+from infrastructure.executors.base import ErrorKind, ExecutorError, intent_value
 from infrastructure.executors.factory import create_executor
 from infrastructure.executors.kubernetes import RESTARTED_AT, REVISION, KubernetesExecutor
 from infrastructure.redaction import REDACTED
-from infrastructure.registry import CallValidationError, OperationRegistry
-from infrastructure.translator import CommandTranslator
+from infrastructure.registry import CallValidationError
 from tests import k8s_scenarios as scenarios
-from tests.conftest import SHIPPED_CONFIG
+from tests.executor_support import run_operation, shipped_config_with
 from tests.k8s_double import KubeDouble
 
 ENV = "staging-k8s"
@@ -36,12 +35,9 @@ FATAL = "FATAL: required environment variable DATABASE_URL is not set"
 
 def k8s_config_dir(target: Path, kubeconfig: Path, **connection: Any) -> Path:
     """The shipped configuration with its Kubernetes environment enabled against the double."""
-    shutil.copytree(SHIPPED_CONFIG, target)
-    path = target / "environments.yml"
-    document = yaml.safe_load(path.read_text())
-    environment = document["environments"][ENV]
-    environment["enabled"] = True
-    environment["connection"].update(
+    return shipped_config_with(
+        target,
+        ENV,
         kubeconfig=str(kubeconfig),
         context="double",
         read_retries=2,
@@ -49,8 +45,6 @@ def k8s_config_dir(target: Path, kubeconfig: Path, **connection: Any) -> Path:
         retry_after_cap_seconds=2,
         **connection,
     )
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -84,16 +78,7 @@ def executor(config: UICIConfig) -> Iterator[KubernetesExecutor]:
     executor.close()
 
 
-def run(
-    config: UICIConfig,
-    executor: KubernetesExecutor,
-    operation: str,
-    target: str | None = None,
-    runtime: dict[str, Any] | None = None,
-    **params: Any,
-) -> OperationResult:
-    call = OperationRegistry.from_config(config).validate(operation, ENV, params, target)
-    return executor.execute(CommandTranslator.from_config(config).translate(call, runtime))
+run = functools.partial(run_operation, ENV)
 
 
 # --- read operations on realistic objects ----------------------------------------------------
@@ -399,11 +384,7 @@ def test_a_bad_kubeconfig_says_which_file(tmp_path: Path) -> None:
     broken.write_text("this: is: not a kubeconfig")
     config = load_config(k8s_config_dir(tmp_path / "config", broken), environ={})
     executor = create_executor(ENV, config.environments.environments[ENV])
-    result = executor.execute(
-        CommandTranslator.from_config(config).translate(
-            OperationRegistry.from_config(config).validate("get_status", ENV, {}, "api")
-        )
-    )
+    result = run(config, executor, "get_status", "api")
     assert result.error is not None and result.error.kind is ErrorKind.PERMANENT
     assert str(broken) in result.error.message
 
@@ -574,15 +555,10 @@ def test_two_clusters_are_two_environments(tmp_path: Path) -> None:
         document["environments"]["prod-k8s"] = second
         path.write_text(yaml.safe_dump(document, sort_keys=False))
         config = load_config(config_dir, environ={})
-        registry, translator = (
-            OperationRegistry.from_config(config),
-            CommandTranslator.from_config(config),
-        )
         states = {}
         for name in (ENV, "prod-k8s"):
             executor = create_executor(name, config.environments.environments[name])
-            call = registry.validate("get_status", name, {}, "api")
-            result = executor.execute(translator.translate(call))
+            result = run_operation(name, config, executor, "get_status", "api")
             executor.close()
             assert result.success, result.error
             states[name] = {item["state"] for item in result.data}

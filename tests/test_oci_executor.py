@@ -4,25 +4,23 @@ as `uici run` does."""
 
 from __future__ import annotations
 
-import shutil
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from agent.cli import app
 from infrastructure.configuration.loader import UICIConfig, load_config
-from infrastructure.executors.base import ErrorKind, OperationResult
+from infrastructure.executors.base import ErrorKind
 from infrastructure.executors.factory import create_executor
 from infrastructure.executors.oci import OCIExecutor
 from infrastructure.redaction import REDACTED
 from infrastructure.registry import CallValidationError, OperationRegistry
-from infrastructure.translator import CommandTranslator
 from tests import oci_scenarios as scenarios
-from tests.conftest import SHIPPED_CONFIG
+from tests.executor_support import run_operation, shipped_config_with
 from tests.oci_double import OciDouble
 
 ENV = "oci-prod"
@@ -31,12 +29,9 @@ FATAL = "FATAL: required environment variable DATABASE_URL is not set"
 
 def oci_config_dir(target: Path, double: OciDouble, credentials: Path, **connection: Any) -> Path:
     """The shipped configuration with its OCI environment enabled against the double."""
-    shutil.copytree(SHIPPED_CONFIG, target)
-    path = target / "environments.yml"
-    document = yaml.safe_load(path.read_text())
-    environment = document["environments"][ENV]
-    environment["enabled"] = True
-    environment["connection"].update(
+    return shipped_config_with(
+        target,
+        ENV,
         config_file=str(credentials),
         profile="DEFAULT",
         region=double.region,
@@ -55,8 +50,6 @@ def oci_config_dir(target: Path, double: OciDouble, credentials: Path, **connect
         work_request_timeout_seconds=20,
         **connection,
     )
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -99,16 +92,7 @@ def executor(config: UICIConfig) -> Iterator[OCIExecutor]:
     executor.close()
 
 
-def run(
-    config: UICIConfig,
-    executor: OCIExecutor,
-    operation: str,
-    target: str | None = None,
-    runtime: dict[str, Any] | None = None,
-    **params: Any,
-) -> OperationResult:
-    call = OperationRegistry.from_config(config).validate(operation, ENV, params, target)
-    return executor.execute(CommandTranslator.from_config(config).translate(call, runtime))
+run = functools.partial(run_operation, ENV)
 
 
 # --- reads ---------------------------------------------------------------------------------
