@@ -24,7 +24,6 @@ import re
 import secrets
 import socket
 import ssl
-import sys
 import tempfile
 import threading
 import traceback
@@ -32,9 +31,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
@@ -42,6 +40,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.loopback_server import LoopbackServer, TrackedHandler
 
 Obj = dict[str, Any]
 
@@ -1237,16 +1237,6 @@ def _server_tls_context() -> ssl.SSLContext:
     return context
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client hanging up (or a TLS probe) is not worth a traceback; anything else is.
-        error = sys.exc_info()[1]
-        if not isinstance(error, (OSError, ssl.SSLError)):
-            super().handle_error(request, client_address)
-
-
 # --- recorded requests, scripted failures, replies -------------------------------------------
 
 
@@ -1302,7 +1292,7 @@ class _Target:
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-class KubeDouble:
+class KubeDouble(LoopbackServer):
     """A Kubernetes API server double: stateful, over real HTTP, for the official client and kubectl.
 
     Objects live in memory keyed by (group, resource, namespace, name). `add()` and HTTP writes
@@ -1311,9 +1301,10 @@ class KubeDouble:
     """
 
     def __init__(self, metrics: bool = True) -> None:
+        super().__init__()
         self.metrics = metrics
         self.token = "kube-double-" + secrets.token_hex(16)
-        self.url = ""  # plain HTTP: fine for the Python client
+        # self.url: plain HTTP, fine for the Python client
         self.https_url = ""  # the same port over TLS: what kubeconfig() writes, for kubectl
         self.ca_pem = _tls_material()[0]
         self.requests: list[Recorded] = []
@@ -1326,52 +1317,29 @@ class KubeDouble:
         self._failures: list[_Failure] = []
         self._progress_since: dict[str, datetime] = {}
         self._next_ip = 100
-        self._server: ThreadingHTTPServer | None = None
         self._tls: ssl.SSLContext | None = None
-        self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._connections: set[socket.socket] = set()
         cluster_birth = format_time(now() - timedelta(days=41))
         for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self._ensure_namespace(name, cluster_birth)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    def start(self) -> KubeDouble:
+    def handler_class(self) -> type[TrackedHandler]:
+        return _make_handler(self)
+
+    def start(self) -> Self:
         self._stopping.clear()
         self._tls = _server_tls_context()
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
-        port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.https_url = f"https://127.0.0.1:{port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        super().start()
+        self.https_url = self.url.replace("http://", "https://")
         return self
 
     def stop(self) -> None:
         self._stopping.set()
         with self._changed:
             self._changed.notify_all()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:  # idle keep-alive connections would hold their threads
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> KubeDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     def kubeconfig(
         self, path: Path, context: str = "double", namespace: str = "default", *, tls: bool = True
@@ -2170,13 +2138,6 @@ class KubeDouble:
 
     # -- HTTP -----------------------------------------------------------------------------------
 
-    def _track(self, connection: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> _Reply:
         parts = urlsplit(raw_path)
         path = parts.path
@@ -2930,10 +2891,8 @@ def _int_or_percent(value: Any, total: int, *, up: bool) -> int:
     return int(value) if str(value).isdigit() else 0
 
 
-def _make_handler(double: KubeDouble) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as client-go and urllib3 expect
-
+def _make_handler(double: KubeDouble) -> type[TrackedHandler]:
+    class Handler(TrackedHandler):
         def setup(self) -> None:
             # One port, both schemes: a TLS ClientHello starts with 0x16, HTTP with a method.
             raw: socket.socket = self.request
@@ -2947,13 +2906,11 @@ def _make_handler(double: KubeDouble) -> type[BaseHTTPRequestHandler]:
                 wrapped.settimeout(None)
                 self.request = wrapped
             super().setup()
-            double._track(self.connection, True)
 
         def finish(self) -> None:
             try:
                 super().finish()
             finally:
-                double._track(self.connection, False)
                 if isinstance(self.request, ssl.SSLSocket):  # the server only closes the raw one
                     with contextlib.suppress(OSError):
                         self.request.close()

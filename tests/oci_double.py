@@ -47,8 +47,6 @@ import json
 import math
 import re
 import secrets
-import socket
-import sys
 import threading
 import time
 import traceback
@@ -56,7 +54,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -64,6 +61,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from tests.loopback_server import LoopbackServer, TrackedHandler
 
 Obj = dict[str, Any]
 
@@ -340,14 +339,6 @@ class _Series:
     points: list[tuple[datetime, float]] = field(default_factory=list)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):  # a client hanging up is not news
-            super().handle_error(request, client_address)
-
-
 @dataclass
 class _Call:
     """What a handler gets: path parameters, query, parsed body, lower-cased headers."""
@@ -364,7 +355,7 @@ Handler = Callable[[_Call], _Reply]
 # --- the double -------------------------------------------------------------------------------
 
 
-class OciDouble:
+class OciDouble(LoopbackServer):
     """Container Instances, Logging Search and Monitoring, for the real `oci` SDK.
 
     State lives in memory; the public `add_*`/`set_*` methods and HTTP requests go through the
@@ -372,7 +363,7 @@ class OciDouble:
     """
 
     def __init__(self) -> None:
-        self.url = ""
+        super().__init__()
         self.region = REGION
         self.tenancy = ocid("tenancy", None)
         self.user = ocid("user", None)
@@ -396,41 +387,12 @@ class OciDouble:
         self._logs: dict[str, _Log] = {}
         self._series: list[_Series] = []
         self._failures: list[_Failure] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
         self._routes = self._build_routes()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> OciDouble:
-        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:  # idle keep-alive connections would hold their threads
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> OciDouble:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def handler_class(self) -> type[TrackedHandler]:
+        return _make_handler(self)
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -1082,13 +1044,6 @@ class OciDouble:
             )
 
     # -- HTTP --------------------------------------------------------------------------------
-
-    def _track(self, connection: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> _Reply:
         parts = urlsplit(raw_path)
@@ -2034,24 +1989,8 @@ def _display_name(metric: str) -> str:
 # --- HTTP handler -----------------------------------------------------------------------------
 
 
-def _make_handler(double: OciDouble) -> type[BaseHTTPRequestHandler]:
-    class RequestHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's requests session expects
-
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out in two writes: without this, Nagle's algorithm holds
-            # the body until the client's delayed ACK (~40 ms per request).
-            with contextlib.suppress(OSError):
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            double._track(self.connection, True)
-
-        def finish(self) -> None:
-            try:
-                super().finish()
-            finally:
-                double._track(self.connection, False)
-
+def _make_handler(double: OciDouble) -> type[TrackedHandler]:
+    class RequestHandler(TrackedHandler):
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
