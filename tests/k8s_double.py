@@ -2916,38 +2916,33 @@ def _make_handler(double: KubeDouble) -> type[TrackedHandler]:
                         self.request.close()
 
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
+            headers, raw = self.read_request()
             reply = double._handle(self.command, self.path, headers, raw)
+            if reply.stream is None:
+                self.send_reply(
+                    reply.status,
+                    reply.payload(),
+                    {
+                        "Content-Type": reply.content_type,
+                        "Cache-Control": "no-cache, private",
+                        "Audit-Id": str(uuid.uuid4()),
+                        **reply.headers,
+                    },
+                )
+                return
             try:
-                if reply.stream is not None:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.send_header("Cache-Control", "no-cache, private")
-                    self.end_headers()
-                    for chunk in reply.stream:
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                        self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
-                    return
-                payload = reply.payload()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", reply.content_type)
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
                 self.send_header("Cache-Control", "no-cache, private")
-                self.send_header("Audit-Id", str(uuid.uuid4()))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(payload)
+                for chunk in reply.stream:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
             except OSError:
                 self.close_connection = True  # the client went away (or the double stopped)
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
 
     return Handler

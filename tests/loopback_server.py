@@ -46,6 +46,26 @@ class TrackedHandler(BaseHTTPRequestHandler):
         finally:
             self.server.owner.track(self.connection, False)
 
+    def read_request(self) -> tuple[dict[str, str], bytes]:
+        """The request's headers (lower-cased names) and body."""
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        return {k.lower(): v for k, v in self.headers.items()}, body
+
+    def send_reply(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        """Status, headers (Content-Length added) and body; a client gone away closes it."""
+        try:
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(payload))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True  # the client went away (or the double stopped)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # tests read `requests`, not a log
+
 
 class LoopbackServer:
     """Start, stop and `with` for a double; subclasses give the handler class."""

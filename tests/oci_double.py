@@ -1992,27 +1992,13 @@ def _display_name(metric: str) -> str:
 def _make_handler(double: OciDouble) -> type[TrackedHandler]:
     class RequestHandler(TrackedHandler):
         def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
+            headers, raw = self.read_request()
             reply = double._handle(self.command, self.path, headers, raw)
             payload, content_type = reply.payload()
-            try:
-                self.send_response(reply.status)
-                if content_type:
-                    self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.send_header("Date", email.utils.formatdate(usegmt=True))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-            except OSError:
-                self.close_connection = True  # the client went away (or the double stopped)
+            sent = {"Content-Type": content_type} if content_type else {}
+            sent["Date"] = email.utils.formatdate(usegmt=True)
+            self.send_reply(reply.status, payload, {**sent, **reply.headers})
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
 
     return RequestHandler
