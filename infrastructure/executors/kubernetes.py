@@ -686,6 +686,8 @@ class KubernetesExecutor(EnvironmentExecutor):
                 "resume it first (kubectl rollout resume), as kubectl rollout undo requires",
             )
 
+        revisions: dict[str, int] = {}  # filled by body(), which a 409 may call again
+
         def body() -> list[dict[str, Any]]:
             current = self._json(
                 "GET", _workload_path("Deployment", workload.namespace, workload.name)
@@ -696,7 +698,7 @@ class KubernetesExecutor(EnvironmentExecutor):
             source, current_revision = self._rollback_source(fresh, revision)
             template = json.loads(json.dumps(source["spec"]["template"]))
             template.get("metadata", {}).get("labels", {}).pop("pod-template-hash", None)
-            body.revisions = (current_revision, _revision(source))  # type: ignore[attr-defined]
+            revisions.update(current=current_revision, target=_revision(source))
             # `generation` moves only when the spec does (resourceVersion also moves with
             # every status update, which a failing rollout makes often).
             return [
@@ -707,7 +709,7 @@ class KubernetesExecutor(EnvironmentExecutor):
 
         path = _workload_path("Deployment", workload.namespace, workload.name)
         self._patch(path, body(), reread=body)
-        current_revision, target_revision = body.revisions  # type: ignore[attr-defined]
+        current_revision, target_revision = revisions["current"], revisions["target"]
         return MethodOutput(
             output=f"deployment/{workload.name}: rolled back from revision {current_revision}"
             f" to the template of revision {target_revision}",

@@ -246,34 +246,33 @@ class OCIExecutor(EnvironmentExecutor):
             if not page:
                 return found
 
+    def _instance_id(self, name: str) -> str:
+        """The OCID of the instance a display name (or OCID) names."""
+        if name.startswith("ocid1."):
+            return name
+        summaries = self._instances()
+        live = [s for s in summaries if s.display_name == name and s.lifecycle_state != "DELETED"]
+        if not live:
+            known = sorted({s.display_name for s in summaries if s.lifecycle_state != "DELETED"})
+            raise ExecutorError(
+                ErrorKind.PERMANENT,
+                f"no container instance named {name!r} in compartment"
+                f" {self.connection.compartment_id}",
+                f"existing instances: {', '.join(known) or 'none'}",
+            )
+        if len(live) > 1:
+            raise ExecutorError(
+                ErrorKind.PERMANENT,
+                f"{len(live)} container instances are named {name!r}",
+                "name one by its OCID: " + ", ".join(s.id for s in live),
+            )
+        return str(live[0].id)
+
     def _resolve(self, target: str) -> tuple[Any, list[Any]]:
         """The instance (full model) and its containers (full models), narrowed to one
         container when the target names it."""
         name, _, container_name = target.partition("/")
-        if name.startswith("ocid1."):
-            instance_id = name
-        else:
-            summaries = self._instances()
-            live = [
-                s for s in summaries if s.display_name == name and s.lifecycle_state != "DELETED"
-            ]
-            if not live:
-                known = sorted(
-                    {s.display_name for s in summaries if s.lifecycle_state != "DELETED"}
-                )
-                raise ExecutorError(
-                    ErrorKind.PERMANENT,
-                    f"no container instance named {name!r} in compartment"
-                    f" {self.connection.compartment_id}",
-                    f"existing instances: {', '.join(known) or 'none'}",
-                )
-            if len(live) > 1:
-                raise ExecutorError(
-                    ErrorKind.PERMANENT,
-                    f"{len(live)} container instances are named {name!r}",
-                    "name one by its OCID: " + ", ".join(s.id for s in live),
-                )
-            instance_id = live[0].id
+        instance_id = self._instance_id(name)
         instance = self._call("get_container_instance", instance_id).data
         containers = [
             self._call("get_container", c.container_id).data for c in instance.containers or []
@@ -464,7 +463,9 @@ class OCIExecutor(EnvironmentExecutor):
 
     @executor_method
     def get_metrics(self, target: str, window: str, compartment_id: str) -> MethodOutput:
-        instance, _ = self._resolve(target.partition("/")[0])
+        instance = self._call(
+            "get_container_instance", self._instance_id(target.partition("/")[0])
+        ).data
         end = datetime.now(UTC)
         start = end - timedelta(seconds=duration_seconds(window))
         series: dict[str, list[dict[str, Any]]] = {}
@@ -566,10 +567,10 @@ class OCIExecutor(EnvironmentExecutor):
         """One action call (its if-match the instance's etag), then its work request polled to
         the end. A 409/412 (the instance changed under us) re-reads it and tries once more."""
         method, _ = _ACTIONS[operation]
-        name = target.partition("/")[0]
+        instance_id = self._instance_id(target.partition("/")[0])
         for attempt in (1, 2):
-            instance, _ = self._resolve(name)
-            etag = self._call("get_container_instance", instance.id).headers.get("etag")
+            current = self._call("get_container_instance", instance_id)
+            instance, etag = current.data, current.headers.get("etag")
             try:
                 response = self._call(method, instance.id, write=True, if_match=etag)
                 break
@@ -630,9 +631,10 @@ class OCIExecutor(EnvironmentExecutor):
             return None
         kind = f"{_ACTIONS[operation][1]}_CONTAINER_INSTANCE"
         try:
-            instance, _ = self._resolve(target.partition("/")[0])
             work = self._call(
-                "list_work_requests", self.connection.compartment_id, resource_id=instance.id
+                "list_work_requests",
+                self.connection.compartment_id,
+                resource_id=self._instance_id(target.partition("/")[0]),
             ).data.items
             for request in work:
                 accepted = request.time_accepted.timestamp() if request.time_accepted else 0
