@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
+from agent.evaluation.failures import FailureLab, wait_for  # noqa: E402
 from infrastructure.configuration.loader import load_config  # noqa: E402
 from infrastructure.executors.factory import create_executor  # noqa: E402
 from infrastructure.registry import OperationRegistry  # noqa: E402
 from infrastructure.translator import CommandTranslator  # noqa: E402
-from tests.failures import FailureLab, wait_for  # noqa: E402
 
 LINES = 100
 

@@ -30,12 +30,12 @@ import docker  # noqa: E402
 from prefect import flow  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
-from agent.incident import AlertInfo, IncidentContext, PlanStep  # noqa: E402
+from agent.evaluation.failures import FailureLab  # noqa: E402
+from agent.incidents.models import AlertInfo, IncidentContext, PlanStep  # noqa: E402
 from flows.diagnose import Services, diagnose_incident  # noqa: E402
 from infrastructure.configuration.loader import load_config  # noqa: E402
 from tasks.operations import run_read_step  # noqa: E402
 from tests.data.capture_observations import alert_for  # noqa: E402
-from tests.failures import FailureLab  # noqa: E402
 
 
 def main() -> None:

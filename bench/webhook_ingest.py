@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agent.api.auth import key_hash
+from agent.service.auth import key_hash
 from tests.api_support import KEYS, alert, notification
 from tests.service_process import ServiceProcess
 

@@ -30,9 +30,9 @@ import docker
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from agent.api.auth import key_hash
+from agent.evaluation.failures import FailureLab
+from agent.service.auth import key_hash
 from tests.api_support import KEYS, alert, notification
-from tests.failures import FailureLab
 from tests.service_process import ServiceProcess, free_port, prefect_stack
 
 SAMPLES = int(os.environ.get("BENCH_LATENCY_SAMPLES", "7"))

@@ -29,7 +29,9 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
-from agent.incident import (
+from agent.incidents.context import StepRunner, context_from_alert, observation_from_result
+from agent.incidents.journal import Journal
+from agent.incidents.models import (
     PHASES,
     Diagnosis,
     IncidentContext,
@@ -39,13 +41,7 @@ from agent.incident import (
     PlanStep,
     StepDecision,
 )
-from agent.investigation import StepRunner, context_from_alert, observation_from_result
-from agent.journal import Journal
-from agent.logs import configure_logging, incident_id_var, log_context, request_id_var
-from agent.planner import DiagnosticPlanner
-from agent.policy import Approval, WriteHistory
-from agent.remediation import Remediator
-from agent.report import (
+from agent.incidents.report import (
     ActionRecord,
     IncidentReport,
     TimelineEntry,
@@ -55,7 +51,11 @@ from agent.report import (
     render_markdown,
     service_health,
 )
-from agent.store import IncidentStatus, IncidentStore
+from agent.incidents.storage import IncidentStatus, IncidentStore
+from agent.logs import configure_logging, incident_id_var, log_context, request_id_var
+from agent.planning.planner import DiagnosticPlanner
+from agent.safety.policy import Approval, WriteHistory
+from agent.safety.remediation import Remediator
 from infrastructure.configuration.loader import UICIConfig, load_config
 from infrastructure.configuration.models import RiskLevel, Runbook
 from infrastructure.executors.base import OperationResult

@@ -8,8 +8,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from agent.incident import AlertInfo, IncidentContext, PlanStep
-from agent.report import IncidentReport
+from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
+from agent.incidents.report import IncidentReport
 from flows.diagnose import Services, _remediate, run_environment_steps
 from infrastructure.configuration.loader import load_config
 from infrastructure.configuration.models import RiskLevel

@@ -12,7 +12,7 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
-from agent.store import IncidentStore
+from agent.incidents.storage import IncidentStore
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.executors.base import intent_value
 from infrastructure.executors.factory import create_executor

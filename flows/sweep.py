@@ -11,8 +11,8 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
-from agent.incident import PlanStep
-from agent.sweep import UnhealthyService, unhealthy_services
+from agent.incidents.models import PlanStep
+from agent.incidents.sweep import UnhealthyService, unhealthy_services
 from flows.diagnose import Services, diagnose_incident, run_environment_steps
 from flows.reconcile import reconcile_incidents
 from infrastructure.configuration.loader import load_config
@@ -99,7 +99,7 @@ async def health_sweep(
 
 
 def _sweep_context(environment: str) -> Any:
-    from agent.incident import AlertInfo, IncidentContext
+    from agent.incidents.models import AlertInfo, IncidentContext
 
     return IncidentContext(
         incident_id=f"sweep-{environment}",

@@ -18,10 +18,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.asyncio import concurrency
 
-from agent.incident import IncidentContext, PlanStep, StepDecision
-from agent.investigation import StepRunner
-from agent.policy import Approval
-from agent.remediation import RemediationOutcome, Remediator
+from agent.incidents.context import StepRunner
+from agent.incidents.models import IncidentContext, PlanStep, StepDecision
+from agent.safety.policy import Approval
+from agent.safety.remediation import RemediationOutcome, Remediator
 from infrastructure.configuration.models import OperationSpec, Runbook
 from infrastructure.executors.base import OperationResult
 

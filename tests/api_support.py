@@ -7,7 +7,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from agent.api.auth import key_hash
+from agent.service.auth import key_hash
 
 # Sentinel secrets: tests assert that none of them ever shows up where it must not.
 KEYS = {

@@ -62,7 +62,7 @@ def docker_client():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def lab(docker_client):  # type: ignore[no-untyped-def]
     """The failure library for this test session; everything it made is removed at the end."""
-    from tests.failures import FailureLab
+    from agent.evaluation.failures import FailureLab
 
     failure_lab = FailureLab(docker_client)
     yield failure_lab

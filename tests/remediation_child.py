@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-from agent.incident import AlertInfo, IncidentContext, PlanStep
-from agent.investigation import StepRunner
-from agent.policy import SafetyPolicy, WriteHistory
-from agent.remediation import Remediator
-from agent.store import IncidentStore
+from agent.incidents.context import StepRunner
+from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
+from agent.incidents.storage import IncidentStore
+from agent.safety.policy import SafetyPolicy, WriteHistory
+from agent.safety.remediation import Remediator
 from infrastructure.configuration.loader import load_config
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.api.app import create_app
+from agent.service.app import create_app
 from infrastructure.configuration.cache import ConfigCache
 from tests.api_support import KEYS, alert, auth, key_env, notification
 

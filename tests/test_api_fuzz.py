@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 
-from agent.api.app import create_app
+from agent.service.app import create_app
 from infrastructure.configuration.cache import ConfigCache
 from tests.api_support import KEYS, key_env
 

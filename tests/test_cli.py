@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
 from tests.conftest import DATA
 
 UICI = Path(sys.executable).parent / "uici"
@@ -80,7 +80,7 @@ def test_config_dir_from_the_environment(tmp_path: Path) -> None:
 def test_ops_list_loads_no_prefect_and_no_cloud_sdk() -> None:
     probe = (
         "import sys\n"
-        "from agent.cli import app\n"
+        "from agent.cli.main import app\n"
         "try:\n    app(['ops', 'list', '--json'])\nexcept SystemExit:\n    pass\n"
         "heavy = ['prefect', 'docker', 'kubernetes', 'oci', 'openai', 'anthropic',\n"
         "         'fastapi', 'uvicorn']\n"

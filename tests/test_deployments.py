@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import IncidentStore
+from agent.evaluation.failures import FailureLab
+from agent.incidents.storage import IncidentStore
 from tests.conftest import REPO_ROOT
-from tests.failures import FailureLab
 
 
 def free_port() -> int:

@@ -13,9 +13,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from agent.alerts import AlertIngestor, AlertmanagerWebhook
-from agent.dispatch import Dispatcher, PrefectLauncher
-from agent.store import IncidentStore
+from agent.incidents.storage import IncidentStore
+from agent.service.dispatch import Dispatcher, PrefectLauncher
+from agent.service.intake import AlertIngestor, AlertmanagerWebhook
 from infrastructure.configuration.loader import load_config
 from tests.api_support import alert, key_env, notification
 

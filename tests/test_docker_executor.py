@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
+from agent.evaluation.failures import FailureLab
 from infrastructure.configuration.loader import UICIConfig, load_config
 from infrastructure.executors.base import ErrorKind
 from infrastructure.executors.docker import DockerExecutor
@@ -20,7 +21,6 @@ from infrastructure.registry import OperationRegistry
 from infrastructure.translator import CommandTranslator
 from tests.conftest import SHIPPED_CONFIG
 from tests.executor_support import run_operation
-from tests.failures import FailureLab
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 
@@ -222,7 +222,7 @@ def test_log_limits_and_options(
         ],
     )
     container = lab.container("chatty")
-    from tests.failures import wait_for
+    from agent.evaluation.failures import wait_for
 
     wait_for(lambda: b"line 2999" in container.logs(tail=1), 20, "chatty to write its lines")
     tail = run(config, executor, "get_logs", lab.name("chatty"), lines=5)
@@ -420,7 +420,7 @@ def test_the_shown_command_is_true(
 
 
 def test_containers_left_by_a_killed_run_are_swept(lab: FailureLab) -> None:
-    from tests.failures import RUN_LABEL
+    from agent.evaluation.failures import RUN_LABEL
 
     leftover = lab.client.containers.create(
         "uici-test/busybox:1",

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent.api.auth import key_hash
+from agent.evaluation.failures import FailureLab
+from agent.service.auth import key_hash
 from tests.api_support import KEYS
-from tests.failures import FailureLab
 from tests.promstack import ENSURE_SCRIPT, PromStack
 from tests.service_process import ServiceProcess, free_port, prefect_stack
 

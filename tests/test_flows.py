@@ -13,10 +13,10 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from agent.store import IncidentStore
+from agent.evaluation.failures import FailureLab
+from agent.incidents.storage import IncidentStore
 from flows.diagnose import artifact_key, diagnose_incident
 from tests.data.capture_observations import alert_for
-from tests.failures import FailureLab
 
 FAILURES = {
     "missing_env": "missing-configuration",
@@ -123,7 +123,7 @@ def resume(incident_id: str, store: IncidentStore, approve: bool, env: dict[str,
     """Approve with `uici incidents approve`, reject with `uici incidents reject`."""
     from typer.testing import CliRunner
 
-    from agent.cli import app
+    from agent.cli.main import app
 
     command = ["incidents", "approve" if approve else "reject", incident_id, "--as", "alice"]
     deadline = time.monotonic() + 30
@@ -154,7 +154,7 @@ def test_a_write_step_pauses_for_approval(
         memswap_limit="16m",
     )
     target = lab.name(name)
-    from tests.failures import wait_for
+    from agent.evaluation.failures import wait_for
 
     wait_for(
         lambda: (lab.container(name).reload() or lab.container(name).status) == "exited",
@@ -321,7 +321,7 @@ def test_the_reconciler_escalates_runs_that_died(lab: FailureLab, flow_env: Path
     from prefect import flow
     from prefect.states import Crashed, Running
 
-    from agent.incident import AlertInfo, IncidentContext, PlanStep
+    from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
     from flows.reconcile import reconcile_incidents, run_budget_seconds
     from infrastructure.configuration.loader import load_config
 
@@ -390,13 +390,13 @@ def test_a_resolved_alert_cancels_the_remediation_waiting_for_approval(
     from fastapi.testclient import TestClient
     from prefect.settings import PREFECT_API_URL
 
-    from agent.api.app import create_app
-    from agent.dispatch import PrefectLauncher
+    from agent.service.app import create_app
+    from agent.service.dispatch import PrefectLauncher
     from infrastructure.configuration.cache import ConfigCache
     from tests.api_support import KEYS, alert, notification
 
     _strict(flow_env, monkeypatch, shipped_config_dir)
-    from agent.api.auth import key_hash
+    from agent.service.auth import key_hash
 
     monkeypatch.setenv("UICI_WEBHOOK_KEY_SHA256", key_hash(KEYS["webhook"]))
     name = "resolves-itself"
@@ -406,7 +406,7 @@ def test_a_resolved_alert_cancels_the_remediation_waiting_for_approval(
         mem_limit="16m",
         memswap_limit="16m",
     )
-    from tests.failures import wait_for
+    from agent.evaluation.failures import wait_for
 
     wait_for(
         lambda: (lab.container(name).reload() or lab.container(name).status) == "exited",

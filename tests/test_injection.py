@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.incident import PHASES, AlertInfo, IncidentContext, Observation, PhasePlan
-from agent.planner import DiagnosticPlanner
-from agent.policy import SafetyPolicy, WriteHistory
+from agent.incidents.models import PHASES, AlertInfo, IncidentContext, Observation, PhasePlan
+from agent.planning.planner import DiagnosticPlanner
+from agent.safety.policy import SafetyPolicy, WriteHistory
 from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.conftest import DATA, SHIPPED_CONFIG
 from tests.llm_server import FakeLLMServer, Reply, Request, chat
@@ -170,7 +170,7 @@ def test_compromised_llm_cannot_get_past_the_policy(
     # The LLM's recommended actions are proposals too: review them like any step.
     diagnosis = planner.diagnose(context, observations)
     policy = SafetyPolicy(config, WriteHistory.from_config(config))
-    from agent.incident import PlanStep
+    from agent.incidents.models import PlanStep
 
     recommended = [
         PlanStep(

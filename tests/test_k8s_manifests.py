@@ -676,7 +676,7 @@ def _under(path: str, directory: str) -> bool:
 
 
 def deployment_problems(docs: list[Doc]) -> list[str]:
-    from agent.policy import sqlite_path
+    from agent.safety.policy import sqlite_path
     from infrastructure.configuration.loader import CONFIG_DIR_VARIABLE, resolve_config_dir
 
     doc = find(docs, "Deployment", "uici")
@@ -830,7 +830,7 @@ def test_deployment_runs_uici_as_it_reads_its_configuration(docs: list[Doc]) -> 
 def test_deployment_command_is_a_real_uici_serve_invocation(docs: list[Doc]) -> None:
     import typer
 
-    from agent.cli import app
+    from agent.cli.main import app
 
     container = _container(docs)
     argv = [*(container.get("command") or []), *(container.get("args") or [])]

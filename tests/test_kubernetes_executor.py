@@ -18,7 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
 from infrastructure.configuration.loader import UICIConfig, load_config
 from infrastructure.executors.base import ErrorKind, ExecutorError, intent_value
 from infrastructure.executors.factory import create_executor
@@ -422,11 +422,11 @@ def test_the_client_retries_only_connections_itself(executor: KubernetesExecutor
 def test_a_restart_remediation_happens_once_even_across_a_crash(
     double: KubeDouble, config_dir: Path, tmp_path: Path
 ) -> None:
-    from agent.incident import AlertInfo, IncidentContext, PlanStep
-    from agent.investigation import StepRunner
-    from agent.policy import Approval, SafetyPolicy, WriteHistory
-    from agent.remediation import Remediator
-    from agent.store import IncidentStore
+    from agent.incidents.context import StepRunner
+    from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
+    from agent.incidents.storage import IncidentStore
+    from agent.safety.policy import Approval, SafetyPolicy, WriteHistory
+    from agent.safety.remediation import Remediator
 
     scenarios.rolled_out_twice_deployment(double, "shop")
     config = load_config(config_dir, environ={"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/u.db"})

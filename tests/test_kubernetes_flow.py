@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import IncidentStore
+from agent.incidents.storage import IncidentStore
 from flows.diagnose import diagnose_incident
 from flows.sweep import health_sweep
 from tests import k8s_scenarios as scenarios

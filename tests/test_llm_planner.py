@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from agent.incident import AlertInfo, IncidentContext, Observation
-from agent.llm import LLMClient, LLMFailure
-from agent.planner import DiagnosticPlanner
-from agent.policy import WriteHistory
+from agent.incidents.models import AlertInfo, IncidentContext, Observation
+from agent.planning.llm import LLMClient, LLMFailure
+from agent.planning.planner import DiagnosticPlanner
+from agent.safety.policy import WriteHistory
 from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.conftest import SENTINEL_LLM_KEY, SHIPPED_CONFIG
 from tests.llm_server import FakeLLMServer, Reply, chat, error, message
@@ -437,7 +437,7 @@ def test_data_cannot_close_its_own_block(llm_env: dict[str, str], fake_llm: Fake
     ],
 )
 def test_garbage_replies_are_rejected_cleanly(text: str, problem: str) -> None:
-    from agent.llm_planner import LLMPlanReply, parse_reply
+    from agent.planning.llm_planner import LLMPlanReply, parse_reply
 
     with pytest.raises(ValueError, match=problem):
         parse_reply(text, LLMPlanReply)
@@ -448,7 +448,7 @@ def test_uici_plan_with_the_scripted_llm_shows_usage(
 ) -> None:
     from typer.testing import CliRunner
 
-    from agent.cli import app
+    from agent.cli.main import app
     from tests.conftest import DATA
 
     def respond(request):  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli.main import app
 from infrastructure.configuration.loader import UICIConfig, load_config
 from infrastructure.executors.base import ErrorKind
 from infrastructure.executors.factory import create_executor

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import IncidentStore
+from agent.incidents.storage import IncidentStore
 from flows.diagnose import diagnose_incident
 from tests import oci_scenarios as scenarios
 from tests.oci_double import OciDouble

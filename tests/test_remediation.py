@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.remediation import BOUNDARIES
-from agent.store import IncidentStore
+from agent.evaluation.failures import FailureLab
+from agent.incidents.storage import IncidentStore
+from agent.safety.remediation import BOUNDARIES
 from tests.conftest import REPO_ROOT
-from tests.failures import FailureLab
 
 
 def run_child(storage_url: str, target: str, boundary: str) -> subprocess.CompletedProcess[str]:

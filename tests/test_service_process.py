@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.api.auth import key_hash
+from agent.service.auth import key_hash
 from tests.api_support import KEYS, alert, notification
 from tests.service_process import ServiceProcess
 

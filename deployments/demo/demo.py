@@ -24,10 +24,10 @@ from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 from prefect.flow_runs import wait_for_flow_run  # noqa: E402
 
-from agent.store import IncidentStore  # noqa: E402
+from agent.evaluation.failures import FailureLab  # noqa: E402
+from agent.incidents.storage import IncidentStore  # noqa: E402
 from flows.diagnose import flow_run_url  # noqa: E402
 from infrastructure.configuration.loader import load_config  # noqa: E402
-from tests.failures import FailureLab  # noqa: E402
 
 PREFIX = "uici-demo"
 TELLING = re.compile(r"(?i)(fatal|error|oom|killed|refused|unhealthy|not set)")

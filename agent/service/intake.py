@@ -18,10 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent.audit import AuditLog
-from agent.events import EventLog
-from agent.incident import AlertInfo, IncidentContext
-from agent.store import IncidentStore, insert_incident
+from agent.incidents.audit import AuditLog
+from agent.incidents.events import EventLog
+from agent.incidents.models import AlertInfo, IncidentContext
+from agent.incidents.storage import IncidentStore, insert_incident
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import EnvironmentType
 from infrastructure.registry import OperationRegistry
@@ -96,7 +96,7 @@ class AlertmanagerWebhook(BaseModel):
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: str = ""
     groupKey: str = ""
-    truncatedAlerts: int = Field(default=0, ge=0)
+    truncatedAlerts: int = Field(default=0, ge=0, le=2**31 - 1)  # SQLite integers are 64-bit
 
 
 class Mapping(BaseModel):

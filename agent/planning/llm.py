@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agent.incident import Usage
+from agent.incidents.models import Usage
 from infrastructure.configuration.models import LLMProvider, LLMSettings
 from infrastructure.retry import parse_retry_after, retry_delay
 

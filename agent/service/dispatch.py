@@ -14,10 +14,10 @@ import time
 from typing import Any, Protocol
 from uuid import UUID
 
-from agent.audit import AuditLog
-from agent.events import EventLog
+from agent.incidents.audit import AuditLog
+from agent.incidents.events import EventLog
+from agent.incidents.storage import IncidentStore
 from agent.logs import log_context
-from agent.store import IncidentStore
 from infrastructure.configuration.loader import UICIConfig
 
 log = logging.getLogger("uici.dispatch")

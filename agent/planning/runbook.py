@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from agent.conditions import evaluate
-from agent.incident import (
+from agent.incidents.models import (
     Diagnosis,
     IncidentContext,
     Observation,
@@ -19,6 +18,7 @@ from agent.incident import (
     PlanStep,
     RecommendedStep,
 )
+from agent.planning.conditions import evaluate
 from infrastructure.configuration.models import AgentsConfig, Runbook
 
 

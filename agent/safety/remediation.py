@@ -16,10 +16,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.incident import Decision, IncidentContext, PlanStep, StepDecision
-from agent.investigation import StepRunner
-from agent.policy import Approval
-from agent.store import IncidentStore
+from agent.incidents.context import StepRunner
+from agent.incidents.models import Decision, IncidentContext, PlanStep, StepDecision
+from agent.incidents.storage import IncidentStore
+from agent.safety.policy import Approval
 from infrastructure.configuration.models import Runbook
 from infrastructure.executors.base import OperationResult, intent_value
 

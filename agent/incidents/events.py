@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.store import connect, execute
+from agent.incidents.storage import connect, execute
 
 EventType = Literal[
     "incident.created",

@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from agent.incident import Diagnosis, IncidentContext, Observation, Phase, PhasePlan, Usage
-from agent.llm import LLMClient, LLMFailure
-from agent.llm_planner import LLMPlanner, PlanCache
-from agent.policy import SafetyPolicy, WriteHistory
-from agent.runbook_planner import RunbookPlanner
+from agent.incidents.models import Diagnosis, IncidentContext, Observation, Phase, PhasePlan, Usage
+from agent.planning.llm import LLMClient, LLMFailure
+from agent.planning.llm_planner import LLMPlanner, PlanCache
+from agent.planning.runbook import RunbookPlanner
+from agent.safety.policy import SafetyPolicy, WriteHistory
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import LLMProvider
 

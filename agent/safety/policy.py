@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from agent.incident import Decision, IncidentContext, PlanStep, StepDecision
+from agent.incidents.models import Decision, IncidentContext, PlanStep, StepDecision
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel, Runbook
 from infrastructure.registry import CallValidationError, OperationRegistry

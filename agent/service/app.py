@@ -28,9 +28,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
-from agent.alerts import AlertIngestor, AlertmanagerWebhook, IngestResult, enqueue
-from agent.api.auth import KeyRing, Principal, RateLimiter
-from agent.api.schemas import (
+from agent.incidents.audit import AuditLog, AuditRecord
+from agent.incidents.events import Event, EventLog
+from agent.incidents.journal import Journal
+from agent.incidents.models import AlertInfo, IncidentContext
+from agent.incidents.storage import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
+from agent.logs import request_id_var
+from agent.service.auth import KeyRing, Principal, RateLimiter
+from agent.service.dispatch import Dispatcher, Launcher, PrefectLauncher
+from agent.service.intake import AlertIngestor, AlertmanagerWebhook, IngestResult, enqueue
+from agent.service.metrics import ServiceMetrics
+from agent.service.schemas import (
     AlertView,
     ApprovalView,
     DecisionRequest,
@@ -47,14 +55,6 @@ from agent.api.schemas import (
     ReadinessCheck,
     RunOperationRequest,
 )
-from agent.audit import AuditLog, AuditRecord
-from agent.dispatch import Dispatcher, Launcher, PrefectLauncher
-from agent.events import Event, EventLog
-from agent.incident import AlertInfo, IncidentContext
-from agent.journal import Journal
-from agent.logs import request_id_var
-from agent.metrics import ServiceMetrics
-from agent.store import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
 from infrastructure.configuration.cache import ConfigCache
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel

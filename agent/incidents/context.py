@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from agent.incident import (
+from agent.incidents.models import (
     PHASES,
     AlertInfo,
     Diagnosis,
@@ -27,8 +27,8 @@ from agent.incident import (
     StepDecision,
     Usage,
 )
-from agent.planner import DiagnosticPlanner
-from agent.policy import Approval, SafetyPolicy
+from agent.planning.planner import DiagnosticPlanner
+from agent.safety.policy import Approval, SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import Runbook
 from infrastructure.executors.base import EnvironmentExecutor, OperationResult

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from agent.incident import IncidentContext, Observation
+from agent.incidents.models import IncidentContext, Observation
 from infrastructure.configuration.models import Condition, ConditionOperator, WhenClause
 
 _MISSING = object()

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.audit import AuditLog
-from agent.events import EventLog
+from agent.incidents.audit import AuditLog
+from agent.incidents.events import EventLog
 from infrastructure.executors.base import OperationResult
 
 

@@ -460,10 +460,10 @@ def plan(
     as_json: JsonOption = False,
 ) -> None:
     """Plan the four phases for an alert (and diagnose, given observations). Runs nothing."""
-    from agent.incident import PHASES
-    from agent.investigation import context_from_alert, load_observations
-    from agent.planner import DiagnosticPlanner
-    from agent.policy import WriteHistory
+    from agent.incidents.context import context_from_alert, load_observations
+    from agent.incidents.models import PHASES
+    from agent.planning.planner import DiagnosticPlanner
+    from agent.safety.policy import WriteHistory
 
     config = _load(ctx)
     try:
@@ -559,7 +559,7 @@ def plan(
 
 
 def _store(ctx: typer.Context) -> Any:
-    from agent.store import IncidentStore
+    from agent.incidents.storage import IncidentStore
 
     return IncidentStore.from_config(_load(ctx))
 
@@ -600,7 +600,7 @@ def incidents_show(
     as_json: JsonOption = False,
 ) -> None:
     """The incident's report: evidence, root cause, actions, health."""
-    from agent.report import IncidentReport, render_markdown
+    from agent.incidents.report import IncidentReport, render_markdown
 
     record = _store(ctx).get(incident_id)
     if record is None:
@@ -690,8 +690,8 @@ def serve(
     config = configs.get()
     import uvicorn
 
-    from agent.api.app import create_app
     from agent.logs import configure_logging
+    from agent.service.app import create_app
 
     configure_logging(config.platform.logging.level, config.platform.logging.format)
     application = create_app(configs, run_dispatcher=not no_dispatch)
@@ -713,7 +713,7 @@ def keys_new(
     name: Annotated[str, typer.Argument(help="The key's name, as in platform.yml api.api_keys.")],
 ) -> None:
     """Print a fresh API key and the SHA-256 to put in the configuration."""
-    from agent.api.auth import key_hash, new_key
+    from agent.service.auth import key_hash, new_key
 
     key = new_key()
     stdout.print(Text(f"key (give it to the client; it is not stored): {key}"))
@@ -723,7 +723,7 @@ def keys_new(
 @keys_app.command("hash")
 def keys_hash() -> None:
     """Read a key on standard input and print its SHA-256 (for an existing secret)."""
-    from agent.api.auth import key_hash
+    from agent.service.auth import key_hash
 
     key = sys.stdin.readline().rstrip("\n")
     if not key:
@@ -743,8 +743,8 @@ def audit(
     as_json: JsonOption = False,
 ) -> None:
     """The audit trail: requests that changed something and every executed operation."""
-    from agent.audit import AuditLog
-    from agent.policy import sqlite_path
+    from agent.incidents.audit import AuditLog
+    from agent.safety.policy import sqlite_path
 
     config = _load(ctx)
     records = AuditLog(sqlite_path(config.platform.storage.url)).query(

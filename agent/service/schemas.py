@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent.store import ApprovalStatus, IncidentStatus
+from agent.incidents.storage import ApprovalStatus, IncidentStatus
 
 TargetName = str
 

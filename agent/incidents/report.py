@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from agent.conditions import items
-from agent.incident import Diagnosis, Observation, PhasePlan, StepDecision, Usage
+from agent.incidents.models import Diagnosis, Observation, PhasePlan, StepDecision, Usage
+from agent.planning.conditions import items
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!])")
 

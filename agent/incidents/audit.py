@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.store import connect, execute, where_clause
+from agent.incidents.storage import connect, execute, where_clause
 from infrastructure.redaction import mask_secrets
 
 

@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from agent.incident import IncidentContext, PlanStep
-from agent.policy import sqlite_path
+from agent.incidents.models import IncidentContext, PlanStep
+from agent.safety.policy import sqlite_path
 from infrastructure.configuration.loader import UICIConfig
 
 IncidentStatus = Literal[

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
-from agent.incident import (
+from agent.incidents.models import (
     Diagnosis,
     IncidentContext,
     Observation,
@@ -24,8 +24,8 @@ from agent.incident import (
     RecommendedStep,
     Usage,
 )
-from agent.llm import LLMClient, LLMFailure
-from agent.untrusted import Redactor, data_block, escape, estimate_tokens, reduce_lines
+from agent.planning.llm import LLMClient, LLMFailure
+from agent.planning.untrusted import Redactor, data_block, escape, estimate_tokens, reduce_lines
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.registry import OperationRegistry
 

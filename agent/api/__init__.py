@@ -1,1 +1,0 @@
-"""The UICI agent service: a FastAPI application (`uici serve`)."""

@@ -1,0 +1,5 @@
+"""The `uici` command."""
+
+from agent.cli.main import app, main
+
+__all__ = ["app", "main"]
