@@ -292,6 +292,10 @@ class SafetyPolicy(StrictModel):
     approval_timeout_seconds: PositiveSeconds
     max_write_steps_per_incident: int = Field(ge=0, le=100)
     cooldown_seconds: float = Field(ge=0, le=7 * 86_400)
+    max_targets_per_write: int = Field(ge=1, le=1000)
+    max_writes_per_target: int = Field(ge=1, le=1000)
+    write_window_seconds: float = Field(gt=0, le=30 * 86_400)
+    target_lock_wait_seconds: float = Field(ge=0, le=3600)
 
     @model_validator(mode="after")
     def _approval_within_allowed(self) -> SafetyPolicy:

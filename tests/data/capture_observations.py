@@ -20,11 +20,11 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
-from agent.investigation import Investigation, StepRunner, context_from_alert  # noqa: E402
-from agent.planner import DiagnosticPlanner  # noqa: E402
-from agent.policy import WriteHistory  # noqa: E402
+from agent.evaluation.failures import FailureLab  # noqa: E402
+from agent.incidents.context import Investigation, StepRunner, context_from_alert  # noqa: E402
+from agent.planning.planner import DiagnosticPlanner  # noqa: E402
+from agent.safety.policy import WriteHistory  # noqa: E402
 from infrastructure.configuration.loader import load_config  # noqa: E402
-from tests.failures import FailureLab  # noqa: E402
 
 ALERTS = {
     "missing_env": ("ServiceCrashLooping", "api", []),
