@@ -32,6 +32,7 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from agent.evaluation.failures import FailureLab  # noqa: E402
 from agent.incidents.models import AlertInfo, IncidentContext, PlanStep  # noqa: E402
+from agent.safety.gate import GateRequest  # noqa: E402
 from flows.diagnose import Services, diagnose_incident  # noqa: E402
 from infrastructure.configuration.loader import load_config  # noqa: E402
 from tasks.operations import run_read_step  # noqa: E402
@@ -79,8 +80,9 @@ def main() -> None:
             call = services.planner.policy.registry.validate(
                 "get_status", "local-docker", {}, target
             )
-            spec = services.runner.translator.translate(call)
-            executor = services.runner.executor("local-docker")
+            spec = services.gate.translator.translate(call)
+            executor = services.gate.executor("local-docker")
+            request = GateRequest(step=step, context=context, actor="bench", entry="flow")
 
             raw = []
             for _ in range(args.operations):
@@ -98,9 +100,8 @@ def main() -> None:
                         "local-docker",
                         "get_status",
                         target,
-                        step,
-                        context,
-                        services.runner,
+                        request,
+                        services.gate,
                     )
                     samples.append(time.perf_counter() - start)
                 return samples

@@ -1,5 +1,5 @@
-"""run_operation: one universal operation through the same validation, policy and audit path as
-an incident's steps (for the CLI, the API and `prefect deployment run`)."""
+"""run_operation: one universal operation through the execution gate, like every other entry
+point (for `prefect deployment run` and the UI); a write that needs approval pauses for it."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from agent.incidents.investigation import Investigation
 from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
-from agent.incidents.report import IncidentReport
-from flows.diagnose import Services, _remediate, run_environment_steps
+from flows.diagnose import Services
+from flows.steps import remediate, run_environment_steps
 from infrastructure.configuration.loader import load_config
 from infrastructure.configuration.models import RiskLevel
 
@@ -23,7 +24,6 @@ async def run_operation(
     parameters: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate, authorize and run one operation; a write that needs approval pauses for it."""
-    logger = get_run_logger()
     config = load_config()
     services = Services(config)
     environment = environment or config.platform.platform.default_environment
@@ -33,10 +33,9 @@ async def run_operation(
         environment=environment,
         service=target or "-",
     )
-    registry = services.planner.policy.registry
-    spec = registry.describe(operation)
+    risk = services.planner.policy.registry.describe(operation).risk
     step = PlanStep(
-        phase="triage" if spec.risk is RiskLevel.READ else "resolution",
+        phase="triage" if risk is RiskLevel.READ else "resolution",
         operation=operation,
         environment=environment,
         target=target,
@@ -44,35 +43,28 @@ async def run_operation(
         rationale="requested by a person",
         proposed_by="runbook",
     )
-    [decision] = services.planner.policy.review([step], context, None)
-    report = IncidentReport(
-        incident_id=context.incident_id,
-        alert=context.alert.model_dump(mode="json"),
-        environment=environment,
-        service=context.service,
-        dependencies=[],
-        diagnosis=None,
-        observations=[],
-        plans=[],
-    )
-    if decision.decision == "rejected":
-        logger.error("rejected: %s", "; ".join(decision.reasons))
-        services.runner.close()
-        return {"decision": decision.model_dump(mode="json"), "result": None}
-    if spec.risk is RiskLevel.READ:
-        [(_, result)] = await run_environment_steps(
-            "triage", environment, [step], context, services
-        )
-        services.runner.close()
+    run = Investigation(
+        config, services.store, services.planner, services.gate, context, services.actor,
+        entry="run-operation",
+    )  # fmt: skip
+    try:
+        [decision] = services.planner.policy.review([step], context, None)
+        if decision.decision == "rejected":
+            get_run_logger().error("rejected: %s", "; ".join(decision.reasons))
+            return {"decision": decision.model_dump(mode="json"), "result": None}
+        if risk is RiskLevel.READ:
+            [(_, result)] = await run_environment_steps("triage", environment, [step], run)
+            return {
+                "decision": decision.model_dump(mode="json"),
+                "result": result.model_dump(mode="json"),
+            }
+        services.store.open_incident(context)
+        await remediate(decision, run)
+        observations = run.report.observations
         return {
             "decision": decision.model_dump(mode="json"),
-            "result": result.model_dump(mode="json"),
+            "actions": [a.model_dump(mode="json") for a in run.report.actions],
+            "result": observations[-1].model_dump(mode="json") if observations else None,
         }
-    services.store.open_incident(context)
-    await _remediate(decision, context, None, services, report, logger)
-    services.runner.close()
-    return {
-        "decision": decision.model_dump(mode="json"),
-        "actions": [a.model_dump(mode="json") for a in report.actions],
-        "result": report.observations[-1].model_dump(mode="json") if report.observations else None,
-    }
+    finally:
+        services.gate.close()

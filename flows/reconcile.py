@@ -12,10 +12,9 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
-from agent.incidents.storage import IncidentStore
+from agent.incidents.storage import IncidentStore, WriteRecord
+from agent.safety.gate import ExecutionGate
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.executors.base import intent_value
-from infrastructure.executors.factory import create_executor
 
 _ACTIVE = ("open", "diagnosing", "awaiting_approval")
 
@@ -31,6 +30,7 @@ def run_budget_seconds(config: UICIConfig) -> float:
 
 async def reconcile_incidents(config: UICIConfig, now: float | None = None) -> list[dict[str, Any]]:
     store = IncidentStore.from_config(config)
+    gate = ExecutionGate(config, store)
     now = time.time() if now is None else now
     budget = run_budget_seconds(config)
     findings: list[dict[str, Any]] = []
@@ -65,33 +65,22 @@ async def reconcile_incidents(config: UICIConfig, now: float | None = None) -> l
                     reason = (
                         f"its flow run ended {state.type.value} before the incident was finished"
                     )
-                pending = [i for i in store.pending_intents() if i.incident_id == incident.id]
-                notes = [_resolve_intent(config, store, intent) for intent in pending]
+                unfinished = [
+                    w
+                    for state in ("pending", "unknown")
+                    for w in store.writes(state=state, incident_id=incident.id)
+                ]
+                notes = [_resolve(gate, write) for write in unfinished]
                 store.set_status(incident.id, "escalated")
                 findings.append({"incident": incident.id, "reason": reason, "intents": notes})
+    gate.close()
     return findings
 
 
-def _resolve_intent(config: UICIConfig, store: IncidentStore, intent: Any) -> str:
-    """A crashed run's pending remediation: observe the target, never repeat the call."""
-    step = intent.step
-    executor = create_executor(step.environment, config.environments.environments[step.environment])
-    try:
-        observed = executor.effect_observed(
-            step.operation,
-            step.target or "",
-            intent.recorded_at,
-            intent_value(intent.key, intent.recorded_at),
-        )
-    finally:
-        executor.close()
-    if observed:
-        store.finish_intent(
-            intent.key, "done", {"observed": True, "note": "found done by the reconciler"}
-        )
-        return f"{step.describe()}: took effect before the crash"
-    store.finish_intent(
-        intent.key, "failed", {"observed": observed, "note": "not executed; escalated"}
-    )
-    seen = "unknown" if observed is None else "not observed"
-    return f"{step.describe()}: did not take effect ({seen})"
+def _resolve(gate: ExecutionGate, write: WriteRecord) -> str:
+    """A crashed run's unfinished write: observe the target, never repeat the call."""
+    found = gate.resolve(write)
+    if found.state == "done":
+        return f"{write.step.describe()}: took effect before the crash"
+    seen = "unknown" if found.state == "unknown" else "not observed"
+    return f"{write.step.describe()}: did not take effect ({seen})"

@@ -1,20 +1,29 @@
 """health_sweep: check every service of every enabled environment, and open an incident (with a
-diagnosis) for each unhealthy one that no open incident already covers."""
+diagnosis) for each unhealthy one that no incident already covers. What is unhealthy, what
+covers a service and the alert a sweep incident carries are decided in agent/incidents/sweep.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.runtime import deployment
 
+from agent.incidents.context import LabelConventions
+from agent.incidents.investigation import Investigation
 from agent.incidents.models import PlanStep
-from agent.incidents.sweep import UnhealthyService, unhealthy_services
-from flows.diagnose import Services, diagnose_incident, run_environment_steps
+from agent.incidents.sweep import (
+    UnhealthyService,
+    open_sweep_incident,
+    select_for_diagnosis,
+    unhealthy_services,
+)
+from flows.diagnose import Services, diagnose_incident
 from flows.reconcile import reconcile_incidents
+from flows.steps import run_environment_steps
 from infrastructure.configuration.loader import load_config
 
 
@@ -43,10 +52,11 @@ async def health_sweep(
                 rationale="health sweep",
                 proposed_by="runbook",
             )
-            context = _sweep_context(environment)
-            [(_, result)] = await run_environment_steps(
-                "triage", environment, [step], context, services
-            )
+            run = Investigation(
+                config, services.store, services.planner, services.gate,
+                _sweep_context(environment), services.actor,
+            )  # fmt: skip
+            [(_, result)] = await run_environment_steps("triage", environment, [step], run)
             if not result.success:
                 logger.error(
                     "%s: %s", environment, result.error.message if result.error else "failed"
@@ -55,45 +65,48 @@ async def health_sweep(
             return unhealthy_services(environment, result.data or [], settings)
 
     found = [u for batch in await asyncio.gather(*(list_one(n) for n in names)) for u in batch]
-    started, skipped = [], []
-    to_diagnose = []
-    for unhealthy in found:
-        if services.store.open_for(unhealthy.environment, unhealthy.service):
-            skipped.append(unhealthy.service)
-            continue
-        to_diagnose.append(unhealthy)
+    to_diagnose, covered = select_for_diagnosis(found, services.store, settings)
+    for skip in covered:
+        logger.info("%s on %s: already covered, %s", skip.service, skip.environment, skip.reason)
+    conventions = LabelConventions.from_config(config)
 
     async def diagnose_one(unhealthy: UnhealthyService) -> str:
-        incident_id = f"sweep-{uuid.uuid4().hex[:10]}"
-        alert = {
-            "labels": {
-                "alertname": f"HealthSweep {unhealthy.reason}",
-                "service": unhealthy.service,
-                "uici_env": unhealthy.environment,
-            },
-            "annotations": {"summary": f"{unhealthy.service}: {unhealthy.reason}"},
+        # Stored before the diagnosis starts: the next sweep finds it even if it has not begun.
+        alert, context = open_sweep_incident(services.store, unhealthy, conventions, settings)
+        parameters: dict[str, Any] = {
+            "alert": alert,
+            "incident_id": context.incident_id,
+            "environment": context.environment,
+            "service": context.service,
         }
         async with limit:
             if deployment.id:
                 # Deployed: hand each diagnosis to the work pool instead of blocking the sweep.
                 name = f"diagnose-incident/{config.platform.prefect.deployments.diagnose_incident}"
-                await run_deployment(  # type: ignore[misc]
-                    name, parameters={"alert": alert, "incident_id": incident_id}, timeout=0
-                )
+                try:
+                    run = await run_deployment(name, parameters=parameters, timeout=0)  # type: ignore[misc]
+                except Exception:
+                    services.store.set_status(context.incident_id, "failed")
+                    logger.exception("could not start the diagnosis of %s", context.incident_id)
+                    raise
+                # The reconciler escalates the incident if this run never gets anywhere.
+                services.store.attach_flow_run(context.incident_id, str(run.id))
             else:
-                await diagnose_incident(alert=alert, incident_id=incident_id)
-        return incident_id
+                await diagnose_incident(**parameters)
+        return context.incident_id
 
+    started: list[str] = []
     if start_diagnoses:
         started = list(await asyncio.gather(*(diagnose_one(u) for u in to_diagnose)))
-    services.runner.close()
+    services.gate.close()
     escalated = await reconcile_incidents(config)
     for finding in escalated:
         logger.warning("escalated incident %s: %s", finding["incident"], finding["reason"])
     return {
         "unhealthy": [u.model_dump() for u in found],
         "incidents_started": started,
-        "already_covered": skipped,
+        "already_covered": [c.service for c in covered],
+        "covered_by": [c.model_dump() for c in covered],
         "escalated": escalated,
     }
 

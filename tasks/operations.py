@@ -1,28 +1,22 @@
-"""Prefect tasks that run universal operations: thin wrappers over agent/ and infrastructure/.
+"""Prefect tasks that run universal operations: thin wrappers over the execution gate.
 
 Each operation is one task run, named like a runbook line (`triage · local-docker · get_logs ·
 web`). Retries, their delays and the timeout come from operations.yml per operation, and only
-`retryable` errors are retried. Write operations run through the Remediator (intent before,
-outcome after) inside a strict global concurrency limit per target, so remediations on one
-service are serialised across all runs.
+`retryable` read errors are retried. Writes go through the same gate (intent before, outcome
+after, per-target lock in the store) and are never retried by Prefect: a write whose outcome is
+unknown is resolved by observation, not by sending it again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.orchestration import get_client
-from prefect.concurrency.asyncio import concurrency
 
-from agent.incidents.context import StepRunner
-from agent.incidents.models import IncidentContext, PlanStep, StepDecision
-from agent.safety.policy import Approval
-from agent.safety.remediation import RemediationOutcome, Remediator
-from infrastructure.configuration.models import OperationSpec, Runbook
+from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
+from infrastructure.configuration.models import OperationSpec
 from infrastructure.executors.base import OperationResult
 
 # Prefect's own deadline sits a little behind the executor's, so that an overrun is reported
@@ -40,9 +34,9 @@ class RetryableOperationError(Exception):
 
 
 class StepNotAuthorized(Exception):
-    def __init__(self, decision: StepDecision) -> None:
-        super().__init__(decision.policy)
-        self.decision = decision
+    def __init__(self, outcome: GateOutcome) -> None:
+        super().__init__(outcome.note)
+        self.outcome = outcome
 
 
 def _retry_only_retryable(task: Any, task_run: Any, state: Any) -> bool:
@@ -60,16 +54,15 @@ async def run_read_step(
     environment: str,
     operation: str,
     target: str | None,
-    step: PlanStep,
-    context: IncidentContext,
-    runner: StepRunner,
+    request: GateRequest,
+    gate: ExecutionGate,
 ) -> OperationResult:
-    decision, result = await asyncio.to_thread(runner.run, step, context, None)
-    if result is None:
-        raise StepNotAuthorized(decision)
-    if result.retryable:
-        raise RetryableOperationError(result)
-    return result
+    outcome = await asyncio.to_thread(gate.execute, request)
+    if outcome.result is None:
+        raise StepNotAuthorized(outcome)
+    if outcome.result.retryable:
+        raise RetryableOperationError(outcome.result)
+    return outcome.result
 
 
 def read_step_options(spec: OperationSpec) -> dict[str, Any]:
@@ -84,28 +77,13 @@ def read_step_options(spec: OperationSpec) -> dict[str, Any]:
     }
 
 
-def concurrency_name(environment: str, target: str | None) -> str:
-    """One global concurrency limit per remediated target (names: lowercase, digits, dashes)."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", f"{environment}-{target or 'none'}".lower()).strip("-")
-    return f"uici-remediate-{slug}"[:120]
-
-
 @task(cache_policy=NO_CACHE, task_run_name="{phase} · {environment} · {operation} · {target}")
 async def run_write_step(
     phase: str,
     environment: str,
     operation: str,
     target: str | None,
-    step: PlanStep,
-    context: IncidentContext,
-    runbook: Runbook | None,
-    approval: Approval | None,
-    remediator: Remediator,
-    wait_seconds: float,
-) -> RemediationOutcome:
-    name = concurrency_name(environment, target)
-    async with get_client() as client:
-        # The limit must exist, or a non-strict acquisition would silently not limit.
-        await client.upsert_global_concurrency_limit_by_name(name, 1)
-    async with concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True):
-        return await asyncio.to_thread(remediator.run, step, context, runbook, approval)
+    request: GateRequest,
+    gate: ExecutionGate,
+) -> GateOutcome:
+    return await asyncio.to_thread(gate.execute, request)

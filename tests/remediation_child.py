@@ -6,22 +6,19 @@ Prints the outcome as JSON when it does not die.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
-from agent.incidents.context import StepRunner
 from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
 from agent.incidents.storage import IncidentStore
-from agent.safety.policy import SafetyPolicy, WriteHistory
-from agent.safety.remediation import Remediator
+from agent.safety.gate import ExecutionGate, GateRequest
 from infrastructure.configuration.loader import load_config
 
 
 def main() -> None:
     storage_url, target, boundary = sys.argv[1:4]
     config = load_config(environ={"UICI_STORAGE_URL": storage_url})
-    policy = SafetyPolicy(config, WriteHistory.from_config(config))
-    runner = StepRunner(config, policy)
     store = IncidentStore.from_config(config)
 
     def checkpoint(reached: str) -> None:
@@ -47,9 +44,11 @@ def main() -> None:
         proposed_by="runbook",
     )
     runbook = next(r for r in config.agents.runbooks if r.name == "service-down")
-    outcome = Remediator(store, runner, checkpoint=checkpoint).run(step, context, runbook)
-    runner.close()
-    print(outcome.model_dump_json())
+    gate = ExecutionGate(config, store, checkpoint=checkpoint)
+    request = GateRequest(step=step, context=context, actor="test", entry="flow", runbook=runbook)
+    outcome = gate.execute(request)
+    gate.close()
+    print(json.dumps({"executed": outcome.executed, "outcome": outcome.outcome}))
 
 
 if __name__ == "__main__":

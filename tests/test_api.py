@@ -390,7 +390,7 @@ def test_operations_need_the_right_scope_and_pass_the_policy(
     unapproved = client.post(
         "/operations/restart_service/run", json=write, headers=auth("operator")
     )
-    assert unapproved.status_code == 409 and "requires approval" in unapproved.json()["error"]
+    assert unapproved.status_code == 409 and "approval needed" in unapproved.json()["error"]
     with db(tmp_path) as conn:
         refused = conn.execute(
             "SELECT actor, result FROM audit WHERE action = 'operation.restart_service'"

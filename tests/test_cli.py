@@ -198,16 +198,16 @@ def test_run_bad_input_exits_2_with_the_reason(args: list[str], message: str) ->
 def test_run_refuses_what_the_policy_does_not_allow() -> None:
     result = invoke("run", "stop_service", "-t", "web")
     assert result.exit_code == 2
-    assert "denied: destructive operations are not allowed in local-docker" in result.stderr
+    assert (
+        "refused: destructive operations are not allowed here (environments.local-docker.policy.allowed_risks)"
+        in result.stderr
+    )
 
 
 def test_run_asks_for_approval_of_a_write_operation() -> None:
     result = invoke("run", "restart_service", "-t", "web")
     assert result.exit_code == 2
-    assert (
-        "requires approval: review `docker restart --time 10 web` and re-run with --yes"
-        in result.stderr
-    )
+    assert "review `docker restart --time 10 web` and re-run with --yes" in result.stderr
 
 
 def test_run_reports_a_missing_executor_as_a_failed_operation(tmp_path: Path) -> None:
@@ -224,7 +224,7 @@ def test_run_reports_a_missing_executor_as_a_failed_operation(tmp_path: Path) ->
         factory._EXECUTOR_CLASSES.clear()
         factory._EXECUTOR_CLASSES.update(saved[1])
     assert result.exit_code == 1
-    assert "cannot run get_status on local-docker" in result.stderr
+    assert "local-docker: the docker executor" in result.stderr
 
 
 def test_help_and_unknown_command() -> None:

@@ -358,7 +358,13 @@ def test_the_reconciler_escalates_runs_that_died(lab: FailureLab, flow_env: Path
         target=target,
         proposed_by="runbook",
     )
-    store.begin_intent("intent-stuck", "stuck", step, at=time.time() - 3600)
+    from agent.incidents.storage import WriteRecord
+
+    stuck = WriteRecord(
+        key="intent-stuck", incident_id="stuck", step=step, state="pending", actor="flow",
+        entry="flow", recorded_at=time.time() - 3600,
+    )  # fmt: skip
+    assert store.begin_write(stuck, 0.0, lambda facts: None) is None
 
     findings = asyncio.run(
         reconcile_incidents(config, now=time.time() + run_budget_seconds(config) + 60)
@@ -368,7 +374,7 @@ def test_the_reconciler_escalates_runs_that_died(lab: FailureLab, flow_env: Path
     assert "ended CRASHED" in by_incident["dead"]["reason"]
     assert by_incident["stuck"]["intents"] == [f"{step.describe()}: took effect before the crash"]
     assert store.get("stuck").status == "escalated" and store.get("dead").status == "escalated"  # type: ignore[union-attr]
-    assert store.intent("intent-stuck").state == "done"  # type: ignore[union-attr]
+    assert store.write("intent-stuck").state == "done"  # type: ignore[union-attr]
 
     async def state_of(run_id: str) -> str:
         async with get_client() as client:

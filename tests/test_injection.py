@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from agent.incidents.models import PHASES, AlertInfo, IncidentContext, Observation, PhasePlan
+from agent.incidents.storage import IncidentStore
 from agent.planning.planner import DiagnosticPlanner
-from agent.safety.policy import SafetyPolicy, WriteHistory
+from agent.safety.policy import SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.conftest import DATA, SHIPPED_CONFIG
 from tests.llm_server import FakeLLMServer, Reply, Request, chat
@@ -160,7 +161,7 @@ def test_compromised_llm_cannot_get_past_the_policy(
 
     # Shipped policy: local-docker allows runbook auto-approval.
     config = load_config(SHIPPED_CONFIG, environ=llm_env)
-    planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
+    planner = DiagnosticPlanner(config, IncidentStore.from_config(config))
     plans = run_all_phases(planner, context, observations)
     assert all(p.planner == "llm" for p in plans), [p.notes for p in plans]
     check_invariants(plans, context, config)
@@ -169,7 +170,7 @@ def test_compromised_llm_cannot_get_past_the_policy(
 
     # The LLM's recommended actions are proposals too: review them like any step.
     diagnosis = planner.diagnose(context, observations)
-    policy = SafetyPolicy(config, WriteHistory.from_config(config))
+    policy = SafetyPolicy(config, IncidentStore.from_config(config))
     from agent.incidents.models import PlanStep
 
     recommended = [
@@ -199,7 +200,7 @@ def test_compromised_llm_cannot_get_past_the_policy(
 
     # Strict policy: no auto-approval anywhere, so no write is accepted at all.
     strict = strict_config(shipped_config_dir, llm_env)
-    strict_planner = DiagnosticPlanner(strict, WriteHistory.from_config(strict))
+    strict_planner = DiagnosticPlanner(strict, IncidentStore.from_config(strict))
     strict_plans = run_all_phases(strict_planner, context, observations)
     accepted_writes = [
         d
@@ -219,7 +220,7 @@ def test_the_runbook_planner_is_not_steered_by_injected_text(
 ) -> None:
     context, observations = build(case)
     config = load_config(SHIPPED_CONFIG, environ=planning_env)
-    planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
+    planner = DiagnosticPlanner(config, IncidentStore.from_config(config))
     plans = run_all_phases(planner, context, observations)
     assert all(p.planner == "runbook" for p in plans)
     check_invariants(plans, context, config)

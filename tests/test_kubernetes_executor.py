@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from agent.cli.main import app
+from agent.incidents.storage import IncidentStore
 from infrastructure.configuration.loader import UICIConfig, load_config
 from infrastructure.executors.base import ErrorKind, ExecutorError, intent_value
 from infrastructure.executors.factory import create_executor
@@ -422,15 +423,13 @@ def test_the_client_retries_only_connections_itself(executor: KubernetesExecutor
 def test_a_restart_remediation_happens_once_even_across_a_crash(
     double: KubeDouble, config_dir: Path, tmp_path: Path
 ) -> None:
-    from agent.incidents.context import StepRunner
     from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
-    from agent.incidents.storage import IncidentStore
-    from agent.safety.policy import Approval, SafetyPolicy, WriteHistory
-    from agent.safety.remediation import Remediator
+    from agent.safety.gate import ExecutionGate, GateRequest
+    from agent.safety.policy import Approval, SafetyPolicy
 
     scenarios.rolled_out_twice_deployment(double, "shop")
     config = load_config(config_dir, environ={"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/u.db"})
-    policy = SafetyPolicy(config, WriteHistory.from_config(config))
+    policy = SafetyPolicy(config, IncidentStore.from_config(config))
     store = IncidentStore.from_config(config)
     context = IncidentContext(
         incident_id="inc-k8s",
@@ -456,20 +455,20 @@ def test_a_restart_remediation_happens_once_even_across_a_crash(
 
     before = revision()
     double.clear_requests()
-    runner = StepRunner(config, policy)
+    request = GateRequest(step=step, context=context, actor="sre", entry="flow", approval=approval)
     with pytest.raises(SystemExit):
-        Remediator(store, runner, checkpoint=crash_after_call).run(step, context, None, approval)
-    [pending] = store.pending_intents()
+        ExecutionGate(config, store, checkpoint=crash_after_call).execute(request)
+    [pending] = store.writes(state="pending")
     assert revision() == before + 1
     annotation = double.get("apps/v1", "Deployment", "shop")["spec"]["template"]["metadata"][  # type: ignore[index]
         "annotations"
     ][RESTARTED_AT]
     assert annotation.startswith(pending.key + "@")
 
-    recovered = Remediator(store, StepRunner(config, policy)).run(step, context, None, approval)
-    assert recovered.recovered and not recovered.executed
-    again = Remediator(store, StepRunner(config, policy)).run(step, context, None, approval)
-    assert not again.executed
+    recovered = ExecutionGate(config, store).execute(request)
+    assert recovered.outcome == "recovered" and not recovered.executed
+    again = ExecutionGate(config, store).execute(request)
+    assert again.outcome == "already_done" and not again.executed
     assert revision() == before + 1
     assert len([r for r in double.requests if r.method == "PATCH"]) == 1
 

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from agent.incidents.models import AlertInfo, IncidentContext, Observation
+from agent.incidents.storage import IncidentStore
 from agent.planning.llm import LLMClient, LLMFailure
 from agent.planning.planner import DiagnosticPlanner
-from agent.safety.policy import WriteHistory
 from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.conftest import SENTINEL_LLM_KEY, SHIPPED_CONFIG
 from tests.llm_server import FakeLLMServer, Reply, chat, error, message
@@ -85,7 +85,7 @@ OBSERVATIONS = [
 
 def make(env: dict[str, str], **overrides: str) -> tuple[UICIConfig, DiagnosticPlanner]:
     config = load_config(SHIPPED_CONFIG, environ={**env, **overrides})
-    return config, DiagnosticPlanner(config, WriteHistory.from_config(config))
+    return config, DiagnosticPlanner(config, IncidentStore.from_config(config))
 
 
 def test_a_plan_from_the_llm_with_usage_and_the_configured_request(
@@ -123,7 +123,7 @@ def test_cost_comes_from_the_price_table(
         )
     )
     config = load_config(shipped_config_dir, environ=llm_env)
-    planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
+    planner = DiagnosticPlanner(config, IncidentStore.from_config(config))
     fake_llm.queue(chat(PLAN, prompt_tokens=1_000_000, completion_tokens=100_000))
     plan = planner.plan_phase(ctx(), "triage", [])
     assert plan.usage.cost == pytest.approx(2.5 + 1.0)

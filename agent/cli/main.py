@@ -325,9 +325,13 @@ def run(
             "--yes", help="Approve an operation the environment's policy requires approval for."
         ),
     ] = False,
+    incident: Annotated[
+        str | None,
+        typer.Option("--incident", help="Count a write against this incident's budget."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate, translate and run one universal operation."""
+    """Validate, translate and run one universal operation through the execution gate."""
     config = _load(ctx)
     environment = env or config.platform.platform.default_environment
     registry = OperationRegistry.from_config(config)
@@ -348,43 +352,90 @@ def run(
             stdout.print(Text(f"risk:     {spec.risk.value}"))
         return
 
-    _check_policy(config, spec, yes)
-    _execute(config, spec, as_json)
+    _run_through_gate(config, spec, call.parameters, yes, incident, as_json)
 
 
-def _check_policy(config: UICIConfig, spec: CommandSpec, approved: bool) -> None:
-    """The environment's policy for a person at the terminal: they are the approver."""
-    policy = config.environments.environments[spec.environment].policy
-    if spec.risk not in policy.allowed_risks:
-        _fail(
-            f"denied: {spec.risk.value} operations are not allowed in {spec.environment} "
-            f"(environments.{spec.environment}.policy.allowed_risks)"
-        )
-    if spec.risk in policy.approval_required and not approved:
-        _fail(
-            f"{spec.operation} is a {spec.risk.value} operation and {spec.environment} requires "
-            f"approval: review `{spec.command_line()}` and re-run with --yes"
-        )
+def _run_through_gate(
+    config: UICIConfig,
+    spec: CommandSpec,
+    parameters: dict[str, Any],
+    approved: bool,
+    incident: str | None,
+    as_json: bool,
+) -> None:
+    """The execution gate, as for every other entry point; the person at the terminal is the
+    actor, and with --yes the approver. Imported here so that listing and dry runs never load
+    an executor or its SDK."""
+    import getpass
+    import sqlite3
+    import uuid
 
+    from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
+    from agent.incidents.storage import IncidentStore
+    from agent.safety.gate import ExecutionGate, GateRequest
+    from agent.safety.policy import Approval
 
-def _execute(config: UICIConfig, spec: CommandSpec, as_json: bool) -> None:
-    # Imported here so that listing and dry runs never load an executor or its SDK.
-    from infrastructure.executors.factory import ExecutorUnavailable, create_executor
-
-    environment = config.environments.environments[spec.environment]
     try:
-        executor = create_executor(spec.environment, environment)
-    except ExecutorUnavailable as exc:
-        _fail(f"cannot run {spec.operation} on {spec.environment}: {exc}", EXIT_FAILED)
+        store = IncidentStore.from_config(config)
+        known = store.get(incident) if incident else None
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        _fail(
+            f"refused: the incident store ({config.platform.storage.url}) cannot be used: {exc}; "
+            "without it no operation is recorded, so none runs (platform.yml: storage.url)"
+        )
+    if incident and known is None:
+        _fail(f"no incident {incident!r} (uici incidents list)")
+    actor = f"cli:{getpass.getuser()}"
+    context = (
+        known.context
+        if known is not None
+        else IncidentContext(
+            incident_id=f"cli-{uuid.uuid4().hex[:10]}",
+            alert=AlertInfo(labels={"alertname": "manual-operation"}),
+            environment=spec.environment,
+            service=spec.target or "-",
+        )
+    )
+    write = spec.risk is not RiskLevel.READ
+    step = PlanStep(
+        phase="resolution" if write else "triage",
+        operation=spec.operation,
+        environment=spec.environment,
+        target=spec.target,
+        parameters=parameters,
+        rationale="requested at the terminal",
+        proposed_by="runbook",
+    )
+    gate = ExecutionGate(config, store)
+    approval = None
+    if approved:
+        approval = Approval(
+            step_key=step.key(), approved_by=actor, expires_at=gate.policy.approval_expiry(step)
+        )
+    request = GateRequest(
+        step=step,
+        context=context,
+        actor=actor,
+        entry="cli",
+        approval=approval,
+        intent_key=f"cli-{uuid.uuid4().hex}",
+    )
     try:
-        result = executor.execute(spec)
+        outcome = gate.execute(request)
     finally:
-        executor.close()
+        gate.close()
+    if outcome.result is None:
+        hint = ""
+        if outcome.refused_by == "approval":
+            hint = f": review `{spec.command_line()}` and re-run with --yes"
+        _fail(f"refused: {outcome.note}{hint}")
     if as_json:
-        _print_json(result.model_dump(mode="json"))
+        _print_json({**outcome.result.model_dump(mode="json"), "outcome": outcome.outcome})
     else:
-        _print_result(result)
-    raise typer.Exit(EXIT_OK if result.success else EXIT_FAILED)
+        _print_result(outcome.result)
+        if outcome.note:
+            stderr.print(Text(outcome.note))
+    raise typer.Exit(EXIT_OK if outcome.result.success else EXIT_FAILED)
 
 
 def _print_result(result: Any) -> None:
@@ -460,18 +511,19 @@ def plan(
     as_json: JsonOption = False,
 ) -> None:
     """Plan the four phases for an alert (and diagnose, given observations). Runs nothing."""
-    from agent.incidents.context import context_from_alert, load_observations
+    from agent.incidents.context import LabelConventions, context_from_alert, load_observations
     from agent.incidents.models import PHASES
+    from agent.incidents.storage import IncidentStore
     from agent.planning.planner import DiagnosticPlanner
-    from agent.safety.policy import WriteHistory
 
     config = _load(ctx)
     try:
         alert_data = json.loads(alert.read_text())
         context = context_from_alert(
             alert_data,
-            env or config.platform.platform.default_environment,
+            LabelConventions.from_config(config),
             dependencies=dependency or [],
+            environment=env,
         )
         if env:
             context = context.model_copy(update={"environment": env})
@@ -480,7 +532,7 @@ def plan(
         _fail(f"bad input: {exc}")
     if context.environment not in config.environments.environments:
         _fail(f"unknown environment {context.environment!r}")
-    planner = DiagnosticPlanner(config, WriteHistory.from_config(config))
+    planner = DiagnosticPlanner(config, IncidentStore.from_config(config))
     plans = [planner.plan_phase(context, phase, seen) for phase in PHASES]
     diagnosis = planner.diagnose(context, seen) if observations else None
     usage = planner.incident_usage(context.incident_id)
@@ -744,7 +796,7 @@ def audit(
 ) -> None:
     """The audit trail: requests that changed something and every executed operation."""
     from agent.incidents.audit import AuditLog
-    from agent.safety.policy import sqlite_path
+    from agent.incidents.storage import sqlite_path
 
     config = _load(ctx)
     records = AuditLog(sqlite_path(config.platform.storage.url)).query(

@@ -1,61 +1,140 @@
-"""Running a diagnosis through the four phases, independent of Prefect.
-
-`Investigation.run` plans each phase, executes the accepted steps through `execute_step`
-(which authorizes every step again immediately before it runs), feeds the observations to the
-next round and phase, and ends with a diagnosis. Steps that need approval are recorded as
-pending and not run here; the orchestration layer pauses for them.
-"""
+"""An incident's context from an alert, and observations from operation results."""
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from agent.incidents.models import (
-    PHASES,
-    AlertInfo,
-    Diagnosis,
-    IncidentContext,
-    Observation,
-    PhasePlan,
-    PlanStep,
-    StepDecision,
-    Usage,
-)
-from agent.planning.planner import DiagnosticPlanner
-from agent.safety.policy import Approval, SafetyPolicy
+from agent.incidents.models import AlertInfo, IncidentContext, Observation, PlanStep
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.configuration.models import Runbook
-from infrastructure.executors.base import EnvironmentExecutor, OperationResult
-from infrastructure.executors.factory import create_executor
-from infrastructure.translator import CommandTranslator
+from infrastructure.configuration.models import AlertMapping, EnvironmentType
+from infrastructure.executors.base import OperationResult
 
-# Alert labels that name the service, in order of preference.
-SERVICE_LABELS = ("service", "container", "app", "job")
+
+class AlertTarget(BaseModel):
+    """Where an alert points: its environment, its target and the target's dependencies."""
+
+    environment: str
+    target: str
+    dependencies: list[str] = Field(default_factory=list)
+
+
+class UnmappedAlert(ValueError):
+    """The label conventions map an alert to no environment or no target; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LabelConventions:
+    """platform.yml `alerts:`: which labels name an alert's environment, target, namespace and
+    dependencies. Built once from the configuration, and the one mapping the webhook intake,
+    the incident flow and the health sweep use."""
+
+    def __init__(
+        self,
+        settings: AlertMapping,
+        default_environment: str,
+        kubernetes_environments: Collection[str] = (),
+    ) -> None:
+        self.settings = settings
+        self.default_environment = default_environment
+        self.kubernetes_environments = frozenset(kubernetes_environments)
+        self._rules = [
+            ({label: re.compile(rx) for label, rx in rule.match.items()}, rule.environment)
+            for rule in settings.rules
+        ]
+
+    @classmethod
+    def from_config(cls, config: UICIConfig) -> LabelConventions:
+        kubernetes = [
+            name
+            for name, spec in config.environments.environments.items()
+            if spec.type is EnvironmentType.KUBERNETES
+        ]
+        return cls(config.platform.alerts, config.platform.platform.default_environment, kubernetes)
+
+    def map(
+        self,
+        labels: Mapping[str, str],
+        environment: str | None = None,
+        target: str | None = None,
+    ) -> AlertTarget:
+        """The environment, target and dependencies an alert's labels name. An `environment`
+        or `target` the caller already knows wins over the labels. Raises UnmappedAlert."""
+        environment = environment or self.environment(labels)
+        if environment is None:
+            raise UnmappedAlert(
+                "no environment: none of the labels "
+                f"{self.settings.environment_labels} is set and no alerts.rules entry matches"
+            )
+        if not target:
+            name = next((labels[n] for n in self.settings.target_labels if labels.get(n)), None)
+            if name is None:
+                raise UnmappedAlert(
+                    f"no target: none of the labels {self.settings.target_labels} is set, "
+                    "so the alert names no service (platform.yml alerts.target_labels)"
+                )
+            namespace = labels.get(self.settings.namespace_label or "", "")
+            namespaced = environment in self.kubernetes_environments and "/" not in name
+            target = f"{namespace}/{name}" if namespace and namespaced else name
+        return AlertTarget(
+            environment=environment, target=target, dependencies=self.dependencies(labels)
+        )
+
+    def environment(self, labels: Mapping[str, str]) -> str | None:
+        """The first environment label set; else the first matching rule; else the default."""
+        for label in self.settings.environment_labels:
+            if labels.get(label):
+                return labels[label]
+        for patterns, environment in self._rules:
+            if all(
+                label in labels and rx.fullmatch(labels[label]) for label, rx in patterns.items()
+            ):
+                return environment
+        return self.default_environment if self.settings.use_default_environment else None
+
+    def declared_dependencies(self, labels: Mapping[str, str]) -> str:
+        return labels.get(self.settings.dependencies_label or "", "")
+
+    def dependencies(self, labels: Mapping[str, str]) -> list[str]:
+        declared = self.declared_dependencies(labels)
+        return [d.strip() for d in declared.split(",") if d.strip()]
+
+    def labels_for(self, environment: str, target: str) -> dict[str, str]:
+        """Labels that name this environment and target, for alerts UICI makes itself."""
+        labels = {self.settings.target_labels[0]: target}
+        if self.settings.environment_labels:
+            labels[self.settings.environment_labels[0]] = environment
+        return labels
 
 
 def context_from_alert(
     alert: dict[str, Any],
-    default_environment: str,
+    conventions: LabelConventions,
     incident_id: str | None = None,
     dependencies: Sequence[str] = (),
+    environment: str | None = None,
+    service: str | None = None,
 ) -> IncidentContext:
-    """An incident context from one Alertmanager alert (or a webhook body's first alert)."""
+    """An incident context from one Alertmanager alert (or a webhook body's first alert),
+    mapped by the configured label conventions. `environment`, `service` and `dependencies`
+    from a caller that already mapped the alert (the service's dispatcher, the health sweep)
+    or names them (a manual run, `uici plan --env`) win over the labels."""
     if "alerts" in alert and isinstance(alert["alerts"], list):
         if not alert["alerts"]:
             raise ValueError("the webhook body has no alerts")
         alert = alert["alerts"][0]
     labels = {str(k): str(v) for k, v in (alert.get("labels") or {}).items()}
     annotations = {str(k): str(v) for k, v in (alert.get("annotations") or {}).items()}
-    service = next((labels[name] for name in SERVICE_LABELS if labels.get(name)), None)
-    if service is None:
-        raise ValueError(f"the alert names no service (labels: {', '.join(SERVICE_LABELS)})")
-    declared = labels.get("uici_dependencies", "")
+    mapped = conventions.map(labels, environment=environment, target=service)
     return IncidentContext(
         incident_id=incident_id or f"inc-{uuid.uuid4().hex[:10]}",
         alert=AlertInfo(
@@ -65,9 +144,9 @@ def context_from_alert(
             fingerprint=alert.get("fingerprint"),
             starts_at=alert.get("startsAt"),
         ),
-        environment=labels.get("uici_env") or default_environment,
-        service=service,
-        dependencies=list(dependencies) or [d for d in declared.split(",") if d],
+        environment=mapped.environment,
+        service=mapped.target,
+        dependencies=list(dependencies) or mapped.dependencies,
     )
 
 
@@ -103,98 +182,3 @@ def observation_from_result(
         if result.error is None
         else f"{result.error.kind.value}: {result.error.message}",
     )
-
-
-class StepRunner:
-    """Executes a step only after `SafetyPolicy.authorize` accepts it, right before the call."""
-
-    def __init__(self, config: UICIConfig, policy: SafetyPolicy) -> None:
-        self.config = config
-        self.policy = policy
-        self.translator = CommandTranslator.from_config(config)
-        self._executors: dict[str, EnvironmentExecutor] = {}
-
-    def executor(self, environment: str) -> EnvironmentExecutor:
-        if environment not in self._executors:
-            self._executors[environment] = create_executor(
-                environment, self.config.environments.environments[environment]
-            )
-        return self._executors[environment]
-
-    def run(
-        self,
-        step: PlanStep,
-        context: IncidentContext,
-        runbook: Runbook | None,
-        approval: Approval | None = None,
-        intent: str | None = None,
-    ) -> tuple[StepDecision, OperationResult | None]:
-        """`intent`: the remediation intent ("<key>@<time>") a write is made under; executors
-        that can make a write idempotent use it (a Kubernetes restart writes it as its
-        restartedAt annotation)."""
-        decision = self.policy.authorize(step, context, runbook, approval)
-        if decision.decision != "accepted":
-            return decision, None
-        call = self.policy.registry.validate(
-            step.operation, step.environment, step.parameters, step.target
-        )
-        spec = self.translator.translate(call, {"intent": intent} if intent else None)
-        result = self.executor(step.environment).execute(spec)
-        if result.success:
-            self.policy.record_executed(context, step)
-        return decision, result
-
-    def close(self) -> None:
-        for executor in self._executors.values():
-            executor.close()
-
-
-class InvestigationRecord(BaseModel):
-    context: IncidentContext
-    plans: list[PhasePlan] = Field(default_factory=list)
-    observations: list[Observation] = Field(default_factory=list)
-    pending_approval: list[StepDecision] = Field(default_factory=list)
-    diagnosis: Diagnosis | None = None
-    usage: Usage = Field(default_factory=Usage)
-
-
-class Investigation:
-    def __init__(self, config: UICIConfig, planner: DiagnosticPlanner, runner: StepRunner) -> None:
-        self.config = config
-        self.planner = planner
-        self.runner = runner
-
-    def run(
-        self,
-        context: IncidentContext,
-        on_plan: Callable[[PhasePlan], None] | None = None,
-    ) -> InvestigationRecord:
-        record = InvestigationRecord(context=context)
-        runbook = self.planner.runbooks.match(context)
-        rounds = self.config.agents.diagnostic_agent.max_llm_iterations_per_phase
-        for phase in PHASES:
-            planned = 0
-            for iteration in range(rounds):
-                plan = self.planner.plan_phase(
-                    context, phase, record.observations, iteration, planned
-                )
-                record.plans.append(plan)
-                if on_plan is not None:
-                    on_plan(plan)
-                planned += len(plan.decisions)
-                record.pending_approval.extend(plan.needs_approval)
-                for step in plan.accepted:
-                    decision, result = self.runner.run(step, context, runbook)
-                    if result is None:
-                        if decision.decision == "needs_approval":
-                            record.pending_approval.append(decision)
-                        continue
-                    observation_id = f"obs-{len(record.observations) + 1}"
-                    record.observations.append(
-                        observation_from_result(observation_id, step, result)
-                    )
-                if plan.done or plan.planner == "runbook":
-                    break
-        record.diagnosis = self.planner.diagnose(context, record.observations)
-        record.usage = self.planner.incident_usage(context.incident_id)
-        return record

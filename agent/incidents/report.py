@@ -48,6 +48,12 @@ class IncidentReport(BaseModel):
     flow_run_url: str | None = None
 
 
+def artifact_key(incident_id: str, suffix: str = "") -> str:
+    """The Prefect artifact key of an incident's report (lowercase, digits, dashes)."""
+    key = re.sub(r"[^a-z0-9-]+", "-", f"incident-{incident_id}{suffix}".lower()).strip("-")
+    return key[:100]
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

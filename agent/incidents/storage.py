@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -19,13 +19,16 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from agent.incidents.models import IncidentContext, PlanStep
-from agent.safety.policy import sqlite_path
 from infrastructure.configuration.loader import UICIConfig
+from infrastructure.executors.base import ResolvedTarget
 
 IncidentStatus = Literal[
     "open", "diagnosing", "awaiting_approval", "diagnosed", "resolved", "failed", "escalated"
 ]
-IntentState = Literal["pending", "done", "failed"]
+WriteState = Literal["pending", "done", "failed", "unknown"]
+# States that mean the write was (or may have been) sent: they count against the cool-down and
+# the budgets, and hold the target's lock while pending.
+SENT_STATES: tuple[WriteState, ...] = ("pending", "done", "unknown")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -127,16 +130,43 @@ CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TABLE IF NOT EXISTS intents (
+-- Every write any entry point sends, recorded before it is sent (its remediation intent) and
+-- finished after: pending -> done | failed | unknown. Cool-down, budgets and the per-target
+-- lock read it; `write_targets` holds what the write really touches (container ids, the
+-- Kubernetes workload, the OCI instance), so `web`, its container id and `project/web` meet.
+CREATE TABLE IF NOT EXISTS writes (
     key TEXT PRIMARY KEY,
-    incident_id TEXT NOT NULL,
+    incident_id TEXT,
+    environment TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    target TEXT,
     step TEXT NOT NULL,
     state TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    entry TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     finished_at REAL,
     outcome TEXT
 );
+CREATE INDEX IF NOT EXISTS writes_incident ON writes (incident_id, state);
+CREATE INDEX IF NOT EXISTS writes_state ON writes (state);
+CREATE TABLE IF NOT EXISTS write_targets (
+    write_key TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (write_key, identity)
+);
+CREATE INDEX IF NOT EXISTS write_targets_identity ON write_targets (environment, identity, at);
 """
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> a path."""
+    if not url.startswith("sqlite:///"):
+        raise ValueError(f"storage.url {url!r}: only sqlite:/// URLs are supported")
+    return Path(url.removeprefix("sqlite:///"))
 
 
 @contextmanager
@@ -197,14 +227,27 @@ class IncidentRecord(BaseModel):
     updated_at: float
 
 
-class Intent(BaseModel):
+class WriteRecord(BaseModel):
     key: str
-    incident_id: str
+    incident_id: str | None
     step: PlanStep
-    state: IntentState
+    state: WriteState
+    actor: str
+    entry: str
     recorded_at: float
     finished_at: float | None = None
     outcome: dict[str, Any] | None = None
+    targets: list[ResolvedTarget] = []
+
+
+class WriteFacts(BaseModel):
+    """What the write history says about a write about to be sent, read in its transaction."""
+
+    incident_writes: int  # writes sent in this incident
+    last_write: WriteRecord | None  # the latest write sent on any of the targets
+    writes_in_window: int  # writes sent on any of the targets since the window's start
+    in_progress: list[WriteRecord]  # pending writes on any of the targets (they hold the lock)
+    unresolved: list[WriteRecord]  # writes on the targets whose outcome is unknown
 
 
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "cancelled"]
@@ -392,45 +435,160 @@ class IncidentStore:
             for r in rows
         ]
 
-    # --- remediation intents ----------------------------------------------------------
+    # --- writes: intents, outcomes, history ------------------------------------------
 
-    def begin_intent(self, key: str, incident_id: str, step: PlanStep, at: float) -> Intent:
-        """Record the intent before the call; an existing intent with this key is returned as is."""
+    def begin_write(
+        self,
+        record: WriteRecord,
+        window_start: float,
+        check: Callable[[WriteFacts], str | None],
+    ) -> str | None:
+        """Record a write before it is sent, unless `check` (the policy) refuses it given the
+        history: both in one BEGIN IMMEDIATE transaction, so two writers racing for one target
+        cannot both pass. Returns the refusal, or None when recorded."""
+        with self.transaction() as db:
+            facts = self._write_facts(db, record, window_start)
+            refusal = check(facts)
+            if refusal is not None:
+                return refusal
+            db.execute(
+                "INSERT INTO writes VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, NULL, NULL)",
+                (
+                    record.key,
+                    record.incident_id,
+                    record.step.environment,
+                    record.step.operation,
+                    record.step.target,
+                    record.step.model_dump_json(),
+                    record.actor,
+                    record.entry,
+                    record.recorded_at,
+                ),
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO write_targets VALUES (?, ?, ?, ?, ?)",
+                [
+                    (record.key, record.step.environment, t.identity, t.name, record.recorded_at)
+                    for t in record.targets
+                ],
+            )
+        return None
+
+    def write_facts(self, record: WriteRecord, window_start: float) -> WriteFacts:
+        with self._db() as db:
+            return self._write_facts(db, record, window_start)
+
+    def _write_facts(
+        self, db: sqlite3.Connection, record: WriteRecord, window_start: float
+    ) -> WriteFacts:
+        sent = ",".join(f"'{s}'" for s in SENT_STATES)
+        incident_writes = 0
+        if record.incident_id is not None:
+            incident_writes = db.execute(
+                f"SELECT COUNT(*) FROM writes WHERE incident_id = ? AND state IN ({sent})",  # noqa: S608 - fixed states
+                (record.incident_id,),
+            ).fetchone()[0]
+        identities = [t.identity for t in record.targets]
+        marks = ",".join("?" for _ in identities)
+        # Only placeholders are formatted into the query.
+        on_targets = (
+            "SELECT DISTINCT w.* FROM writes w JOIN write_targets t ON t.write_key = w.key"  # noqa: S608
+            " WHERE t.environment = ? AND t.identity IN (" + marks + ") AND w.key != ?"
+        )
+        values = (record.step.environment, *identities, record.key)
+        rows = (
+            []
+            if not identities
+            else db.execute(
+                f"{on_targets} AND w.state IN ({sent}) ORDER BY w.recorded_at DESC", values
+            ).fetchall()
+        )
+        writes = [self._write(db, row) for row in rows]
+        return WriteFacts(
+            incident_writes=int(incident_writes),
+            last_write=writes[0] if writes else None,
+            writes_in_window=sum(1 for w in writes if w.recorded_at >= window_start),
+            in_progress=[w for w in writes if w.state == "pending"],
+            unresolved=[w for w in writes if w.state == "unknown"],
+        )
+
+    def write(self, key: str) -> WriteRecord | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM writes WHERE key = ?", (key,)).fetchone()
+            return None if row is None else self._write(db, row)
+
+    def finish_write(self, key: str, state: WriteState, outcome: dict[str, Any]) -> None:
         with self._db() as db:
             db.execute(
-                "INSERT OR IGNORE INTO intents VALUES (?, ?, ?, 'pending', ?, NULL, NULL)",
-                (key, incident_id, step.model_dump_json(), at),
+                "UPDATE writes SET state = ?, finished_at = ?, outcome = ? WHERE key = ?",
+                (state, time.time(), json.dumps(outcome, default=str), key),
             )
-        intent = self.intent(key)
-        assert intent is not None
-        return intent
 
-    def intent(self, key: str) -> Intent | None:
+    def writes(
+        self,
+        state: WriteState | None = None,
+        incident_id: str | None = None,
+        limit: int = 100,
+    ) -> list[WriteRecord]:
+        where, values = where_clause((("state = ?", state), ("incident_id = ?", incident_id)))
         with self._db() as db:
-            row = db.execute("SELECT * FROM intents WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        return Intent(
+            rows = db.execute(
+                f"SELECT * FROM writes {where} ORDER BY recorded_at DESC LIMIT ?",  # noqa: S608 - fixed column names
+                (*values, limit),
+            ).fetchall()
+            return [self._write(db, row) for row in rows]
+
+    def writes_in_incident(self, incident_id: str) -> int:
+        sent = ",".join(f"'{s}'" for s in SENT_STATES)
+        with self._db() as db:
+            row = db.execute(
+                f"SELECT COUNT(*) FROM writes WHERE incident_id = ? AND state IN ({sent})",  # noqa: S608 - fixed states
+                (incident_id,),
+            ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, row: sqlite3.Row) -> WriteRecord:
+        targets = db.execute(
+            "SELECT identity, name FROM write_targets WHERE write_key = ? ORDER BY name",
+            (row["key"],),
+        ).fetchall()
+        return WriteRecord(
             key=row["key"],
             incident_id=row["incident_id"],
             step=PlanStep.model_validate_json(row["step"]),
             state=row["state"],
+            actor=row["actor"],
+            entry=row["entry"],
             recorded_at=row["recorded_at"],
             finished_at=row["finished_at"],
             outcome=json.loads(row["outcome"]) if row["outcome"] else None,
+            targets=[ResolvedTarget(identity=r["identity"], name=r["name"]) for r in targets],
         )
 
-    def finish_intent(self, key: str, state: IntentState, outcome: dict[str, Any]) -> None:
+    def covering(self, environment: str, services: list[str], since: float) -> list[IncidentRecord]:
+        """Incidents on a service (under any of its names) that are unfinished, or were last
+        updated at or after `since`, newest first: the health sweep opens no new one then."""
+        if not services:
+            return []
+        names = ", ".join("?" for _ in services)
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT * FROM incidents WHERE environment = ? AND service IN ({names}) AND"  # noqa: S608 - placeholders only
+                " (status IN ('open', 'diagnosing', 'awaiting_approval') OR updated_at >= ?)"
+                " ORDER BY updated_at DESC",
+                (environment, *services, since),
+            ).fetchall()
+        return [_incident(row) for row in rows]
+
+    def attach_flow_run(self, incident_id: str, flow_run_id: str) -> None:
+        """Name the flow run started for an incident, unless its run already named itself;
+        the status is left as it is (the run may have moved it on already)."""
         with self._db() as db:
             db.execute(
-                "UPDATE intents SET state = ?, finished_at = ?, outcome = ? WHERE key = ?",
-                (state, time.time(), json.dumps(outcome, default=str), key),
+                "UPDATE incidents SET flow_run_id = ? WHERE id = ? AND flow_run_id IS NULL",
+                (flow_run_id, incident_id),
             )
-
-    def pending_intents(self) -> list[Intent]:
-        with self._db() as db:
-            keys = [r["key"] for r in db.execute("SELECT key FROM intents WHERE state = 'pending'")]
-        return [i for k in keys if (i := self.intent(k)) is not None]
 
 
 def _incident(row: sqlite3.Row) -> IncidentRecord:

@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from agent.incidents.models import Diagnosis, IncidentContext, Observation, Phase, PhasePlan, Usage
+from agent.incidents.storage import IncidentStore
 from agent.planning.llm import LLMClient, LLMFailure
 from agent.planning.llm_planner import LLMPlanner, PlanCache
 from agent.planning.runbook import RunbookPlanner
-from agent.safety.policy import SafetyPolicy, WriteHistory
+from agent.safety.policy import SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import LLMProvider
 
@@ -27,14 +28,14 @@ class DiagnosticPlanner:
     def __init__(
         self,
         config: UICIConfig,
-        history: WriteHistory,
+        store: IncidentStore,
         llm_client: LLMClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.mode = config.agents.diagnostic_agent.planner_mode
         self.runbooks = RunbookPlanner(config.agents)
-        self.policy = SafetyPolicy(config, history, clock)
+        self.policy = SafetyPolicy(config, store, clock)
         self.usage: dict[str, Usage] = {}
         llm_configured = config.platform.llm.provider is not LLMProvider.NONE
         self.llm: LLMPlanner | None = None

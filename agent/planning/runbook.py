@@ -29,20 +29,19 @@ class RunbookPlanner:
     def match(self, context: IncidentContext) -> Runbook:
         labels = context.alert.labels
         for runbook in self.agents.runbooks:
-            rules = runbook.match
-            checks = {
-                rules.alertname: labels.get("alertname", ""),
-                rules.severity: labels.get("severity", ""),
-                rules.service: labels.get("service", context.service),
-                rules.environment: context.environment,
-            }
-            if all(
-                pattern is None or re.fullmatch(pattern, value) for pattern, value in checks.items()
-            ) and all(
-                re.fullmatch(pattern, labels.get(name, ""))
-                for name, pattern in rules.labels.items()
-            ):
-                return runbook
+            # A runbook's match is a list of matchers; it fits when any of them fits.
+            for rules in runbook.match:
+                checks = [
+                    (rules.alertname, labels.get("alertname", "")),
+                    (rules.severity, labels.get("severity", "")),
+                    (rules.service, labels.get("service", context.service)),
+                    (rules.environment, context.environment),
+                    *((pattern, labels.get(name, "")) for name, pattern in rules.labels.items()),
+                ]
+                if all(
+                    pattern is None or re.fullmatch(pattern, value) for pattern, value in checks
+                ):
+                    return runbook
         # agents.yml should end with a catch-all; without one, the last runbook is the default.
         return self.agents.runbooks[-1]
 

@@ -1,83 +1,29 @@
-"""Validation and the safety policy: what may run, what needs a person, what never runs.
+"""The safety policy: what may run, what needs a person, what never runs. Its rules live here
+and nowhere else.
 
-Every proposed step, whoever proposed it, passes `SafetyPolicy.review` when it is planned and
-`SafetyPolicy.authorize` immediately before it is executed, so no path around the planner can
-skip the policy. Nothing an LLM writes changes the outcome: the decision depends only on the
-registry, environments.yml, the runbook matched from the alert's labels, and recorded history.
+Every proposed step, whoever proposed it, passes `SafetyPolicy.review` when it is planned; every
+operation from every entry point passes `ExecutionGate` (agent/safety/gate.py), which applies
+`decide` and, for a write, `write_refusal` on the resolved targets and the write history
+immediately before it is sent. Nothing an LLM writes changes the outcome: the decision depends
+only on the registry, environments.yml, the runbook matched from the alert's labels, and
+recorded history.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from pydantic import BaseModel
 
 from agent.incidents.models import Decision, IncidentContext, PlanStep, StepDecision
+from agent.incidents.storage import IncidentStore, WriteFacts, WriteRecord
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel, Runbook
+from infrastructure.executors.base import ResolvedTarget
 from infrastructure.registry import CallValidationError, OperationRegistry
 from infrastructure.translator import CommandTranslator, TranslationError
-
-
-def sqlite_path(url: str) -> Path:
-    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> a path."""
-    if not url.startswith("sqlite:///"):
-        raise ValueError(f"storage.url {url!r}: only sqlite:/// URLs are supported")
-    return Path(url.removeprefix("sqlite:///"))
-
-
-class WriteHistory:
-    """Durable record of executed write operations: the blast-radius budget per incident and
-    the cool-down per target hold across alerts, processes and restarts."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS write_actions ("
-                " incident_id TEXT NOT NULL, environment TEXT NOT NULL, target TEXT,"
-                " operation TEXT NOT NULL, step_key TEXT NOT NULL, at REAL NOT NULL)"
-            )
-            db.execute(
-                "CREATE INDEX IF NOT EXISTS write_actions_target"
-                " ON write_actions (environment, target, at)"
-            )
-
-    @classmethod
-    def from_config(cls, config: UICIConfig) -> WriteHistory:
-        return cls(sqlite_path(config.platform.storage.url))
-
-    def _connect(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30, isolation_level=None)
-
-    def record(self, incident_id: str, step: PlanStep, at: float) -> None:
-        with self._lock, self._connect() as db:
-            db.execute(
-                "INSERT INTO write_actions VALUES (?, ?, ?, ?, ?, ?)",
-                (incident_id, step.environment, step.target, step.operation, step.key(), at),
-            )
-
-    def last_write(self, environment: str, target: str | None) -> float | None:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT MAX(at) FROM write_actions WHERE environment = ? AND target IS ?",
-                (environment, target),
-            ).fetchone()
-        return row[0] if row and row[0] is not None else None
-
-    def writes_in_incident(self, incident_id: str) -> int:
-        with self._connect() as db:
-            row = db.execute(
-                "SELECT COUNT(*) FROM write_actions WHERE incident_id = ?", (incident_id,)
-            ).fetchone()
-        return int(row[0])
 
 
 class Approval(BaseModel):
@@ -92,13 +38,13 @@ class SafetyPolicy:
     def __init__(
         self,
         config: UICIConfig,
-        history: WriteHistory,
+        store: IncidentStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.registry = OperationRegistry.from_config(config)
         self.translator = CommandTranslator.from_config(config)
-        self.history = history
+        self.store = store
         self.clock = clock
         # Write steps accepted or awaiting approval but not executed yet, per incident: they
         # hold their share of the write budget so that later phases cannot exceed it.
@@ -147,13 +93,26 @@ class SafetyPolicy:
                         )
                     )
                     continue
+                # The budget as far as planning can know it: writes sent in this incident
+                # and those planned before this one. The rest is checked on execution.
+                history = WriteFacts(
+                    incident_writes=self.store.writes_in_incident(context.incident_id),
+                    last_write=None,
+                    writes_in_window=0,
+                    in_progress=[],
+                    unresolved=[],
+                )
+                refusal = self.write_refusal(step, context, [], history)
+                if refusal is not None:
+                    decisions.append(_rejected(step, refusal, risk=decision.risk))
+                    continue
                 self._reserved.setdefault(context.incident_id, set()).add(step.key())
             decisions.append(decision)
         return decisions
 
     # --- execution time -----------------------------------------------------------------
 
-    def authorize(
+    def decide(
         self,
         step: PlanStep,
         context: IncidentContext,
@@ -161,7 +120,8 @@ class SafetyPolicy:
         approval: Approval | None = None,
     ) -> StepDecision:
         """The check immediately before execution: the same validation and policy again, and
-        for a step that needs approval, a matching, unexpired approval."""
+        for a step that needs approval, a matching, unexpired approval. The write history is
+        checked by `write_refusal` once the targets are resolved."""
         decision = self._decide(step, context, runbook)
         if decision.decision != "needs_approval":
             return decision
@@ -194,11 +154,64 @@ class SafetyPolicy:
         share of the budget back."""
         self._reserved.get(context.incident_id, set()).discard(step.key())
 
-    def record_executed(self, context: IncidentContext, step: PlanStep) -> None:
-        """Call after a write step ran: it counts against budget and cool-down from now on."""
-        if self.registry.describe(step.operation).risk is not RiskLevel.READ:
-            self.history.record(context.incident_id, step, self.clock())
-            self._reserved.get(context.incident_id, set()).discard(step.key())
+    def settle(self, context: IncidentContext, step: PlanStep) -> None:
+        """A planned write was sent (or refused at execution): the write history counts it
+        from now on, so its planning-time reservation ends."""
+        self._reserved.get(context.incident_id, set()).discard(step.key())
+
+    def write_refusal(
+        self,
+        step: PlanStep,
+        context: IncidentContext | None,
+        targets: Sequence[ResolvedTarget],
+        facts: WriteFacts,
+    ) -> str | None:
+        """Why a write on these resolved targets must not be sent now, given the write history
+        (None: it may). Blast radius, per-incident budget, cool-down, writes per target in the
+        window, an unknown outcome on a target. Run inside the transaction that records it."""
+        environment = step.environment
+        policy = self.config.environments.environments[environment].policy
+        where = f"environments.{environment}.policy"
+        if len(targets) > policy.max_targets_per_write:
+            names = ", ".join(f"{t.name} ({t.identity})" for t in targets)
+            return (
+                f"blast radius: {step.target} resolves to {len(targets)} targets ({names}); "
+                f"at most {policy.max_targets_per_write} per write "
+                f"({where}.max_targets_per_write): name one of them"
+            )
+        if facts.unresolved:
+            earlier = facts.unresolved[0]
+            return (
+                f"unknown outcome: {earlier.step.describe()} (write {earlier.key}, "
+                f"{_when(earlier.recorded_at)}) may or may not have taken effect on "
+                f"{_names(earlier)}; nothing more is sent there until it is observed: check the "
+                f"target, then `uici writes resolve {earlier.key} done|failed`"
+            )
+        if context is not None:
+            budget = policy.max_write_steps_per_incident
+            reserved = self._reserved.get(context.incident_id, set()) - {step.key()}
+            used = facts.incident_writes + len(reserved)
+            if used >= budget:
+                return (
+                    f"write budget used: {used} of {budget} write steps for incident "
+                    f"{context.incident_id} ({where}.max_write_steps_per_incident)"
+                )
+        last = facts.last_write
+        now = self.clock()
+        if last is not None and now - last.recorded_at < policy.cooldown_seconds:
+            return (
+                f"cool-down: {_names(last)} had {last.step.operation} "
+                f"{now - last.recorded_at:.0f} s ago (write {last.key}, by {last.actor}); "
+                "no write there again until "
+                f"{_when(last.recorded_at + policy.cooldown_seconds)} ({where}.cooldown_seconds)"
+            )
+        if facts.writes_in_window >= policy.max_writes_per_target:
+            return (
+                f"{ESCALATE}: {facts.writes_in_window} writes on {_names(last)} within "
+                f"{policy.write_window_seconds:g} s, at most {policy.max_writes_per_target} "
+                f"({where}.max_writes_per_target): acting again would be a loop"
+            )
+        return None
 
     # --- the rules ----------------------------------------------------------------------
 
@@ -240,22 +253,10 @@ class SafetyPolicy:
         if risk is RiskLevel.READ:
             return result("accepted", "read: runs")
 
-        reserved = self._reserved.get(context.incident_id, set()) - {step.key()}
-        writes = self.history.writes_in_incident(context.incident_id) + len(reserved)
-        if writes >= policy.max_write_steps_per_incident:
+        if step.target is not None and is_selector(step.target):
             return result(
-                "rejected",
-                f"write budget used: {writes} of {policy.max_write_steps_per_incident} write steps "
-                f"for this incident ({where}.max_write_steps_per_incident)",
-            )
-        last = self.history.last_write(step.environment, step.target)
-        if last is not None and self.clock() - last < policy.cooldown_seconds:
-            ago = self.clock() - last
-            return result(
-                "rejected",
-                f"cool-down: {step.target} had a write operation {ago:.0f} s ago; "
-                f"none again within "
-                f"{policy.cooldown_seconds:g} s ({where}.cooldown_seconds)",
+                "needs_approval",
+                f"{risk.value} on a label selector ({step.target}): always needs a person",
             )
         if risk not in policy.approval_required:
             return result("accepted", f"{risk.value}: runs without approval here")
@@ -289,6 +290,26 @@ class SafetyPolicy:
                 f"({', '.join(context.scope)})"
             )
         return reasons
+
+
+# The words a refusal starts with when the write history says UICI must stop acting on a
+# target: the incident is escalated to a person.
+ESCALATE = "escalate to a person"
+
+
+def is_selector(target: str) -> bool:
+    """`app=web`: a label selector, whose matches can change between a look and a write."""
+    return "=" in target
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _names(write: WriteRecord | None) -> str:
+    if write is None:
+        return "the target"
+    return ", ".join(t.name for t in write.targets) or write.step.target or "the target"
 
 
 def _rejected(step: PlanStep, *reasons: str, risk: str | None = None) -> StepDecision:

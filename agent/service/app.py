@@ -9,6 +9,7 @@ path: the dispatcher starts diagnoses from the outbox in the background.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -31,9 +32,11 @@ from starlette.websockets import WebSocketDisconnect
 from agent.incidents.audit import AuditLog, AuditRecord
 from agent.incidents.events import Event, EventLog
 from agent.incidents.journal import Journal
-from agent.incidents.models import AlertInfo, IncidentContext
+from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
 from agent.incidents.storage import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
 from agent.logs import request_id_var
+from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
+from agent.safety.policy import Approval
 from agent.service.auth import KeyRing, Principal, RateLimiter
 from agent.service.dispatch import Dispatcher, Launcher, PrefectLauncher
 from agent.service.intake import AlertIngestor, AlertmanagerWebhook, IngestResult, enqueue
@@ -60,7 +63,7 @@ from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel
 from infrastructure.executors.base import OperationResult
 from infrastructure.registry import CallValidationError, OperationRegistry
-from infrastructure.translator import CommandTranslator, TranslationError
+from infrastructure.translator import CommandSpec, CommandTranslator, TranslationError
 
 log = logging.getLogger("uici.api")
 
@@ -592,24 +595,29 @@ def create_app(
                 executor_call=spec.executor_call(),
                 risk=spec.risk.value,
             )
-        request_id = request.state.request_id
-        audit_parameters = {"parameters": body.parameters, "approve": body.approve}
-        refusal = _policy_refusal(config, spec.environment, spec.risk, who, body.approve)
-        if refusal is not None:
-            code, message = refusal
+        if spec.risk is not RiskLevel.READ and "operate" not in who.scopes:
+            message = f"{spec.risk.value} operations need a key with the 'operate' scope"
             state.audit.record(
                 who.name, f"operation.{name}", f"refused: {message}",
-                f"{spec.environment}/{spec.target or '-'}", audit_parameters,
-                body.incident_id, request_id,
+                f"{spec.environment}/{spec.target or '-'}", {"parameters": body.parameters},
+                body.incident_id, request.state.request_id,
             )  # fmt: skip
-            raise HTTPException(code, message)
-        state.journal.started(spec.operation, spec.environment, spec.target, body.incident_id)
-        result = await asyncio.to_thread(_execute, config, spec)
-        state.journal.finished(
-            result, who.name, audit_parameters, body.incident_id, request_id,
-            risk=spec.risk.value,
-        )  # fmt: skip
-        return result
+            raise HTTPException(403, message)
+        try:
+            outcome = await asyncio.to_thread(
+                _through_gate, state, config, spec, call.parameters, body, who, request
+            )
+        except (sqlite3.Error, OSError) as exc:  # fail closed: nothing runs unrecorded
+            raise HTTPException(
+                503, f"the incident store cannot be used ({exc}); no operation runs without it"
+            ) from exc
+        if outcome.result is None:
+            code = {"policy": 403, "target": 422}.get(outcome.refused_by or "", 409)
+            hint = " (review the dry run and send approve: true)"
+            raise HTTPException(
+                code, outcome.note + (hint if outcome.refused_by == "approval" else "")
+            )
+        return outcome.result
 
     # --- audit and events -------------------------------------------------------------------
 
@@ -706,30 +714,61 @@ def _incident_or_404(state: ServiceState, incident_id: str) -> IncidentRecord:
     return record
 
 
-def _policy_refusal(
-    config: UICIConfig, environment: str, risk: RiskLevel, who: Principal, approved: bool
-) -> tuple[int, str] | None:
-    policy = config.environments.environments[environment].policy
-    if risk is not RiskLevel.READ and "operate" not in who.scopes:
-        return 403, f"{risk.value} operations need a key with the 'operate' scope"
-    if risk not in policy.allowed_risks:
-        return 403, f"{risk.value} operations are not allowed in {environment}"
-    if risk in policy.approval_required and not approved:
-        return 409, (
-            f"{environment} requires approval for {risk.value} operations: "
-            "review the dry run and send approve: true"
+def _through_gate(
+    state: ServiceState,
+    config: UICIConfig,
+    spec: CommandSpec,
+    parameters: dict[str, Any],
+    body: RunOperationRequest,
+    who: Principal,
+    request: Request,
+) -> GateOutcome:
+    """The execution gate, as for every other entry point. A key with the operate scope that
+    sends `approve: true` approves as itself; the cool-down and budgets still apply. The
+    request id names the write, so a client that retries the same request writes once."""
+    known = state.store.get(body.incident_id) if body.incident_id else None
+    context = (
+        known.context
+        if known is not None
+        else IncidentContext(
+            incident_id=body.incident_id or f"api-{uuid.uuid4().hex[:10]}",
+            alert=AlertInfo(labels={"alertname": "manual-operation"}),
+            environment=spec.environment,
+            service=spec.target or "-",
         )
-    return None
-
-
-def _execute(config: UICIConfig, spec: Any) -> OperationResult:
-    from infrastructure.executors.factory import create_executor
-
-    executor = create_executor(spec.environment, config.environments.environments[spec.environment])
+    )
+    write = spec.risk is not RiskLevel.READ
+    step = PlanStep(
+        phase="resolution" if write else "triage",
+        operation=spec.operation,
+        environment=spec.environment,
+        target=spec.target,
+        parameters=parameters,
+        rationale=f"requested through the API by {who.name}",
+        proposed_by="runbook",
+    )
+    gate = ExecutionGate(config, state.store)
+    approval = None
+    if body.approve:
+        approval = Approval(
+            step_key=step.key(), approved_by=who.name, expires_at=gate.policy.approval_expiry(step)
+        )
+    request_id = request.state.request_id
+    key = hashlib.sha256(f"{who.name}:{request_id}:{step.key()}".encode()).hexdigest()[:24]
     try:
-        return executor.execute(spec)
+        return gate.execute(
+            GateRequest(
+                step=step,
+                context=context,
+                actor=who.name,
+                entry="api",
+                approval=approval,
+                request_id=request_id,
+                intent_key=f"api-{key}",
+            )
+        )
     finally:
-        executor.close()
+        gate.close()
 
 
 async def readiness_checks(state: ServiceState) -> list[ReadinessCheck]:

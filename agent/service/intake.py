@@ -19,11 +19,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.incidents.audit import AuditLog
+from agent.incidents.context import LabelConventions, UnmappedAlert
 from agent.incidents.events import EventLog
 from agent.incidents.models import AlertInfo, IncidentContext
 from agent.incidents.storage import IncidentStore, insert_incident
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.configuration.models import EnvironmentType
 from infrastructure.registry import OperationRegistry
 
 MAX_ALERTS_PER_NOTIFICATION = 10_000
@@ -110,62 +110,35 @@ class Unmapped(BaseModel):
 
 
 class AlertMapper:
-    """platform.yml `alerts`: labels -> (environment, target), or the reason there is none."""
+    """platform.yml `alerts`: labels -> (environment, target), or the reason there is none.
+    The label conventions are the incident flow's and the sweep's (LabelConventions); this
+    adds what the webhook checks before it opens an incident: the environment is configured
+    and enabled, and the target and dependencies are valid target names."""
 
     def __init__(self, config: UICIConfig) -> None:
-        import re
-
-        self.settings = config.platform.alerts
-        self.default_environment = config.platform.platform.default_environment
+        self.conventions = LabelConventions.from_config(config)
         self.environments = config.environments.environments
         self.registry = OperationRegistry.from_config(config)
-        self._rules = [
-            ({label: re.compile(rx) for label, rx in rule.match.items()}, rule.environment)
-            for rule in self.settings.rules
-        ]
 
     def map(self, labels: dict[str, str]) -> Mapping | Unmapped:
-        environment = self._environment(labels)
-        if environment is None:
-            return Unmapped(
-                reason="no environment: none of the labels "
-                f"{self.settings.environment_labels} is set and no alerts.rules entry matches"
-            )
-        spec = self.environments.get(environment)
+        try:
+            found = self.conventions.map(labels)
+        except UnmappedAlert as exc:
+            return Unmapped(reason=exc.reason)
+        spec = self.environments.get(found.environment)
         if spec is None:
-            return Unmapped(reason=f"environment {environment[:80]!r} is not configured")
+            return Unmapped(reason=f"environment {found.environment[:80]!r} is not configured")
         if not spec.enabled:
-            return Unmapped(reason=f"environment {environment!r} is disabled")
-        name = next((labels[n] for n in self.settings.target_labels if labels.get(n)), None)
-        if name is None:
-            return Unmapped(
-                reason=f"no target: none of the labels {self.settings.target_labels} is set"
-            )
-        namespace = labels.get(self.settings.namespace_label or "", "")
-        target = (
-            f"{namespace}/{name}"
-            if namespace and spec.type is EnvironmentType.KUBERNETES and "/" not in name
-            else name
-        )
-        problem = self.registry.target_problem(target)
+            return Unmapped(reason=f"environment {found.environment!r} is disabled")
+        problem = self.registry.target_problem(found.target)
         if problem:
             return Unmapped(reason=problem)
-        declared = labels.get(self.settings.dependencies_label or "", "")
-        dependencies = [d.strip() for d in declared.split(",") if d.strip()]
-        if any(self.registry.target_problem(d) for d in dependencies):
+        if any(self.registry.target_problem(d) for d in found.dependencies):
+            declared = self.conventions.declared_dependencies(labels)
             return Unmapped(reason=f"invalid dependency list {declared[:80]!r}")
-        return Mapping(environment=environment, target=target, dependencies=dependencies)
-
-    def _environment(self, labels: dict[str, str]) -> str | None:
-        for label in self.settings.environment_labels:
-            if labels.get(label):
-                return labels[label]
-        for patterns, environment in self._rules:
-            if all(
-                label in labels and rx.fullmatch(labels[label]) for label, rx in patterns.items()
-            ):
-                return environment
-        return self.default_environment if self.settings.use_default_environment else None
+        return Mapping(
+            environment=found.environment, target=found.target, dependencies=found.dependencies
+        )
 
 
 def incident_id_for(alert_key: str) -> str:

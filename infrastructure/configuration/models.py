@@ -685,9 +685,16 @@ class RunbookMatch(StrictModel):
 class Runbook(StrictModel):
     name: Name
     description: NonEmpty
-    match: RunbookMatch
+    # One matcher, or a list of matchers: the runbook fits when any of them fits (for example
+    # an alert name, or the state the health sweep observed).
+    match: list[RunbookMatch] = Field(min_length=1)
     phases: dict[Phase, list[RunbookStep]]
     auto_approve: list[OperationName] = Field(default_factory=list)
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict | RunbookMatch) else value
 
 
 class RecommendedAction(StrictModel):
@@ -753,12 +760,24 @@ class LLMSafetySettings(StrictModel):
     redaction_patterns: list[RedactionPattern] = Field(min_length=1)
 
 
+class CompletedRun(StrictModel):
+    """A service that stopped in one of `states` with one of `exit_codes` finished its work."""
+
+    states: list[NonEmpty]
+    exit_codes: list[int]
+
+
 class HealthSweepSettings(StrictModel):
-    """What the scheduled health sweep calls unhealthy, and how much it does at once."""
+    """What the scheduled health sweep calls unhealthy, how much it does at once, when it
+    leaves a service alone, and how it marks the incidents it opens."""
 
     max_parallel: int = Field(ge=1, le=64)
     unhealthy_states: list[NonEmpty]
     unhealthy_health: list[NonEmpty]
+    completed: CompletedRun
+    rediagnose_after_seconds: float = Field(ge=0, le=30 * 86_400)
+    source_label: LabelName
+    observed_state_label: LabelName
 
 
 class AgentsConfig(StrictModel):

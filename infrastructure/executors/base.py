@@ -57,6 +57,18 @@ class OperationResult(BaseModel):
         return self.error is not None and self.error.kind is ErrorKind.RETRYABLE
 
 
+class ResolvedTarget(BaseModel):
+    """One thing a write touches, with a stable identity: a container id (Docker), the
+    `namespace/Kind/name` of the workload that owns the pods (Kubernetes), an instance OCID
+    (OCI). Cool-down, budgets and the per-target lock key on the identity, so every way of
+    naming the same thing meets the same history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    identity: str
+    name: str
+
+
 class MethodOutput(BaseModel):
     """What an executor method returns: text for people, data for rules and planners."""
 
@@ -201,6 +213,11 @@ class EnvironmentExecutor(ABC):
         None means this executor cannot tell, and the caller must not call again blindly.
         """
         return None
+
+    @abstractmethod
+    def write_targets(self, target: str) -> list[ResolvedTarget]:
+        """What a write on `target` would act on directly, resolved now; raise ExecutorError
+        (PERMANENT for an unknown target) when it cannot be resolved."""
 
     @abstractmethod
     def check_connection(self) -> MethodOutput:

@@ -35,6 +35,7 @@ from infrastructure.executors.base import (
     ErrorKind,
     ExecutorError,
     MethodOutput,
+    ResolvedTarget,
     executor_method,
 )
 from infrastructure.executors.logtext import kept_lines, line_filter
@@ -191,6 +192,10 @@ class DockerExecutor(EnvironmentExecutor):
                 ErrorKind.PERMANENT, f"no container matches {target!r}", self._closest(target)
             )
         return sorted(containers, key=lambda c: c.name)
+
+    def write_targets(self, target: str) -> list[ResolvedTarget]:
+        """Every container the target names (a write acts on each of them)."""
+        return [ResolvedTarget(identity=c.id, name=c.name) for c in self.resolve(target)]
 
     def _closest(self, target: str | None) -> str:
         if not target or self._client is None:
@@ -580,6 +585,8 @@ def _summary(container: Container) -> dict[str, Any]:
         "health": health["status"] if health else None,
         "uptime_seconds": uptime,
         "restart_count": attrs.get("RestartCount", 0),
+        # The health sweep tells a one-shot container that finished (exited 0) from a crash.
+        "exit_code": state.get("ExitCode"),
         "compose_service": labels.get(COMPOSE_SERVICE),
     }
 

@@ -44,6 +44,7 @@ from infrastructure.executors.base import (
     ErrorKind,
     ExecutorError,
     MethodOutput,
+    ResolvedTarget,
     executor_method,
 )
 from infrastructure.executors.logtext import (
@@ -296,6 +297,36 @@ class KubernetesExecutor(EnvironmentExecutor):
             f" and no pods match {', '.join(self.connection.target_selectors)}",
             self._closest(namespace, name),
         )
+
+    def write_targets(self, target: str) -> list[ResolvedTarget]:
+        """A workload is one target (its controller rolls the pods); pods named directly or
+        by a selector count as the workloads that own them (a ReplicaSet's Deployment)."""
+        workload = self.resolve(target)
+        if workload.kind in _WORKLOAD_KINDS:
+            identity = f"{workload.namespace}/{workload.kind}/{workload.name}"
+            return [ResolvedTarget(identity=identity, name=identity)]
+        owners: dict[str, ResolvedTarget] = {}
+        for pod in workload.pods:
+            kind, name = self._owner(workload.namespace, pod)
+            identity = f"{workload.namespace}/{kind}/{name}"
+            owners[identity] = ResolvedTarget(identity=identity, name=identity)
+        return sorted(owners.values(), key=lambda t: t.identity)
+
+    def _owner(self, namespace: str, obj: dict[str, Any]) -> tuple[str, str]:
+        """The controlling owner of a pod, followed through a ReplicaSet to its Deployment."""
+        metadata = obj.get("metadata") or {}
+        owner = next(
+            (o for o in metadata.get("ownerReferences") or [] if o.get("controller")), None
+        )
+        if owner is None:
+            return obj.get("kind") or "Pod", metadata.get("name", "")
+        if owner.get("kind") == "ReplicaSet":
+            replica_set = self._get_optional(
+                f"/apis/apps/v1/namespaces/{namespace}/replicasets/{owner['name']}"
+            )
+            if replica_set is not None:
+                return self._owner(namespace, {**replica_set, "kind": "ReplicaSet"})
+        return str(owner.get("kind")), str(owner.get("name"))
 
     def _get_optional(self, path: str) -> dict[str, Any] | None:
         try:

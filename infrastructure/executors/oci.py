@@ -34,6 +34,7 @@ from infrastructure.executors.base import (
     ErrorKind,
     ExecutorError,
     MethodOutput,
+    ResolvedTarget,
     executor_method,
 )
 from infrastructure.executors.logtext import (
@@ -267,6 +268,12 @@ class OCIExecutor(EnvironmentExecutor):
                 "name one by its OCID: " + ", ".join(s.id for s in live),
             )
         return str(live[0].id)
+
+    def write_targets(self, target: str) -> list[ResolvedTarget]:
+        """The container instance (its actions act on the whole instance)."""
+        name = target.partition("/")[0]
+        instance_id = self._instance_id(name)
+        return [ResolvedTarget(identity=instance_id, name=name)]
 
     def _resolve(self, target: str) -> tuple[Any, list[Any]]:
         """The instance (full model) and its containers (full models), narrowed to one

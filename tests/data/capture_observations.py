@@ -21,10 +21,6 @@ sys.path.insert(0, str(REPO))
 import docker  # noqa: E402
 
 from agent.evaluation.failures import FailureLab  # noqa: E402
-from agent.incidents.context import Investigation, StepRunner, context_from_alert  # noqa: E402
-from agent.planning.planner import DiagnosticPlanner  # noqa: E402
-from agent.safety.policy import WriteHistory  # noqa: E402
-from infrastructure.configuration.loader import load_config  # noqa: E402
 
 ALERTS = {
     "missing_env": ("ServiceCrashLooping", "api", []),
@@ -56,30 +52,30 @@ def alert_for(lab: FailureLab, failure: str) -> dict[str, object]:
 
 
 def main() -> None:
-    config = load_config(environ={})
+    """Run the diagnose-incident flow on each failure (Prefect's ephemeral server unless
+    PREFECT_API_URL is set) and keep its alert and observations."""
+    import asyncio
+    import os
+
+    from flows.diagnose import diagnose_incident
+
     client = docker.from_env()
     lab = FailureLab(client, prefix="uici-demo")
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            history = WriteHistory(Path(tmp) / "history.db")
-            planner = DiagnosticPlanner(config, history)
-            runner = StepRunner(config, planner.policy)
+            os.environ["UICI_STORAGE_URL"] = f"sqlite:///{Path(tmp) / 'uici.db'}"
             for failure in ALERTS:
                 lab.get(failure)
                 alert = alert_for(lab, failure)
-                context = context_from_alert(alert, "local-docker", incident_id=f"demo-{failure}")
-                record = Investigation(config, planner, runner).run(context)
+                report = asyncio.run(diagnose_incident(alert=alert, incident_id=f"demo-{failure}"))
                 (REPO / "tests/data/alerts" / f"{failure}.json").write_text(
                     json.dumps(alert, indent=2) + "\n"
                 )
-                observations = [o.model_dump(mode="json") for o in record.observations]
                 (REPO / "tests/data/observations" / f"{failure}.json").write_text(
-                    json.dumps(observations, indent=1) + "\n"
+                    json.dumps(report["observations"], indent=1) + "\n"
                 )
-                assert record.diagnosis is not None
-                rules = record.diagnosis.rules_matched
-                print(f"{failure}: {len(observations)} observations -> {rules}")
-            runner.close()
+                rules = (report["diagnosis"] or {}).get("rules_matched")
+                print(f"{failure}: {len(report['observations'])} observations -> {rules}")
     finally:
         lab.cleanup()
 

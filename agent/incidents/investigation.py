@@ -1,0 +1,356 @@
+"""One incident's investigation, independent of Prefect: the state the flow carries from phase to
+phase, the approval state machine of a write, the final-status rule and the report.
+
+flows/diagnose.py is the adapter: it calls these methods in phase order and wraps planning and
+operations in Prefect tasks, approvals in a pause. Everything that decides lives here (and in
+agent/safety), so it is tested without Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agent.incidents.events import EventLog
+from agent.incidents.models import (
+    IncidentContext,
+    Observation,
+    PhasePlan,
+    PlanStep,
+    StepDecision,
+    Usage,
+)
+from agent.incidents.report import (
+    ActionRecord,
+    IncidentReport,
+    TimelineEntry,
+    escape_markdown,
+    now,
+    service_health,
+)
+from agent.incidents.storage import ApprovalStatus, IncidentStatus, IncidentStore
+from agent.planning.planner import DiagnosticPlanner
+from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
+from agent.safety.policy import ESCALATE, Approval
+from infrastructure.configuration.loader import UICIConfig
+from infrastructure.configuration.models import RiskLevel, Runbook
+from infrastructure.executors.base import OperationResult
+
+
+def run_context(
+    config: UICIConfig,
+    alert: dict[str, Any] | None,
+    service: str | None,
+    environment: str | None,
+    dependencies: list[str] | None,
+    incident_id: str | None,
+) -> IncidentContext:
+    """The context of a diagnose-incident run from its parameters: an alert (with the service
+    and environment the webhook mapped it to), or a service by name."""
+    from agent.incidents.context import LabelConventions, context_from_alert
+
+    if not alert and not service:
+        raise ValueError("diagnose_incident needs an alert or a service")
+    alert = alert or {"labels": {"alertname": "manual", "service": service}}
+    # platform.yml `alerts:` maps the labels; a service and environment the caller mapped win.
+    return context_from_alert(
+        alert,
+        LabelConventions.from_config(config),
+        incident_id,
+        dependencies or [],
+        environment=environment,
+        service=service,
+    )
+
+
+def fail_unopened(
+    store: IncidentStore, events: EventLog, incident_id: str | None, error: BaseException
+) -> None:
+    """A run that could not even build its context (e.g. an alert that names no service): an
+    incident the service already stored for it ends `failed` with the error."""
+    if incident_id is None or store.get(incident_id) is None:
+        return
+    message = f"{type(error).__name__}: {error}"[:2000]
+    store.save_report(incident_id, {"incident_id": incident_id, "error": message}, "failed")
+    events.emit("incident.failed", incident_id, error=message)
+
+
+class ApprovalAsk(BaseModel):
+    """What a person is asked: shown in the Prefect UI's Resume form and sent in events."""
+
+    key: str
+    command: str
+    description: str
+    timeout_seconds: int
+
+
+class ApprovalAnswer(BaseModel):
+    approve: bool
+    approver: str = "prefect-ui"
+    reason: str = ""
+
+
+WriteNext = Literal["skip", "ask", "run"]
+
+
+class Investigation:
+    """Built once per incident run (flow run); owns the planner, the gate and the report."""
+
+    def __init__(
+        self,
+        config: UICIConfig,
+        store: IncidentStore,
+        planner: DiagnosticPlanner,
+        gate: ExecutionGate,
+        context: IncidentContext,
+        actor: str,
+        entry: Literal["flow", "run-operation"] = "flow",
+        request_id: str | None = None,
+        flow_run_url: str | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.planner = planner
+        self.gate = gate
+        self.context = context
+        self.actor = actor
+        self.entry = entry
+        self.request_id = request_id
+        self.events = gate.journal.events
+        self.runbook: Runbook = planner.runbooks.match(context)
+        self.report = IncidentReport(
+            incident_id=context.incident_id,
+            alert=context.alert.model_dump(mode="json"),
+            environment=context.environment,
+            service=context.service,
+            dependencies=context.dependencies,
+            diagnosis=None,
+            observations=[],
+            plans=[],
+            flow_run_url=flow_run_url,
+        )
+
+    # --- opening and planning -------------------------------------------------------------
+
+    def open(self, flow_run_id: str | None) -> None:
+        self.store.open_incident(self.context, flow_run_id)
+        self.store.set_status(self.context.incident_id, "diagnosing", flow_run_id)
+        self._timeline(f"incident opened (runbook {self.runbook.name})")
+
+    def record_plan(self, plan: PhasePlan) -> tuple[list[PlanStep], list[StepDecision]]:
+        """Add a phase plan to the report; its read steps to run, and its write decisions."""
+        self.report.plans.append(plan)
+        self.report.rejected.extend(d for d in plan.decisions if d.decision == "rejected")
+        self._timeline(
+            f"{plan.phase}: {plan.planner} planned {len(plan.accepted)} steps, "
+            f"{len(plan.needs_approval)} need approval"
+        )
+        reads = [s for s in plan.accepted if self.risk(s) is RiskLevel.READ]
+        writes = [d for d in plan.decisions if d.decision != "rejected" and d.risk != "read"]
+        return reads, writes
+
+    def usage_so_far(self) -> Usage:
+        return self.planner.incident_usage(self.context.incident_id).model_copy()
+
+    def usage_event(self, phase: str, before: Usage) -> None:
+        """An `llm.call` event for what planning spent since `before` (nothing if no call)."""
+        after = self.planner.incident_usage(self.context.incident_id)
+        if after.calls == before.calls:
+            return
+        self.events.emit(
+            "llm.call",
+            self.context.incident_id,
+            phase=phase,
+            calls=after.calls - before.calls,
+            prompt_tokens=after.prompt_tokens - before.prompt_tokens,
+            completion_tokens=after.completion_tokens - before.completion_tokens,
+            cost=round(after.cost - before.cost, 8),
+        )
+
+    def risk(self, step: PlanStep) -> RiskLevel:
+        return self.planner.policy.registry.describe(step.operation).risk
+
+    def request(self, step: PlanStep, approval: Approval | None = None) -> GateRequest:
+        return GateRequest(
+            step=step,
+            context=self.context,
+            actor=approval.approved_by if approval else self.actor,
+            entry=self.entry,
+            # Only a diagnosis has a runbook that may auto-approve; one requested operation
+            # is approved by a person.
+            runbook=self.runbook if self.entry == "flow" else None,
+            approval=approval,
+            request_id=self.request_id,
+        )
+
+    def observe(self, step: PlanStep, result: OperationResult) -> Observation:
+        from agent.incidents.context import observation_from_result
+
+        observation = observation_from_result(
+            f"obs-{len(self.report.observations) + 1}", step, result
+        )
+        self.report.observations.append(observation)
+        return observation
+
+    # --- the approval state machine of one write --------------------------------------------
+
+    def next_for_write(self, decision: StepDecision) -> tuple[WriteNext, ApprovalAsk | None]:
+        """skip (recorded in the report with the reason), ask a person, or run now."""
+        step = decision.step
+        if self.store.alert_resolved(self.context.incident_id):
+            self._not_executed(decision, decision.decision, "the alert resolved first")
+            return "skip", None
+        refused = self.gate.check(self.request(step))
+        if refused is not None:
+            self._not_executed(refused.decision, "rejected", refused.note)
+            return "skip", None
+        if decision.decision != "needs_approval":
+            return "run", None
+        command = " ".join(decision.command)
+        timeout = self.approval_timeout(step)
+        self.store.request_approval(self.context.incident_id, step, command)
+        self.store.set_status(self.context.incident_id, "awaiting_approval")
+        self.events.emit(
+            "approval.needed", self.context.incident_id, step=step.describe(), command=command
+        )
+        self._timeline(f"approval requested: {step.describe()}")
+        # The rationale may come from an LLM: shown as text, never as links, images or HTML.
+        description = (
+            f"## Approve `{step.operation}` on `{step.target}`?\n\n"
+            f"- environment: {step.environment}\n- command: `{command}`\n"
+            f"- rationale: {escape_markdown(step.rationale)}\n- proposed by: {step.proposed_by}\n"
+            f"- step key: {step.key()}\n\nNo answer within {timeout} s means it is not executed."
+        )
+        ask = ApprovalAsk(
+            key=f"approval-{step.key()}",
+            command=command,
+            description=description,
+            timeout_seconds=timeout,
+        )
+        return "ask", ask
+
+    def answered(self, decision: StepDecision, answer: ApprovalAnswer | None) -> Approval | None:
+        """Record a person's answer (None: no answer in time). Returns the approval to run
+        the write with, or None when it will not run."""
+        step = decision.step
+        incident = self.context.incident_id
+        self.store.set_status(incident, "diagnosing")
+        if answer is None:
+            self.store.decide_approval(incident, step.key(), "expired", "uici", "no answer")
+            self._not_executed(
+                decision, "needs_approval", f"no approval within {self.approval_timeout(step)} s"
+            )
+            return None
+        verdict: ApprovalStatus = "approved" if answer.approve else "rejected"
+        self.events.emit(
+            "approval.decided", incident, step=step.describe(), decision=verdict, by=answer.approver
+        )
+        self.store.decide_approval(incident, step.key(), verdict, answer.approver, answer.reason)
+        self._timeline(f"{verdict} by {answer.approver}: {step.describe()}")
+        if not answer.approve:
+            self._not_executed(decision, "rejected", f"rejected by {answer.approver}")
+            return None
+        return Approval(
+            step_key=step.key(),
+            approved_by=answer.approver,
+            expires_at=self.planner.policy.approval_expiry(step),
+        )
+
+    def record_write(self, step: PlanStep, outcome: GateOutcome) -> None:
+        if outcome.result is not None:
+            self.observe(step, outcome.result)
+        text = {
+            "executed": "executed",
+            "failed": "failed",
+            "unknown": "unknown",
+            "recovered": "recovered",
+            "already_done": "recovered",
+        }.get(outcome.outcome, "not executed")
+        self.report.actions.append(
+            ActionRecord(
+                step=step.describe(),
+                decision=outcome.decision.decision,
+                policy=outcome.decision.policy,
+                outcome=text,
+                detail=outcome.note,
+            )
+        )
+        self._timeline(f"{text}: {step.describe()}")
+
+    def approval_timeout(self, step: PlanStep) -> int:
+        policy = self.config.environments.environments[step.environment].policy
+        return int(policy.approval_timeout_seconds)
+
+    def validation_steps(self) -> list[PlanStep]:
+        """After a remediation that ran: the service's status, checked again."""
+        if not any(a.outcome in ("executed", "recovered") for a in self.report.actions):
+            return []
+        return [
+            PlanStep(
+                phase="resolution",
+                operation="get_status",
+                environment=self.context.environment,
+                target=self.context.service,
+                rationale="validate after remediation",
+                proposed_by="runbook",
+            )
+        ]
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def final_status(self) -> IncidentStatus:
+        """resolved: the service is healthy at the end; escalated: a write's outcome is unknown
+        or the write history stopped UICI acting again; diagnosed otherwise."""
+        if any(a.outcome == "unknown" for a in self.report.actions) or any(
+            ESCALATE in a.detail for a in self.report.actions
+        ):
+            return "escalated"
+        return "resolved" if self.report.healthy else "diagnosed"
+
+    def finish(self) -> dict[str, Any]:
+        report = self.report
+        report.usage = self.planner.incident_usage(self.context.incident_id)
+        report.healthy, report.health_detail = service_health(
+            report.observations, self.context.service
+        )
+        self._timeline("diagnosis complete")
+        status = self.final_status()
+        data = report.model_dump(mode="json")
+        self.store.save_report(self.context.incident_id, data, status)
+        self.events.emit(
+            "incident.diagnosed",
+            self.context.incident_id,
+            root_cause=report.diagnosis.root_cause if report.diagnosis else None,
+            healthy=report.healthy,
+            status=status,
+        )
+        return data
+
+    def fail(self, error: BaseException) -> dict[str, Any]:
+        """Any exception in the run: the incident ends `failed`, with the error and what was
+        done so far in its report, never left `diagnosing`."""
+        message = f"{type(error).__name__}: {error}"[:2000]
+        self._timeline(f"failed: {message}")
+        self.report.health_detail = f"the diagnosis failed: {message}"
+        data = {**self.report.model_dump(mode="json"), "error": message}
+        self.store.save_report(self.context.incident_id, data, "failed")
+        self.events.emit("incident.failed", self.context.incident_id, error=message)
+        return data
+
+    def _not_executed(self, decision: StepDecision, label: str, detail: str) -> None:
+        """A write that will not run: give back its reservation and say why in the report."""
+        self.planner.policy.settle(self.context, decision.step)
+        self.report.actions.append(
+            ActionRecord(
+                step=decision.step.describe(),
+                decision=label,
+                policy=decision.policy,
+                outcome="not executed",
+                detail=detail,
+            )
+        )
+        self._timeline(f"not executed: {decision.step.describe()} ({detail})")
+
+    def _timeline(self, event: str) -> None:
+        self.report.timeline.append(TimelineEntry(at=now(), event=event))

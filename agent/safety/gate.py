@@ -1,0 +1,497 @@
+"""The execution gate: the one code path every operation takes, from every entry point.
+
+The diagnose and run-operation flows, `POST /operations/{name}/run` and `uici run` all call
+`ExecutionGate.execute`; nothing else calls an executor's write method. For every operation:
+
+  validate (registry) -> decide (the environment's policy: risk, scope, approval)
+  reads:  -> execute -> record (events, audit)
+  writes: -> resolve the targets (what the write really touches) -> observe earlier writes on
+          them whose outcome is unknown -> record the intent, in one transaction with the
+          write-history rules (blast radius, budget, cool-down, writes per target) and the
+          per-target lock -> execute -> record the outcome (done, failed, unknown), events, audit
+
+A write whose outcome is unknown (timed out, lost its connection) counts as sent, and nothing
+more is sent to its targets until an observation or a person resolves it. The same intent met
+again (a retried, resumed or re-run flow) is resolved by observing the target, never repeated
+blindly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from agent.incidents.journal import Journal
+from agent.incidents.models import IncidentContext, PlanStep, StepDecision
+from agent.incidents.storage import IncidentStore, WriteFacts, WriteRecord, WriteState
+from agent.safety.policy import Approval, SafetyPolicy
+from infrastructure.configuration.loader import UICIConfig
+from infrastructure.configuration.models import RiskLevel, Runbook
+from infrastructure.executors.base import (
+    EnvironmentExecutor,
+    ErrorKind,
+    ExecutorError,
+    OperationError,
+    OperationResult,
+    ResolvedTarget,
+    intent_value,
+)
+from infrastructure.executors.factory import create_executor
+from infrastructure.translator import CommandSpec, CommandTranslator
+
+Entry = Literal["flow", "run-operation", "api", "cli"]
+BOUNDARIES = ("before_intent", "after_intent", "after_call", "after_outcome")
+# Why a write was not sent: the API answers 403 for `policy`, 409 for `approval` and
+# `history`, 422 for `target`.
+RefusedBy = Literal["policy", "approval", "history", "target"]
+Outcome = Literal[
+    "executed", "failed", "unknown", "recovered", "already_done", "refused", "needs_approval"
+]
+# How often a write waiting for another write on the same target looks again.
+_LOCK_POLL_SECONDS = 0.2
+# An intent still pending this long after its operation's whole deadline belongs to a process
+# that died: it is resolved by observation instead of being waited for.
+_STALE_MARGIN_SECONDS = 5.0
+
+
+def intent_key(context: IncidentContext, step: PlanStep) -> str:
+    """Alert fingerprint, startsAt, operation, target and parameters identify one remediation."""
+    identity = [
+        context.alert.fingerprint or context.incident_id,
+        context.alert.starts_at,
+        step.environment,
+        step.operation,
+        step.target,
+        step.parameters,
+    ]
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+class GateRequest(BaseModel):
+    step: PlanStep
+    context: IncidentContext
+    actor: str
+    entry: Entry
+    runbook: Runbook | None = None
+    approval: Approval | None = None
+    request_id: str | None = None
+    # The write's identity; by default the alert and the step (see intent_key), so a re-run
+    # for the same alert meets its own earlier intent.
+    intent_key: str | None = None
+
+
+class GateOutcome(BaseModel):
+    decision: StepDecision
+    outcome: Outcome
+    result: OperationResult | None = None
+    key: str | None = None
+    note: str = ""
+    refused_by: RefusedBy | None = None
+    targets: list[ResolvedTarget] = Field(default_factory=list)
+
+    @property
+    def executed(self) -> bool:
+        """This call sent the operation."""
+        return self.outcome in ("executed", "failed", "unknown")
+
+    @property
+    def succeeded(self) -> bool:
+        if self.result is not None:
+            return self.result.success
+        return self.outcome in ("recovered", "already_done")
+
+
+class ExecutionGate:
+    def __init__(
+        self,
+        config: UICIConfig,
+        store: IncidentStore,
+        policy: SafetyPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        checkpoint: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.policy = policy or SafetyPolicy(config, store, clock)
+        self.translator = CommandTranslator.from_config(config)
+        self.journal = Journal(store.path)
+        self.clock = clock
+        # Called at each boundary (BOUNDARIES); crash tests use it to kill the process there.
+        self.checkpoint = checkpoint or (lambda boundary: None)
+        self._executors: dict[str, EnvironmentExecutor] = {}
+
+    def executor(self, environment: str) -> EnvironmentExecutor:
+        if environment not in self._executors:
+            self._executors[environment] = create_executor(
+                environment, self.config.environments.environments[environment]
+            )
+        return self._executors[environment]
+
+    def close(self) -> None:
+        for executor in self._executors.values():
+            executor.close()
+        self._executors.clear()
+
+    # --- the one path ---------------------------------------------------------------------
+
+    def execute(self, request: GateRequest) -> GateOutcome:
+        step = request.step
+        decision = self.policy.decide(step, request.context, request.runbook, request.approval)
+        if decision.decision == "rejected":
+            return self._refuse(request, decision, "policy", "; ".join(decision.reasons))
+        if decision.decision == "needs_approval":
+            who = f"environments.{step.environment}.policy.approval_required"
+            return self._refuse(
+                request, decision, "approval", f"{decision.policy}: approval needed ({who})"
+            )
+        if self._risk(step) is RiskLevel.READ:
+            result = self._send(request, None)
+            return GateOutcome(decision=decision, outcome=_sent(result), result=result)
+        return self._write(request, decision)
+
+    def check(self, request: GateRequest) -> GateOutcome | None:
+        """Would this write be refused now, whatever a person answers? Asked before an approval
+        is requested, so nobody approves what the write history will refuse. None: it may run
+        once approved (execute checks everything again, atomically)."""
+        step = request.step
+        decision = self.policy.decide(step, request.context, request.runbook, request.approval)
+        if decision.decision == "rejected":
+            return self._refuse(request, decision, "policy", "; ".join(decision.reasons))
+        if self._risk(step) is RiskLevel.READ:
+            return None
+        key = request.intent_key or intent_key(request.context, step)
+        if self.store.write(key) is not None:
+            return None  # the same intent again: execute resolves it by observation
+        targets = self._targets(request, decision)
+        if isinstance(targets, GateOutcome):
+            return targets
+        self._observe_unresolved(step, targets)
+        record = self._record(request, key, targets)
+        facts = self.store.write_facts(record, self._window_start(step))
+        refusal = self.policy.write_refusal(step, request.context, targets, facts)
+        if refusal is None:
+            return None
+        return self._refuse(request, decision, "history", refusal, targets)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _write(self, request: GateRequest, decision: StepDecision) -> GateOutcome:
+        step = request.step
+        key = request.intent_key or intent_key(request.context, step)
+        self.checkpoint("before_intent")
+        existing = self.store.write(key)
+        if existing is not None:
+            return self._again(request, decision, existing)
+        targets = self._targets(request, decision)
+        if isinstance(targets, GateOutcome):
+            return targets
+        self._observe_unresolved(step, targets)
+        record = self._record(request, key, targets)
+        refusal = self._begin(request, record)
+        if refusal is not None:
+            return self._refuse(request, decision, "history", refusal, targets)
+        return self._send_write(request, decision, record)
+
+    def _begin(self, request: GateRequest, record: WriteRecord) -> str | None:
+        """Record the intent if the policy allows it; wait (bounded) while another write holds
+        one of the targets. Returns the refusal, if any."""
+        step = request.step
+        policy = self.config.environments.environments[step.environment].policy
+        deadline = time.monotonic() + policy.target_lock_wait_seconds
+        busy: list[WriteRecord] = []
+
+        def check(facts: WriteFacts) -> str | None:
+            refusal = self.policy.write_refusal(step, request.context, record.targets, facts)
+            if refusal is None and facts.in_progress:
+                busy.extend(facts.in_progress)
+                return "busy"
+            return refusal
+
+        while True:
+            busy.clear()
+            refusal = self.store.begin_write(record, self._window_start(step), check)
+            if not busy:
+                return refusal
+            if time.monotonic() >= deadline:
+                other = busy[0]
+                return (
+                    f"another write holds the target: {other.step.describe()} (write {other.key},"
+                    f" by {other.actor}) is still running after {policy.target_lock_wait_seconds:g}"
+                    f" s (environments.{step.environment}.policy.target_lock_wait_seconds)"
+                )
+            time.sleep(_LOCK_POLL_SECONDS)
+            self._observe_unresolved(step, record.targets)
+            record.recorded_at = self.clock()
+
+    def _send_write(
+        self, request: GateRequest, decision: StepDecision, record: WriteRecord
+    ) -> GateOutcome:
+        self.checkpoint("after_intent")
+        result = self._send(request, intent_value(record.key, record.recorded_at))
+        self.checkpoint("after_call")
+        state: WriteState = (
+            "done" if result.success else "unknown" if result.retryable else "failed"
+        )
+        self.store.finish_write(record.key, state, result.model_dump(mode="json"))
+        self.policy.settle(request.context, request.step)
+        self.checkpoint("after_outcome")
+        note = ""
+        if state == "unknown":
+            note = (
+                "the outcome is unknown (the call timed out or lost its connection): it counts "
+                "as sent, and nothing more is sent to the target until it is observed"
+            )
+        return GateOutcome(
+            decision=decision,
+            outcome=_sent(result),
+            result=result,
+            key=record.key,
+            note=note,
+            targets=record.targets,
+        )
+
+    def _again(
+        self, request: GateRequest, decision: StepDecision, existing: WriteRecord
+    ) -> GateOutcome:
+        """The same intent met again (retry, resume, re-run): observe, never repeat blindly."""
+        step = request.step
+        # A pending intent of this very key is one its process did not finish: the same alert's
+        # run retried, resumed or re-run after a crash. It is resolved by observation.
+        if existing.state == "done":
+            return self._finished(request, decision, existing, "already_done", "already done")
+        if existing.state == "failed":
+            note = f"this write failed before ({_error(existing)}); it is not sent again"
+            return self._refuse(request, decision, "history", note, existing.targets, existing.key)
+        observed = self._observe(existing)
+        if observed:
+            self.store.finish_write(
+                existing.key, "done", {"observed": True, **(existing.outcome or {})}
+            )
+            return self._finished(
+                request, decision, existing, "recovered", "took effect earlier; not repeated"
+            )
+        if existing.state == "pending" and observed is False:
+            # Nothing took effect: the process died before the call. Send it now, once.
+            return self._send_write(request, decision, existing)
+        if existing.state == "pending":
+            self.store.finish_write(existing.key, "unknown", {"observed": None})
+        note = (
+            f"the outcome of {step.describe()} (write {existing.key}) is unknown and cannot be "
+            "observed as done; it is not repeated blindly: a person must check the target, "
+            f"then `uici writes resolve {existing.key} done|failed`"
+        )
+        return self._refuse(request, decision, "history", note, existing.targets, existing.key)
+
+    def _finished(
+        self,
+        request: GateRequest,
+        decision: StepDecision,
+        existing: WriteRecord,
+        outcome: Outcome,
+        note: str,
+    ) -> GateOutcome:
+        self.policy.settle(request.context, request.step)
+        self.journal.audit.record(
+            request.actor,
+            f"operation.{request.step.operation}",
+            f"not sent again: {note} (write {existing.key})",
+            target=f"{request.step.environment}/{request.step.target or '-'}",
+            parameters={"parameters": request.step.parameters, "entry": request.entry},
+            incident_id=request.context.incident_id,
+            request_id=request.request_id,
+        )
+        result = None
+        if existing.outcome and "operation" in existing.outcome:
+            result = OperationResult.model_validate(existing.outcome)
+        return GateOutcome(
+            decision=decision.model_copy(update={"policy": note}),
+            outcome=outcome,
+            result=result,
+            key=existing.key,
+            note=note,
+            targets=existing.targets,
+        )
+
+    def resolve(self, write: WriteRecord) -> WriteRecord:
+        """Observe whether an unfinished write (pending from a dead process, or unknown) took
+        effect and record what is seen: done when it did; a pending one that did not was never
+        sent (failed); what cannot be told stays or becomes unknown."""
+        observed = self._observe(write)
+        if observed:
+            self.store.finish_write(write.key, "done", {"observed": True, **(write.outcome or {})})
+        elif write.state == "pending":
+            state: WriteState = "failed" if observed is False else "unknown"
+            self.store.finish_write(write.key, state, {"observed": observed})
+        found = self.store.write(write.key)
+        return found if found is not None else write
+
+    def _observe_unresolved(self, step: PlanStep, targets: list[ResolvedTarget]) -> None:
+        """Before anything is sent to these targets, look at earlier writes there whose outcome
+        is unknown, or that a dead process left pending."""
+        probe = WriteRecord(
+            key="",
+            incident_id=None,
+            step=step,
+            state="pending",
+            actor="",
+            entry="flow",
+            recorded_at=self.clock(),
+            targets=targets,
+        )
+        facts = self.store.write_facts(probe, self._window_start(step))
+        for write in [*facts.unresolved, *(w for w in facts.in_progress if self._stale(w))]:
+            self.resolve(write)
+
+    def _observe(self, write: WriteRecord) -> bool | None:
+        step = write.step
+        try:
+            return self.executor(step.environment).effect_observed(
+                step.operation,
+                step.target or "",
+                write.recorded_at,
+                intent_value(write.key, write.recorded_at),
+            )
+        except Exception:  # cannot tell: never a reason to send again
+            return None
+
+    def _stale(self, write: WriteRecord) -> bool:
+        spec = self.policy.registry.describe(write.step.operation)
+        deadline = spec.timeout_seconds * spec.retry.attempts + _STALE_MARGIN_SECONDS
+        return self.clock() - write.recorded_at > deadline
+
+    def _targets(
+        self, request: GateRequest, decision: StepDecision
+    ) -> list[ResolvedTarget] | GateOutcome:
+        step = request.step
+        if step.target is None:
+            return []
+        try:
+            return self.executor(step.environment).write_targets(step.target)
+        except ExecutorError as exc:
+            message = f"cannot resolve {step.target!r} on {step.environment}: {exc.message}"
+            return self._refuse(
+                request, decision, "target", message + (f" ({exc.hint})" if exc.hint else "")
+            )
+        except Exception as exc:  # an executor that cannot be built or reached
+            message = f"cannot resolve {step.target!r} on {step.environment}: {exc}"
+            return self._refuse(request, decision, "target", message)
+
+    def _record(self, request: GateRequest, key: str, targets: list[ResolvedTarget]) -> WriteRecord:
+        return WriteRecord(
+            key=key,
+            incident_id=request.context.incident_id,
+            step=request.step,
+            state="pending",
+            actor=request.actor,
+            entry=request.entry,
+            recorded_at=self.clock(),
+            targets=targets,
+        )
+
+    def _window_start(self, step: PlanStep) -> float:
+        policy = self.config.environments.environments[step.environment].policy
+        return self.clock() - policy.write_window_seconds
+
+    # --- sending and recording --------------------------------------------------------------
+
+    def _send(self, request: GateRequest, intent: str | None) -> OperationResult:
+        step = request.step
+        call = self.policy.registry.validate(
+            step.operation, step.environment, step.parameters, step.target
+        )
+        spec = self.translator.translate(call, {"intent": intent} if intent else None)
+        self.journal.started(
+            step.operation, step.environment, step.target, request.context.incident_id, step.phase
+        )
+        try:
+            executor = self.executor(step.environment)
+        except Exception as exc:  # e.g. ExecutorUnavailable: reported as the operation's result
+            result = _unavailable(spec, exc)
+        else:
+            result = executor.execute(spec)
+        self.journal.finished(
+            result,
+            request.actor,
+            {
+                "parameters": step.parameters,
+                "proposed_by": step.proposed_by,
+                "entry": request.entry,
+                "approved_by": request.approval.approved_by if request.approval else None,
+            },
+            request.context.incident_id,
+            request.request_id,
+            step.phase,
+            self._risk(step).value,
+        )
+        return result
+
+    def _refuse(
+        self,
+        request: GateRequest,
+        decision: StepDecision,
+        by: RefusedBy,
+        reason: str,
+        targets: list[ResolvedTarget] | None = None,
+        key: str | None = None,
+    ) -> GateOutcome:
+        step = request.step
+        self.policy.settle(request.context, step)
+        self.journal.audit.record(
+            request.actor,
+            f"operation.{step.operation}",
+            f"refused: {reason}",
+            target=f"{step.environment}/{step.target or '-'}",
+            parameters={"parameters": step.parameters, "entry": request.entry},
+            incident_id=request.context.incident_id,
+            request_id=request.request_id,
+        )
+        refused = decision.model_copy(
+            update={
+                "decision": "needs_approval" if by == "approval" else "rejected",
+                "reasons": [reason],
+                "policy": reason,
+            }
+        )
+        return GateOutcome(
+            decision=refused,
+            outcome="needs_approval" if by == "approval" else "refused",
+            key=key,
+            note=reason,
+            refused_by=by,
+            targets=targets or [],
+        )
+
+    def _risk(self, step: PlanStep) -> RiskLevel:
+        return self.policy.registry.describe(step.operation).risk
+
+
+def _sent(result: OperationResult) -> Outcome:
+    if result.success:
+        return "executed"
+    return "unknown" if result.retryable else "failed"
+
+
+def _error(write: WriteRecord) -> str:
+    error = (write.outcome or {}).get("error") or {}
+    return str(error.get("message") or "no detail")
+
+
+def _unavailable(spec: CommandSpec, exc: Exception) -> OperationResult:
+    return OperationResult(
+        operation=spec.operation,
+        environment=spec.environment,
+        environment_type=spec.environment_type,
+        target=spec.target,
+        success=False,
+        error=OperationError(kind=ErrorKind.RETRYABLE, message=f"{spec.environment}: {exc}"),
+        duration_seconds=0.0,
+        started_at=datetime.now(UTC),
+        command=spec.command,
+    )

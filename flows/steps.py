@@ -1,0 +1,89 @@
+"""The steps of an incident run: the read steps of a phase in one environment as a subflow (one
+task run per operation), and one write, paused for a person's approval when it needs one. Both
+go through the execution gate."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import apause_flow_run
+from prefect.input import RunInput
+
+from agent.incidents.investigation import ApprovalAnswer, Investigation
+from agent.incidents.models import Phase, PlanStep
+from infrastructure.executors.base import OperationResult
+from tasks.operations import (
+    RetryableOperationError,
+    StepNotAuthorized,
+    read_step_options,
+    run_read_step,
+    run_write_step,
+)
+
+
+class ApprovalInput(RunInput):
+    """The form shown in the Prefect UI (flow run page, Resume) for a write that needs a person."""
+
+    approve: bool
+    approver: str = "prefect-ui"
+    reason: str = ""
+
+
+@flow(name="environment-steps", flow_run_name="{phase} · {environment}")
+async def run_environment_steps(
+    phase: Phase, environment: str, steps: list[PlanStep], run: Investigation
+) -> list[tuple[PlanStep, OperationResult]]:
+    """The read steps of one phase in one environment, concurrently, one task each."""
+
+    async def one(step: PlanStep) -> tuple[PlanStep, OperationResult]:
+        spec = run.planner.policy.registry.describe(step.operation)
+        options = read_step_options(spec)
+        state = await run_read_step.with_options(**options)(  # type: ignore[misc]
+            phase, environment, step.operation, step.target or "-", run.request(step), run.gate,
+            return_state=True,
+        )  # fmt: skip
+        outcome = await state.aresult(raise_on_failure=False)
+        if isinstance(outcome, OperationResult):
+            return step, outcome
+        if isinstance(outcome, RetryableOperationError):
+            return step, outcome.result  # retried as configured, still failing: reported
+        if isinstance(outcome, StepNotAuthorized):
+            raise outcome
+        raise RuntimeError(f"{step.describe()} ended in state {state.type}: {outcome}")
+
+    return list(await asyncio.gather(*(one(step) for step in steps)))
+
+
+async def remediate(decision: Any, run: Investigation) -> None:
+    """One write: skip, or ask a person (pause), then send it through the gate."""
+    step = decision.step
+    next_, ask = run.next_for_write(decision)
+    if next_ == "skip":
+        return
+    approval = None
+    if ask is not None:
+        get_run_logger().warning("approval needed for %s: %s", step.describe(), ask.command)
+        try:
+            answer = await apause_flow_run(
+                wait_for_input=ApprovalInput.with_initial_data(
+                    description=ask.description, approve=False
+                ),
+                timeout=ask.timeout_seconds,
+                poll_interval=run.config.platform.prefect.approval_poll_seconds,
+                key=ask.key,
+            )
+        except FlowPauseTimeout:
+            answer = None
+        approval = run.answered(
+            decision, None if answer is None else ApprovalAnswer(**answer.model_dump())
+        )
+        if approval is None:
+            return
+    outcome = await run_write_step(
+        step.phase, step.environment, step.operation, step.target or "-",
+        run.request(step, approval), run.gate,
+    )  # fmt: skip
+    run.record_write(step, outcome)
