@@ -250,7 +250,7 @@ def test_two_incidents_on_one_service_remediate_one_after_the_other(
     import sqlite3
 
     with sqlite3.connect(store.path) as db:
-        spans = sorted(db.execute("SELECT recorded_at, finished_at FROM intents").fetchall())
+        spans = sorted(db.execute("SELECT recorded_at, finished_at FROM writes").fetchall())
     assert len(spans) == 2
     (_, first_end), (second_start, _) = spans
     assert second_start >= first_end, (
