@@ -201,15 +201,41 @@ def test_read_runs_write_needs_approval_destructive_refused(
     assert "destructive operations are not allowed" in destructive.reasons[0]
 
 
-def test_auto_approval_needs_environment_and_runbook(
+def test_auto_approval_is_bound_to_the_runbook_step_and_its_evidence(
     config: UICIConfig, history: IncidentStore
 ) -> None:
-    [restart] = decide(config, history, step("restart_service"))
-    assert (
-        restart.decision == "accepted" and restart.policy == "auto-approved by runbook service-down"
+    """service-down auto-approves restart_service only as its resolution step does: on the
+    alerted service, with its parameters, when its condition (oom_killed) holds on what was
+    observed. Who proposed it (runbook or LLM) does not matter; what was seen does."""
+    policy = SafetyPolicy(config, history)
+    runbook = next(r for r in config.agents.runbooks if r.name == "service-down")
+    oom = Observation(
+        id="obs-1", phase="triage", operation="get_status", environment="local-docker",
+        target="api", success=True, data=[{"state": "exited", "oom_killed": True}],
+    )  # fmt: skip
+    calm = oom.model_copy(update={"data": [{"state": "running", "oom_killed": False}]})
+
+    def decided(s: PlanStep, seen: list[Observation], ctx: IncidentContext | None = None) -> str:
+        [decision] = policy.review([s], ctx or context(), runbook, observations=seen)
+        policy.settle(ctx or context(), s)
+        return decision.decision + ": " + decision.policy
+
+    restart = step("restart_service")
+    assert decided(restart, [oom]).startswith(
+        "accepted: auto-approved by runbook service-down: resolution step 1 (restart_service),"
+        " its condition holds on obs-1"
     )
-    [restart] = decide(config, history, step("restart_service"), runbook_name="default")
-    assert restart.decision == "needs_approval"  # the default runbook lists no auto-approval
+    assert decided(restart, []).startswith("needs_approval")  # no evidence, no auto-approval
+    assert decided(restart, [calm]).startswith("needs_approval")
+    # Another phase, other parameters, or a dependency the labels named: a person decides.
+    assert decided(step("restart_service", phase="isolation"), [oom]).startswith("needs_approval")
+    assert decided(step("restart_service", stop_timeout=0), [oom]).startswith("needs_approval")
+    with_db = context(deps=["db"])
+    on_db = step("restart_service", target="db")
+    assert decided(on_db, [oom], with_db).startswith("needs_approval")
+    # The default runbook lists no auto-approval at all.
+    [other] = decide(config, history, restart, runbook_name="default")
+    assert other.decision == "needs_approval"
 
 
 def test_validation_rejects_with_reasons(config: UICIConfig, history: IncidentStore) -> None:

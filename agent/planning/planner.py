@@ -70,7 +70,7 @@ class DiagnosticPlanner:
                     raise LLMFailure("empty_plan", f"the LLM proposed no steps for {phase}")
                 self.incident_usage(context.incident_id).add(outcome.usage)
                 decisions = self.policy.review(
-                    outcome.steps, context, runbook, already_planned_in_phase
+                    outcome.steps, context, runbook, already_planned_in_phase, observations
                 )
                 return PhasePlan(
                     phase=phase,
@@ -117,7 +117,9 @@ class DiagnosticPlanner:
                 created_at=created,
             )
         runbook, steps, runbook_notes = self.runbooks.plan(context, phase, observations)
-        decisions = self.policy.review(steps, context, runbook, already_planned_in_phase)
+        decisions = self.policy.review(
+            steps, context, runbook, already_planned_in_phase, observations
+        )
         return PhasePlan(
             phase=phase,
             planner="runbook",

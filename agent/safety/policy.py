@@ -17,8 +17,15 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel
 
-from agent.incidents.models import Decision, IncidentContext, PlanStep, StepDecision
+from agent.incidents.models import (
+    Decision,
+    IncidentContext,
+    Observation,
+    PlanStep,
+    StepDecision,
+)
 from agent.incidents.storage import IncidentStore, WriteFacts, WriteRecord
+from agent.planning.conditions import evaluate
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel, Runbook
 from infrastructure.executors.base import ResolvedTarget
@@ -58,6 +65,7 @@ class SafetyPolicy:
         context: IncidentContext,
         runbook: Runbook | None,
         already_planned_in_phase: int = 0,
+        observations: Sequence[Observation] = (),
     ) -> list[StepDecision]:
         """A decision for every proposed step; rejected steps carry their reasons."""
         decisions: list[StepDecision] = []
@@ -80,7 +88,7 @@ class SafetyPolicy:
                     )
                 )
                 continue
-            decision = self._decide(step, context, runbook)
+            decision = self._decide(step, context, runbook, observations)
             reserved = self._reserved.get(context.incident_id, set())
             if decision.decision != "rejected" and decision.risk != RiskLevel.READ.value:
                 if step.key() in reserved:
@@ -118,11 +126,12 @@ class SafetyPolicy:
         context: IncidentContext,
         runbook: Runbook | None,
         approval: Approval | None = None,
+        observations: Sequence[Observation] = (),
     ) -> StepDecision:
         """The check immediately before execution: the same validation and policy again, and
         for a step that needs approval, a matching, unexpired approval. The write history is
         checked by `write_refusal` once the targets are resolved."""
-        decision = self._decide(step, context, runbook)
+        decision = self._decide(step, context, runbook, observations)
         if decision.decision != "needs_approval":
             return decision
         if approval is None:
@@ -182,7 +191,7 @@ class SafetyPolicy:
         if facts.unresolved:
             earlier = facts.unresolved[0]
             return (
-                f"unknown outcome: {earlier.step.describe()} (write {earlier.key}, "
+                f"{UNKNOWN_OUTCOME}: {earlier.step.describe()} (write {earlier.key}, "
                 f"{_when(earlier.recorded_at)}) may or may not have taken effect on "
                 f"{_names(earlier)}; nothing more is sent there until it is observed: check the "
                 f"target, then `uici writes resolve {earlier.key} done|failed`"
@@ -220,6 +229,7 @@ class SafetyPolicy:
         step: PlanStep,
         context: IncidentContext,
         runbook: Runbook | None,
+        observations: Sequence[Observation] = (),
     ) -> StepDecision:
         reasons = self.validate(step, context)
         if reasons:
@@ -260,14 +270,41 @@ class SafetyPolicy:
             )
         if risk not in policy.approval_required:
             return result("accepted", f"{risk.value}: runs without approval here")
-        if (
-            risk is RiskLevel.WRITE
-            and policy.auto_approve
-            and runbook is not None
-            and step.operation in runbook.auto_approve
-        ):
-            return result("accepted", f"auto-approved by runbook {runbook.name}")
+        if risk is RiskLevel.WRITE and policy.auto_approve and runbook is not None:
+            bound = self._runbook_step(step, context, runbook, observations)
+            if bound is not None:
+                return result("accepted", f"auto-approved by runbook {runbook.name}: {bound}")
         return result("needs_approval", f"{risk.value}: needs a person's approval")
+
+    def _runbook_step(
+        self,
+        step: PlanStep,
+        context: IncidentContext,
+        runbook: Runbook,
+        observations: Sequence[Observation],
+    ) -> str | None:
+        """The runbook step that makes this write auto-approved, in words, or None. Bound to
+        the step, not to the operation's name: the same phase and operation, the alerted
+        service as its target (a dependency is named by the alert's labels, so a write on one
+        always needs a person), the same parameters, and its `when` holding on what was
+        observed. So an LLM's write is auto-approved only where the runbook's would be."""
+        if step.operation not in runbook.auto_approve or step.target != context.service:
+            return None
+        spec = self.registry.describe(step.operation)
+        defaults = {name: p.default for name, p in spec.parameters.items()}
+        for index, candidate in enumerate(runbook.phases.get(step.phase, [])):
+            if candidate.operation != step.operation or candidate.target != "service":
+                continue
+            wanted = {**defaults, **candidate.params}
+            if {**defaults, **step.parameters} != wanted:
+                continue
+            where = f"{step.phase} step {index + 1}"
+            if candidate.when is None:
+                return f"{where} ({step.operation}, no condition)"
+            holds, evidence = evaluate(candidate.when, observations, context)
+            if holds:
+                return f"{where} ({step.operation}), its condition holds on {', '.join(evidence)}"
+        return None
 
     def validate(self, step: PlanStep, context: IncidentContext) -> list[str]:
         """Registry validation plus scope: the incident's environment, service and dependencies."""
@@ -295,6 +332,9 @@ class SafetyPolicy:
 # The words a refusal starts with when the write history says UICI must stop acting on a
 # target: the incident is escalated to a person.
 ESCALATE = "escalate to a person"
+UNKNOWN_OUTCOME = "unknown outcome"
+# Refusals after which nothing more happens on the target until a person looks.
+NEEDS_PERSON = (ESCALATE, UNKNOWN_OUTCOME)
 
 
 def is_selector(target: str) -> bool:
