@@ -29,7 +29,7 @@ from agent.incidents.storage import IncidentStore
 from agent.logs import configure_logging, incident_id_var, log_context, request_id_var
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate
-from flows.steps import remediate, run_environment_steps
+from flows.steps import remediate, run_reads, validate
 from infrastructure.configuration.loader import UICIConfig, load_config
 
 
@@ -82,25 +82,19 @@ async def run_phases(run: Investigation) -> None:
         planned = 0
         run.events.emit("phase.started", run.context.incident_id, phase=phase)
         for iteration in range(rounds):
-            before = run.usage_so_far()
+            usage = run.usage_so_far()
             plan = plan_phase(phase, iteration, run, run.report.observations, planned)
-            run.usage_event(phase, before)
+            run.usage_event(phase, usage)
             planned += len(plan.decisions)
-            reads, writes = run.record_plan(plan)
-            for environment in sorted({s.environment for s in reads}):
-                mine = [s for s in reads if s.environment == environment]
-                for step, result in await run_environment_steps(phase, environment, mine, run):
-                    run.observe(step, result)
+            before, writes, after = run.record_plan(plan)
+            await run_reads(phase, before, run)
             for decision in writes:
                 await remediate(decision, run)
+            await run_reads(phase, after, run)
             if plan.done or plan.planner == "runbook":
                 break
         await aupdate_progress_artifact(progress, progress=100.0 * (index + 1) / len(PHASES))
-    validation = run.validation_steps()
-    if validation:
-        environment = run.context.environment
-        for step, result in await run_environment_steps("resolution", environment, validation, run):
-            run.observe(step, result)
+    await validate(run)
     # A sync task called from this async flow runs inline and returns its value.
     run.report.diagnosis = diagnose(run, run.report.observations)
 

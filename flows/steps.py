@@ -30,6 +30,7 @@ class ApprovalInput(RunInput):
     approve: bool
     approver: str = "prefect-ui"
     reason: str = ""
+    step_key: str = ""  # filled in with the step asked about; an answer for another is a no
 
 
 @flow(name="environment-steps", flow_run_name="{phase} · {environment}")
@@ -69,7 +70,7 @@ async def remediate(decision: Any, run: Investigation) -> None:
         try:
             answer = await apause_flow_run(
                 wait_for_input=ApprovalInput.with_initial_data(
-                    description=ask.description, approve=False
+                    description=ask.description, approve=False, step_key=step.key()
                 ),
                 timeout=ask.timeout_seconds,
                 poll_interval=run.config.platform.prefect.approval_poll_seconds,
@@ -87,3 +88,27 @@ async def remediate(decision: Any, run: Investigation) -> None:
         run.request(step, approval), run.gate,
     )  # fmt: skip
     run.record_write(step, outcome)
+
+
+async def run_reads(phase: Phase, steps: list[PlanStep], run: Investigation) -> None:
+    """Read steps, one subflow per environment, each result an observation."""
+    for environment in sorted({s.environment for s in steps}):
+        mine = [s for s in steps if s.environment == environment]
+        for step, result in await run_environment_steps(phase, environment, mine, run):
+            run.observe(step, result)
+
+
+async def validate(run: Investigation) -> None:
+    """After a remediation: let the service settle, then check it as agents.yml says."""
+    step = run.validation_step()
+    if step is None:
+        return
+    settings = run.config.agents.diagnostic_agent.validation
+    await asyncio.sleep(settings.settle_seconds)
+    checks = []
+    for index in range(settings.checks):
+        if index:
+            await asyncio.sleep(settings.interval_seconds)
+        [(_, result)] = await run_environment_steps("resolution", step.environment, [step], run)
+        checks.append(run.observe(step, result))
+    run.validated(checks)

@@ -21,8 +21,10 @@ class ActionRecord(BaseModel):
     step: str
     decision: str
     policy: str
-    outcome: str  # executed | recovered | not executed | failed
+    outcome: str  # executed | recovered | not executed | failed | unknown
     detail: str = ""
+    # Nothing more happens on the target until a person looks (unknown outcome, a loop).
+    needs_person: bool = False
 
 
 class TimelineEntry(BaseModel):
@@ -83,6 +85,37 @@ def service_health(observations: list[Observation], service: str) -> tuple[bool 
     if problems:
         return False, "; ".join(problems)
     return True, f"{service} is running" + ("" if not latest[-1].data else " and not unhealthy")
+
+
+def recovery(checks: list[Observation], service: str, settled_seconds: float) -> tuple[bool, str]:
+    """Whether a remediated service recovered, from the status checks taken after it settled:
+    every check finds it running and healthy (service_health) and ready where the backend
+    reports readiness, and its restart count does not move from the first check to the last.
+    The answer names the checks it rests on."""
+    if not checks:
+        return False, "not recovered: no status check after the remediation"
+    ids = ", ".join(c.id for c in checks)
+    restarts: list[int] = []
+    for check in checks:
+        healthy, detail = service_health([check], service)
+        if not healthy:
+            return False, f"not recovered: {detail} ({check.id})"
+        found = [i for i in items(check) if isinstance(i, dict)]
+        unready = [
+            str(i.get("pod") or i.get("name") or service) for i in found if i.get("ready") is False
+        ]
+        if unready:
+            return False, f"not recovered: {', '.join(unready)} not ready ({check.id})"
+        restarts.append(sum(int(i.get("restart_count") or i.get("restarts") or 0) for i in found))
+    if restarts[-1] != restarts[0]:
+        return False, (
+            f"not recovered: restarted again while settling (restart count {restarts[0]} -> "
+            f"{restarts[-1]}; {ids})"
+        )
+    return True, (
+        f"recovered: {len(checks)} status checks after {settled_seconds:g} s to settle found it "
+        f"running and healthy, restart count steady at {restarts[-1]} ({ids})"
+    )
 
 
 def escape_markdown(text: str) -> str:

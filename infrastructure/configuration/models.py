@@ -722,11 +722,21 @@ class DiagnosisRule(StrictModel):
     recommended_actions: list[RecommendedAction] = Field(default_factory=list)
 
 
+class ValidationSettings(StrictModel):
+    """How long a remediated service must settle, and how often it is checked, before the
+    report calls it recovered."""
+
+    settle_seconds: float = Field(ge=0, le=3600)
+    checks: int = Field(ge=1, le=20)
+    interval_seconds: float = Field(ge=0, le=600)
+
+
 class DiagnosticAgentSettings(StrictModel):
     planner_mode: Literal["auto", "llm", "runbook"]
     max_steps_per_phase: dict[Phase, int]
     phase_time_budget_seconds: dict[Phase, PositiveSeconds]
     max_llm_iterations_per_phase: int = Field(ge=1, le=20)
+    validation: ValidationSettings
 
     @model_validator(mode="after")
     def _every_phase(self) -> DiagnosticAgentSettings:
