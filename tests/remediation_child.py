@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 
 from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
 from agent.incidents.storage import IncidentStore
 from agent.safety.gate import ExecutionGate, GateRequest
+from agent.safety.policy import Approval
 from infrastructure.configuration.loader import load_config
 
 
@@ -45,7 +47,13 @@ def main() -> None:
     )
     runbook = next(r for r in config.agents.runbooks if r.name == "service-down")
     gate = ExecutionGate(config, store, checkpoint=checkpoint)
-    request = GateRequest(step=step, context=context, actor="test", entry="flow", runbook=runbook)
+    # A person approved it (auto-approval needs the runbook step's evidence, not the point here).
+    approval = Approval(
+        step_key=step.key(), approved_by="sre", expires_at=datetime.now(UTC) + timedelta(hours=1)
+    )
+    request = GateRequest(
+        step=step, context=context, actor="test", entry="flow", runbook=runbook, approval=approval
+    )
     outcome = gate.execute(request)
     gate.close()
     print(json.dumps({"executed": outcome.executed, "outcome": outcome.outcome}))

@@ -29,6 +29,8 @@ WriteState = Literal["pending", "done", "failed", "unknown"]
 # States that mean the write was (or may have been) sent: they count against the cool-down and
 # the budgets, and hold the target's lock while pending.
 SENT_STATES: tuple[WriteState, ...] = ("pending", "done", "unknown")
+# What begin_write answers when the write's key is already recorded.
+DUPLICATE_KEY = "duplicate key"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -146,7 +148,8 @@ CREATE TABLE IF NOT EXISTS writes (
     entry TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     finished_at REAL,
-    outcome TEXT
+    outcome TEXT,
+    owner TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS writes_incident ON writes (incident_id, state);
 CREATE INDEX IF NOT EXISTS writes_state ON writes (state);
@@ -238,14 +241,17 @@ class WriteRecord(BaseModel):
     finished_at: float | None = None
     outcome: dict[str, Any] | None = None
     targets: list[ResolvedTarget] = []
+    # The process sending it (host:pid:start time): a pending write whose process is gone was
+    # never finished, one whose process lives is in progress.
+    owner: str = ""
 
 
 class WriteFacts(BaseModel):
     """What the write history says about a write about to be sent, read in its transaction."""
 
-    incident_writes: int  # writes sent in this incident
-    last_write: WriteRecord | None  # the latest write sent on any of the targets
-    writes_in_window: int  # writes sent on any of the targets since the window's start
+    incident_writes: int  # writes sent in this incident (pending, done or unknown)
+    last_write: WriteRecord | None  # the latest finished write (done or unknown) on the targets
+    writes_in_window: int  # writes tried on the targets since the window's start, failed too
     in_progress: list[WriteRecord]  # pending writes on any of the targets (they hold the lock)
     unresolved: list[WriteRecord]  # writes on the targets whose outcome is unknown
 
@@ -442,17 +448,19 @@ class IncidentStore:
         record: WriteRecord,
         window_start: float,
         check: Callable[[WriteFacts], str | None],
+        history_start: float | None = None,
     ) -> str | None:
         """Record a write before it is sent, unless `check` (the policy) refuses it given the
         history: both in one BEGIN IMMEDIATE transaction, so two writers racing for one target
         cannot both pass. Returns the refusal, or None when recorded."""
         with self.transaction() as db:
-            facts = self._write_facts(db, record, window_start)
+            facts = self._write_facts(db, record, window_start, history_start)
             refusal = check(facts)
             if refusal is not None:
                 return refusal
-            db.execute(
-                "INSERT INTO writes VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, NULL, NULL)",
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO writes"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, NULL, NULL, ?)",
                 (
                     record.key,
                     record.incident_id,
@@ -463,8 +471,11 @@ class IncidentStore:
                     record.actor,
                     record.entry,
                     record.recorded_at,
+                    record.owner,
                 ),
             )
+            if inserted.rowcount == 0:
+                return DUPLICATE_KEY  # another caller recorded this very write first
             db.executemany(
                 "INSERT OR IGNORE INTO write_targets VALUES (?, ?, ?, ?, ?)",
                 [
@@ -474,13 +485,22 @@ class IncidentStore:
             )
         return None
 
-    def write_facts(self, record: WriteRecord, window_start: float) -> WriteFacts:
+    def write_facts(
+        self, record: WriteRecord, window_start: float, history_start: float | None = None
+    ) -> WriteFacts:
         with self._db() as db:
-            return self._write_facts(db, record, window_start)
+            return self._write_facts(db, record, window_start, history_start)
 
     def _write_facts(
-        self, db: sqlite3.Connection, record: WriteRecord, window_start: float
+        self,
+        db: sqlite3.Connection,
+        record: WriteRecord,
+        window_start: float,
+        history_start: float | None = None,
     ) -> WriteFacts:
+        """`window_start`: writes since then count per target; `history_start` (default the
+        window's start): older finished writes are not read at all."""
+        since = window_start if history_start is None else min(window_start, history_start)
         sent = ",".join(f"'{s}'" for s in SENT_STATES)
         incident_writes = 0
         if record.incident_id is not None:
@@ -500,17 +520,29 @@ class IncidentStore:
             []
             if not identities
             else db.execute(
-                f"{on_targets} AND w.state IN ({sent}) ORDER BY w.recorded_at DESC", values
+                f"{on_targets} AND (w.recorded_at >= ? OR w.state IN ('pending', 'unknown'))"
+                " ORDER BY w.recorded_at DESC",
+                (*values, since),
             ).fetchall()
         )
         writes = [self._write(db, row) for row in rows]
+        finished = [w for w in writes if w.state in ("done", "unknown")]
         return WriteFacts(
             incident_writes=int(incident_writes),
-            last_write=writes[0] if writes else None,
+            last_write=finished[0] if finished else None,
             writes_in_window=sum(1 for w in writes if w.recorded_at >= window_start),
             in_progress=[w for w in writes if w.state == "pending"],
             unresolved=[w for w in writes if w.state == "unknown"],
         )
+
+    def claim_write(self, key: str, owner: str, new_owner: str) -> bool:
+        """Take over a pending write whose process is gone: only one caller wins."""
+        with self._db() as db:
+            changed = db.execute(
+                "UPDATE writes SET owner = ? WHERE key = ? AND state = 'pending' AND owner = ?",
+                (new_owner, key, owner),
+            ).rowcount
+        return changed == 1
 
     def write(self, key: str) -> WriteRecord | None:
         with self._db() as db:
@@ -563,6 +595,7 @@ class IncidentStore:
             recorded_at=row["recorded_at"],
             finished_at=row["finished_at"],
             outcome=json.loads(row["outcome"]) if row["outcome"] else None,
+            owner=row["owner"],
             targets=[ResolvedTarget(identity=r["identity"], name=r["name"]) for r in targets],
         )
 

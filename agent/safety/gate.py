@@ -20,17 +20,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from agent.incidents.journal import Journal
-from agent.incidents.models import IncidentContext, PlanStep, StepDecision
-from agent.incidents.storage import IncidentStore, WriteFacts, WriteRecord, WriteState
-from agent.safety.policy import Approval, SafetyPolicy
+from agent.incidents.models import IncidentContext, Observation, PlanStep, StepDecision
+from agent.incidents.storage import (
+    DUPLICATE_KEY,
+    IncidentStore,
+    WriteFacts,
+    WriteRecord,
+    WriteState,
+)
+from agent.safety.policy import NEEDS_PERSON, UNKNOWN_OUTCOME, Approval, SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel, Runbook
 from infrastructure.executors.base import (
@@ -60,6 +69,30 @@ _LOCK_POLL_SECONDS = 0.2
 _STALE_MARGIN_SECONDS = 5.0
 
 
+def _process_start(pid: int) -> str | None:
+    """The start time of a process on this host (Linux /proc), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
+# Who sends this process's writes: host, pid and the process's start time (a reused pid
+# does not look alive).
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or '?'}"
+
+
+def process_alive(owner: str) -> bool | None:
+    """Whether the process that owns a write still runs; None when that cannot be seen
+    from here (another host)."""
+    host, _, rest = owner.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or started == "?":
+        return None
+    return _process_start(int(pid)) == started
+
+
 def intent_key(context: IncidentContext, step: PlanStep) -> str:
     """Alert fingerprint, startsAt, operation, target and parameters identify one remediation."""
     identity = [
@@ -82,6 +115,9 @@ class GateRequest(BaseModel):
     runbook: Runbook | None = None
     approval: Approval | None = None
     request_id: str | None = None
+    # What the incident observed so far: a runbook step's `when` must hold on it for its write
+    # to be auto-approved.
+    observations: list[Observation] = Field(default_factory=list)
     # The write's identity; by default the alert and the step (see intent_key), so a re-run
     # for the same alert meets its own earlier intent.
     intent_key: str | None = None
@@ -94,6 +130,9 @@ class GateOutcome(BaseModel):
     key: str | None = None
     note: str = ""
     refused_by: RefusedBy | None = None
+    # A person must look before anything more happens: an unknown outcome, or the write
+    # history says acting again would be a loop.
+    needs_person: bool = False
     targets: list[ResolvedTarget] = Field(default_factory=list)
 
     @property
@@ -143,7 +182,9 @@ class ExecutionGate:
 
     def execute(self, request: GateRequest) -> GateOutcome:
         step = request.step
-        decision = self.policy.decide(step, request.context, request.runbook, request.approval)
+        decision = self.policy.decide(
+            step, request.context, request.runbook, request.approval, request.observations
+        )
         if decision.decision == "rejected":
             return self._refuse(request, decision, "policy", "; ".join(decision.reasons))
         if decision.decision == "needs_approval":
@@ -152,7 +193,7 @@ class ExecutionGate:
                 request, decision, "approval", f"{decision.policy}: approval needed ({who})"
             )
         if self._risk(step) is RiskLevel.READ:
-            result = self._send(request, None)
+            result = self._read(request)
             return GateOutcome(decision=decision, outcome=_sent(result), result=result)
         return self._write(request, decision)
 
@@ -161,7 +202,9 @@ class ExecutionGate:
         is requested, so nobody approves what the write history will refuse. None: it may run
         once approved (execute checks everything again, atomically)."""
         step = request.step
-        decision = self.policy.decide(step, request.context, request.runbook, request.approval)
+        decision = self.policy.decide(
+            step, request.context, request.runbook, request.approval, request.observations
+        )
         if decision.decision == "rejected":
             return self._refuse(request, decision, "policy", "; ".join(decision.reasons))
         if self._risk(step) is RiskLevel.READ:
@@ -174,7 +217,7 @@ class ExecutionGate:
             return targets
         self._observe_unresolved(step, targets)
         record = self._record(request, key, targets)
-        facts = self.store.write_facts(record, self._window_start(step))
+        facts = self.store.write_facts(record, self._window_start(step), self._history_start(step))
         refusal = self.policy.write_refusal(step, request.context, targets, facts)
         if refusal is None:
             return None
@@ -195,6 +238,10 @@ class ExecutionGate:
         self._observe_unresolved(step, targets)
         record = self._record(request, key, targets)
         refusal = self._begin(request, record)
+        if refusal == DUPLICATE_KEY:  # another caller recorded this very write a moment ago
+            again = self.store.write(key)
+            if again is not None:
+                return self._again(request, decision, again)
         if refusal is not None:
             return self._refuse(request, decision, "history", refusal, targets)
         return self._send_write(request, decision, record)
@@ -208,15 +255,18 @@ class ExecutionGate:
         busy: list[WriteRecord] = []
 
         def check(facts: WriteFacts) -> str | None:
-            refusal = self.policy.write_refusal(step, request.context, record.targets, facts)
-            if refusal is None and facts.in_progress:
+            # A write in progress on a target holds its lock: wait for it, then the policy
+            # decides on what it left (its cool-down, the budgets).
+            if facts.in_progress:
                 busy.extend(facts.in_progress)
                 return "busy"
-            return refusal
+            return self.policy.write_refusal(step, request.context, record.targets, facts)
 
         while True:
             busy.clear()
-            refusal = self.store.begin_write(record, self._window_start(step), check)
+            refusal = self.store.begin_write(
+                record, self._window_start(step), check, self._history_start(step)
+            )
             if not busy:
                 return refusal
             if time.monotonic() >= deadline:
@@ -234,12 +284,18 @@ class ExecutionGate:
         self, request: GateRequest, decision: StepDecision, record: WriteRecord
     ) -> GateOutcome:
         self.checkpoint("after_intent")
-        result = self._send(request, intent_value(record.key, record.recorded_at))
+        try:
+            result, sent = self._send(request, intent_value(record.key, record.recorded_at))
+        except BaseException as exc:  # interrupted mid-call: it may have reached the target
+            self.store.finish_write(record.key, "unknown", {"interrupted": repr(exc)})
+            raise
         self.checkpoint("after_call")
-        state: WriteState = (
-            "done" if result.success else "unknown" if result.retryable else "failed"
-        )
+        state: WriteState = "done" if result.success else "failed"
+        if not result.success and result.retryable and sent:
+            state = "unknown"
+        # The outcome first: if recording the audit fails, the write is still not pending.
         self.store.finish_write(record.key, state, result.model_dump(mode="json"))
+        self._journal(request, result)
         self.policy.settle(request.context, request.step)
         self.checkpoint("after_outcome")
         note = ""
@@ -250,10 +306,11 @@ class ExecutionGate:
             )
         return GateOutcome(
             decision=decision,
-            outcome=_sent(result),
+            outcome="unknown" if state == "unknown" else _sent(result),
             result=result,
             key=record.key,
             note=note,
+            needs_person=state == "unknown",
             targets=record.targets,
         )
 
@@ -269,6 +326,21 @@ class ExecutionGate:
         if existing.state == "failed":
             note = f"this write failed before ({_error(existing)}); it is not sent again"
             return self._refuse(request, decision, "history", note, existing.targets, existing.key)
+        if existing.state == "pending":
+            if not self._abandoned(existing):
+                note = (
+                    f"this write ({existing.key}) is being sent right now by {existing.actor} "
+                    f"({existing.owner}); it is not sent twice"
+                )
+                return self._refuse(
+                    request, decision, "history", note, existing.targets, existing.key
+                )
+            if not self.store.claim_write(existing.key, existing.owner, OWNER):
+                note = f"another process took over this write ({existing.key}) first"
+                return self._refuse(
+                    request, decision, "history", note, existing.targets, existing.key
+                )
+            existing.owner = OWNER
         observed = self._observe(existing)
         if observed:
             self.store.finish_write(
@@ -278,12 +350,13 @@ class ExecutionGate:
                 request, decision, existing, "recovered", "took effect earlier; not repeated"
             )
         if existing.state == "pending" and observed is False:
-            # Nothing took effect: the process died before the call. Send it now, once.
+            # Its process is gone and the target shows no sign of the call: it died before
+            # sending. Send it now, once (this process holds the claim).
             return self._send_write(request, decision, existing)
         if existing.state == "pending":
             self.store.finish_write(existing.key, "unknown", {"observed": None})
         note = (
-            f"the outcome of {step.describe()} (write {existing.key}) is unknown and cannot be "
+            f"{UNKNOWN_OUTCOME}: {step.describe()} (write {existing.key}) cannot be "
             "observed as done; it is not repeated blindly: a person must check the target, "
             f"then `uici writes resolve {existing.key} done|failed`"
         )
@@ -345,8 +418,12 @@ class ExecutionGate:
             recorded_at=self.clock(),
             targets=targets,
         )
-        facts = self.store.write_facts(probe, self._window_start(step))
-        for write in [*facts.unresolved, *(w for w in facts.in_progress if self._stale(w))]:
+        facts = self.store.write_facts(probe, self._window_start(step), self._history_start(step))
+        for write in [*facts.unresolved, *(w for w in facts.in_progress if self._abandoned(w))]:
+            if write.state == "pending" and not self.store.claim_write(
+                write.key, write.owner, OWNER
+            ):
+                continue
             self.resolve(write)
 
     def _observe(self, write: WriteRecord) -> bool | None:
@@ -361,7 +438,12 @@ class ExecutionGate:
         except Exception:  # cannot tell: never a reason to send again
             return None
 
-    def _stale(self, write: WriteRecord) -> bool:
+    def _abandoned(self, write: WriteRecord) -> bool:
+        """A pending write whose process is gone: on this host, its process no longer runs;
+        elsewhere, it has been pending longer than its operation's whole deadline."""
+        alive = process_alive(write.owner)
+        if alive is not None:
+            return not alive
         spec = self.policy.registry.describe(write.step.operation)
         deadline = spec.timeout_seconds * spec.retry.attempts + _STALE_MARGIN_SECONDS
         return self.clock() - write.recorded_at > deadline
@@ -393,15 +475,22 @@ class ExecutionGate:
             entry=request.entry,
             recorded_at=self.clock(),
             targets=targets,
+            owner=OWNER,
         )
 
     def _window_start(self, step: PlanStep) -> float:
         policy = self.config.environments.environments[step.environment].policy
         return self.clock() - policy.write_window_seconds
 
+    def _history_start(self, step: PlanStep) -> float:
+        """Finished writes older than the window and the cool-down no longer matter."""
+        policy = self.config.environments.environments[step.environment].policy
+        return self.clock() - max(policy.write_window_seconds, policy.cooldown_seconds)
+
     # --- sending and recording --------------------------------------------------------------
 
-    def _send(self, request: GateRequest, intent: str | None) -> OperationResult:
+    def _send(self, request: GateRequest, intent: str | None) -> tuple[OperationResult, bool]:
+        """Execute; also whether the call was sent at all (no executor: nothing was)."""
         step = request.step
         call = self.policy.registry.validate(
             step.operation, step.environment, step.parameters, step.target
@@ -413,9 +502,16 @@ class ExecutionGate:
         try:
             executor = self.executor(step.environment)
         except Exception as exc:  # e.g. ExecutorUnavailable: reported as the operation's result
-            result = _unavailable(spec, exc)
-        else:
-            result = executor.execute(spec)
+            return _unavailable(spec, exc), False
+        return executor.execute(spec), True
+
+    def _read(self, request: GateRequest) -> OperationResult:
+        result, _ = self._send(request, None)
+        self._journal(request, result)
+        return result
+
+    def _journal(self, request: GateRequest, result: OperationResult) -> None:
+        step = request.step
         self.journal.finished(
             result,
             request.actor,
@@ -430,7 +526,6 @@ class ExecutionGate:
             step.phase,
             self._risk(step).value,
         )
-        return result
 
     def _refuse(
         self,
@@ -465,6 +560,7 @@ class ExecutionGate:
             key=key,
             note=reason,
             refused_by=by,
+            needs_person=by == "history" and reason.startswith(NEEDS_PERSON),
             targets=targets or [],
         )
 

@@ -485,23 +485,50 @@ class DockerExecutor(EnvironmentExecutor):
     def effect_observed(
         self, operation: str, target: str, since: float, intent: str | None = None
     ) -> bool | None:
-        """restart: all containers started after `since`; start: all running; stop: none running."""
+        """restart: all containers started after `since`; start: all running; stop: none
+        running. When the effect is not there yet, the engine's own events tell whether the
+        call reached it (a kill, stop or die since `since`: still in progress, so None, cannot
+        tell) or not (False: nothing was sent)."""
         try:
             containers = self.resolve(target)
         except ExecutorError:
             return None
         states = [c.attrs["State"] for c in containers]
         if operation == "restart_service":
-            return all(
+            done = all(
                 (started := _timestamp(s.get("StartedAt"))) is not None
                 and _parse_time(started).timestamp() > since
                 for s in states
             )
-        if operation == "start_service":
-            return all(s.get("Running") for s in states)
-        if operation == "stop_service":
-            return not any(s.get("Running") for s in states)
-        return None
+        elif operation == "start_service":
+            done = all(s.get("Running") for s in states)
+        elif operation == "stop_service":
+            done = not any(s.get("Running") for s in states)
+        else:
+            return None
+        if done:
+            return True
+        signs = {"restart_service": ("kill", "stop", "die", "restart", "start"),
+                 "start_service": ("start",), "stop_service": ("kill", "stop", "die")}  # fmt: skip
+        try:
+            touched = self._events_since(containers, since, signs[operation])
+        except Exception:  # the events cannot be read: cannot tell
+            return None
+        return None if touched else False
+
+    def _events_since(
+        self, containers: list[Container], since: float, actions: tuple[str, ...]
+    ) -> bool:
+        stream = self._docker().events(
+            since=f"{since:.6f}",
+            until=f"{time.time():.6f}",
+            filters={"type": "container", "container": [c.id for c in containers]},
+            decode=True,
+        )
+        try:
+            return any(event.get("Action") in actions for event in stream)
+        finally:
+            stream.close()
 
     # --- write operations -------------------------------------------------------------
 
