@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from agent.incidents.investigation import Investigation
 from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
@@ -58,8 +59,13 @@ async def run_operation(
                 "decision": decision.model_dump(mode="json"),
                 "result": result.model_dump(mode="json"),
             }
-        services.store.open_incident(context)
-        await remediate(decision, run)
+        run.open(str(flow_run.id) if flow_run.id else None)
+        try:
+            await remediate(decision, run)
+            run.finish()
+        except BaseException as exc:
+            run.fail(exc)
+            raise
         observations = run.report.observations
         return {
             "decision": decision.model_dump(mode="json"),

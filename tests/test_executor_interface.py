@@ -15,6 +15,7 @@ from infrastructure.executors.base import (
     ErrorKind,
     ExecutorError,
     MethodOutput,
+    ResolvedTarget,
     executor_method,
 )
 from infrastructure.executors.factory import (
@@ -54,6 +55,9 @@ class RecordingExecutor(EnvironmentExecutor):
 
     def check_connection(self) -> MethodOutput:
         return MethodOutput(output="reachable")
+
+    def write_targets(self, target: str) -> list[ResolvedTarget]:
+        return [ResolvedTarget(identity=f"id-{target}", name=target)]
 
 
 @pytest.fixture

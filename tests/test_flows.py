@@ -462,3 +462,78 @@ def test_a_resolved_alert_cancels_the_remediation_waiting_for_approval(
     assert restarts(lab, target, start) == 0
     assert store.approvals(incident, "cancelled")
     assert store.get(incident).status == "resolved"  # type: ignore[union-attr]
+
+
+def _oom_worker(lab: FailureLab, suffix: str) -> str:
+    lab.run(
+        suffix,
+        ["sh", "-c", "echo INFO loading; tail /dev/zero"],
+        mem_limit="16m",
+        memswap_limit="16m",
+        restart_policy={"Name": "no"},
+    )
+    time.sleep(2)  # OOM-killed and exited
+    return lab.name(suffix)
+
+
+def _audit(store: IncidentStore) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(store.path) as db:
+        return [r[0] for r in db.execute("SELECT result FROM audit ORDER BY id")]
+
+
+def test_the_flows_refuse_a_write_in_cooldown_and_over_budget_and_audit_it(
+    lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch, shipped_config_dir: Path
+) -> None:
+    """A restart sent through `uici run` puts the container in its cool-down: the diagnose flow,
+    whose runbook would auto-approve the restart (OOM evidence), and the run-operation flow
+    both refuse it, say why in the report and audit it. An incident whose budget a person's
+    write used up gets no write planned."""
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+    from agent.incidents.models import AlertInfo, IncidentContext
+    from flows.operate import run_operation
+
+    path = shipped_config_dir / "environments.yml"
+    path.write_text(
+        path.read_text().replace(
+            "  max_write_steps_per_incident: 2", "  max_write_steps_per_incident: 1"
+        )
+    )
+    monkeypatch.setenv("UICI_CONFIG_DIR", str(shipped_config_dir))
+    target = _oom_worker(lab, "cooling")
+    store = IncidentStore(flow_env / "uici.db")
+    env = {"UICI_CONFIG_DIR": str(shipped_config_dir)}
+    cli = ["run", "restart_service", "--env", "local-docker", "--target", target, "--yes"]
+    since = time.time() - 1
+    assert CliRunner().invoke(app, cli, env=env).exit_code == 0
+
+    alert = {"labels": {"alertname": "WorkerExited", "service": target}, "fingerprint": "cool"}
+    report = asyncio.run(diagnose_incident(alert=alert, incident_id="cool-1"))
+    [action] = report["actions"]
+    assert action["outcome"] == "not executed" and action["detail"].startswith("cool-down:")
+    operated = asyncio.run(run_operation("restart_service", target=target))
+    [refused] = operated["actions"]
+    assert refused["outcome"] == "not executed" and refused["detail"].startswith("cool-down:")
+    assert sum(r.startswith("refused: cool-down") for r in _audit(store)) == 2
+    assert restarts(lab, target, since) == 1  # the person's, and no other
+
+    # The budget: a person's write counted against an incident leaves its flow none.
+    other = _oom_worker(lab, "budget")
+    store.open_incident(
+        IncidentContext(
+            incident_id="budget-1",
+            alert=AlertInfo(labels={"alertname": "WorkerExited", "service": other}),
+            environment="local-docker",
+            service=other,
+        )
+    )
+    cli = ["run", "start_service", "--env", "local-docker", "--target", other, "--yes"]
+    assert CliRunner().invoke(app, [*cli, "--incident", "budget-1"], env=env).exit_code == 0
+    alert = {"labels": {"alertname": "WorkerExited", "service": other}, "fingerprint": "budget"}
+    report = asyncio.run(diagnose_incident(alert=alert, incident_id="budget-1"))
+    assert not report["actions"]
+    assert any("write budget used: 1 of 1" in r["reasons"][0] for r in report["rejected"])
+    assert any("write budget used: 1 of 1" in r for r in _audit(store))

@@ -171,6 +171,7 @@ def test_the_incident_budget_holds_for_every_caller(lab: FailureLab, tmp_path: P
     assert second.outcome == "refused"
     assert second.note.startswith("write budget used: 1 of 1 write steps for incident inc-budget")
     gate.close()
+    assert lab.restart_events(b.name, time.time() - 120) == 0
 
 
 def test_a_restart_that_outlasts_its_deadline_is_unknown_and_never_repeated(
@@ -257,6 +258,7 @@ def test_uici_run_over_the_incident_budget_is_refused(lab: FailureLab, tmp_path:
     assert runner.invoke(app, [*base, a.name], env=env).exit_code == 0
     over = runner.invoke(app, [*base, b.name], env=env)
     assert over.exit_code == 2 and "write budget used: 1 of 1" in over.output
+    assert lab.restart_events(b.name, time.time() - 120) == 0
     assert any("write budget used" in r for r in audit_results(tmp_path))
 
 
@@ -306,17 +308,28 @@ def test_the_api_refuses_a_write_in_cooldown_and_over_budget_and_audits_it(
         assert restart(a.name).status_code == 200
         again = restart(a.name)
         assert again.status_code == 409 and "cool-down" in again.json()["error"]
-        assert restart(a.name, incident_id="inc-api").status_code == 409  # still cooling down
+        cooling = restart(a.name, incident_id="inc-api")
+        assert cooling.status_code == 409 and "cool-down" in cooling.json()["error"]
         first = restart(b.name, incident_id="inc-api")
         assert first.status_code == 200, first.text
         over = restart(a.name, incident_id="inc-api")
         assert over.status_code == 409 and "write budget used: 1 of 1" in over.json()["error"]
-        retried = client.post(
+        reader = client.post(
             "/operations/restart_service/run",
             json={"environment": "test-docker", "target": "x" * 5, "approve": True},
             headers=auth("reader"),
         )
-        assert retried.status_code == 403
+        assert reader.status_code == 403
+        # A client that retries the same request (same X-Request-ID) writes once.
+        c = lab.run("api-c", ["sleep", "600"])
+        same = {**auth("operator"), "X-Request-ID": "retry-0001"}
+        body = {"environment": "test-docker", "target": c.name, "approve": True}
+        replies = [
+            client.post("/operations/restart_service/run", json=body, headers=same)
+            for _ in range(2)
+        ]
+        assert [r.status_code for r in replies] == [200, 200]
+        assert lab.restart_events(c.name, time.time() - 120) == 1
     results = audit_results(tmp_path)
     assert sum(r.startswith("refused: cool-down") for r in results) >= 2
     assert lab.restart_events(a.name, time.time() - 120) == 1
@@ -334,3 +347,104 @@ def test_an_unusable_store_refuses_the_write(lab: FailureLab, tmp_path: Path) ->
     assert "none runs" in result.output
     assert lab.restart_events(container.name, time.time() - 120) == 0
     assert DATA.exists()
+
+
+def test_a_person_resolves_an_unknown_write_and_the_target_opens_again(
+    lab: FailureLab, tmp_path: Path
+) -> None:
+    from agent.incidents.storage import WriteRecord
+    from infrastructure.executors.base import ResolvedTarget
+
+    container = lab.run("resolve", ["sleep", "600"])
+    config_dir = config_with(tmp_path, {"cooldown_seconds": 0})
+    config = load(config_dir, tmp_path)
+    store = IncidentStore.from_config(config)
+    earlier = request(config, container.name)
+    record = WriteRecord(
+        key="w-unknown", incident_id=None, step=earlier.step, state="pending", actor="flow",
+        entry="flow", recorded_at=time.time() + 3600,  # in the future: never observed as done
+        targets=[ResolvedTarget(identity=container.id, name=container.name)],
+    )  # fmt: skip
+    assert store.begin_write(record, 0.0, lambda facts: None) is None
+    store.finish_write("w-unknown", "unknown", {})
+    gate = ExecutionGate(config, store)
+    assert gate.execute(request(config, container.name)).note.startswith("unknown outcome:")
+    env = {"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"}
+    cli = ["--config-dir", str(config_dir), "writes"]
+    listed = CliRunner().invoke(app, [*cli, "list", "--state", "unknown", "--json"], env=env)
+    assert listed.exit_code == 0 and '"w-unknown"' in listed.output
+    bad = CliRunner().invoke(app, [*cli, "resolve", "w-unknown", "maybe"], env=env)
+    assert bad.exit_code == 2
+    done = CliRunner().invoke(
+        app, [*cli, "resolve", "w-unknown", "failed", "--reason", "checked", "--as", "sre"], env=env
+    )
+    assert done.exit_code == 0, done.output
+    assert store.write("w-unknown").state == "failed"  # type: ignore[union-attr]
+    assert gate.execute(request(config, container.name)).outcome == "executed"
+    gate.close()
+    assert any(r.startswith("unknown -> failed") for r in audit_results(tmp_path))
+
+
+def test_no_code_but_the_gate_calls_an_executor_write_or_execute() -> None:
+    """Every operation goes through ExecutionGate: outside it (and the executors themselves)
+    nothing in the product calls `execute` on an executor or one of its write methods."""
+    import ast
+
+    from tests.conftest import REPO_ROOT
+
+    writes = {"restart_service", "start_service", "stop_service", "scale_service",
+              "rollback_service", "execute"}  # fmt: skip
+    allowed = {
+        REPO_ROOT / "agent" / "safety" / "gate.py",
+        REPO_ROOT / "infrastructure" / "executors" / "base.py",
+    }
+    found = []
+    for folder in ("agent", "flows", "tasks", "infrastructure", "deployments"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            if path in allowed:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    name = node.func.attr
+                    receiver = ast.unparse(node.func.value)
+                    if name == "execute" and "executor" not in receiver.lower():
+                        continue  # a database cursor, not an executor
+                    # the executors' own methods, and the gate's, are the implementation
+                    inside = "executors" in path.parts and receiver == "self"
+                    if name in writes and not inside and not receiver.endswith("gate"):
+                        where = f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+                        found.append(f"{where} {receiver}.{name}")
+    assert found == [], found
+
+
+def test_a_write_being_sent_by_a_live_process_is_not_sent_again(
+    lab: FailureLab, tmp_path: Path
+) -> None:
+    """The same key met while its owner still runs (a client retrying a request that is still
+    being served): refused, never sent twice."""
+    from agent.incidents.storage import WriteRecord
+    from agent.safety.gate import OWNER
+    from infrastructure.executors.base import ResolvedTarget
+
+    container = lab.run("live", ["sleep", "600"])
+    config = load(config_with(tmp_path, {"cooldown_seconds": 0}), tmp_path)
+    store = IncidentStore.from_config(config)
+    live = request(config, container.name)
+    record = WriteRecord(
+        key=live.intent_key or "", incident_id=live.context.incident_id, step=live.step,
+        state="pending", actor="sre", entry="cli", recorded_at=time.time(), owner=OWNER,
+        targets=[ResolvedTarget(identity=container.id, name=container.name)],
+    )  # fmt: skip
+    assert store.begin_write(record, 0.0, lambda facts: None) is None
+    gate = ExecutionGate(config, store)
+    again = gate.execute(live)
+    assert again.outcome == "refused" and "is being sent right now" in again.note
+    # A process that is gone (pid 1's start time differs from the owner's): taken over,
+    # observed (no sign of the call on the engine), sent once.
+    store.finish_write(record.key, "failed", {})
+    dead = record.model_copy(update={"key": "dead-owner", "owner": f"{OWNER.split(':')[0]}:1:0"})
+    assert store.begin_write(dead, 0.0, lambda facts: None) is None
+    taken = gate.execute(live.model_copy(update={"intent_key": "dead-owner"}))
+    assert taken.outcome == "executed", taken.note
+    gate.close()
+    assert lab.restart_events(container.name, time.time() - 120) == 1

@@ -27,7 +27,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO_ROOT / "deployments" / "kubernetes"
 CONFIG_DIR = REPO_ROOT / "infrastructure" / "config"
-APP_SOURCE = REPO_ROOT / "agent" / "api" / "app.py"
+APP_SOURCE = REPO_ROOT / "agent" / "service" / "app.py"
 REGENERATE = ".venv/bin/python deployments/kubernetes/render_configmap.py"
 
 NAMESPACE = "uici"
@@ -633,7 +633,7 @@ def test_drift_is_reported_with_the_fix(tmp_path: Path) -> None:
 
 
 def app_routes() -> set[tuple[str, str]]:
-    """(method, path) of every `@app.<method>("/path")` in agent/api/app.py, read without
+    """(method, path) of every `@app.<method>("/path")` in agent/service/app.py, read without
     building the app (that would open the store)."""
     routes = set()
     for node in ast.walk(ast.parse(APP_SOURCE.read_text(encoding="utf-8"))):
@@ -676,7 +676,7 @@ def _under(path: str, directory: str) -> bool:
 
 
 def deployment_problems(docs: list[Doc]) -> list[str]:
-    from agent.safety.policy import sqlite_path
+    from agent.incidents.storage import sqlite_path
     from infrastructure.configuration.loader import CONFIG_DIR_VARIABLE, resolve_config_dir
 
     doc = find(docs, "Deployment", "uici")
@@ -815,7 +815,7 @@ def deployment_problems(docs: list[Doc]) -> list[str]:
             problems.append(f"{label}: {probe} path {action.get('path')!r}, expected {path!r}")
         if action.get("path") and ("GET", action["path"]) not in routes:
             problems.append(
-                f"{label}: {probe} GET {action['path']} is no route in agent/api/app.py"
+                f"{label}: {probe} GET {action['path']} is no route in agent/service/app.py"
             )
         port = action.get("port")
         if ports.get(port, port) != SERVICE_PORT:

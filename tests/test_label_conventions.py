@@ -179,3 +179,27 @@ def test_the_shipped_conventions_are_unchanged(tmp_path: Path) -> None:
     assert conventions.map({"app": "api", "namespace": "shop"}).target == "api"
     refused = AlertMapper(config).map({"service": "web", "uici_env": "staging-k8s"})
     assert getattr(refused, "reason", "") == "environment 'staging-k8s' is disabled"
+
+
+def test_an_alert_from_outside_cannot_claim_what_only_the_sweep_sets(
+    client: TestClient, pod_config: UICIConfig, tmp_path: Path
+) -> None:
+    """The sweep's labels (where an incident comes from, the state it observed) are UICI's
+    own: the webhook drops them, so an alert can neither pose as the sweep nor pick a runbook
+    by a state nobody observed."""
+    sweep = pod_config.agents.health_sweep
+    alert = pod_alert(
+        pod="web-1", deploy_env="test-docker",
+        **{sweep.source_label: "sweep", sweep.observed_state_label: "exited"},
+    )  # fmt: skip
+    response = client.post(
+        "/webhooks/alertmanager", json=notification(alert), headers=auth("webhook")
+    )
+    [disposition] = response.json()["alerts"]
+    parameters = dispatched(tmp_path, disposition["incident_id"])
+    labels = parameters["alert"]["labels"]
+    assert sweep.source_label not in labels and sweep.observed_state_label not in labels
+    assert labels["pod"] == "web-1"
+    with sqlite3.connect(tmp_path / "uici.db") as db:
+        [stored] = db.execute("SELECT labels FROM alerts").fetchall()
+    assert sweep.observed_state_label not in json.loads(stored[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import yaml
@@ -44,6 +44,11 @@ app.add_typer(ops_app, name="ops")
 app.add_typer(envs_app, name="envs")
 incidents_app = typer.Typer(help="Incidents: list, show, approve or reject.", no_args_is_help=True)
 app.add_typer(incidents_app, name="incidents")
+writes_app = typer.Typer(
+    help="Writes sent through the gate: list them, resolve one whose outcome is unknown.",
+    no_args_is_help=True,
+)
+app.add_typer(writes_app, name="writes")
 keys_app = typer.Typer(help="API keys for the agent service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -422,6 +427,12 @@ def _run_through_gate(
     )
     try:
         outcome = gate.execute(request)
+    except sqlite3.Error as exc:  # fail closed: what cannot be recorded is not done
+        _fail(
+            f"refused: the incident store ({config.platform.storage.url}) failed: {exc}; "
+            "the operation was not sent, or its outcome could not be recorded "
+            "(see `uici writes list --state pending`)"
+        )
     finally:
         gate.close()
     if outcome.result is None:
@@ -614,6 +625,72 @@ def _store(ctx: typer.Context) -> Any:
     from agent.incidents.storage import IncidentStore
 
     return IncidentStore.from_config(_load(ctx))
+
+
+@writes_app.command("list")
+def writes_list(
+    ctx: typer.Context,
+    state: Annotated[
+        str | None, typer.Option("--state", help="pending, done, failed or unknown.")
+    ] = None,
+    incident: Annotated[str | None, typer.Option("--incident")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Every write, newest first, with what it really touched and how it ended."""
+    if state not in (None, "pending", "done", "failed", "unknown"):
+        _fail(f"--state {state!r}: one of pending, done, failed, unknown")
+    records = _store(ctx).writes(state=state, incident_id=incident, limit=limit)
+    if as_json:
+        _print_json([r.model_dump(mode="json") for r in records])
+        return
+    table = Table(title="Writes", title_justify="left")
+    for column in ("key", "state", "operation", "targets", "actor", "entry", "incident"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            record.key,
+            record.state,
+            record.step.describe(),
+            ", ".join(t.name for t in record.targets),
+            record.actor,
+            record.entry,
+            record.incident_id or "",
+        )
+    stdout.print(table)
+
+
+@writes_app.command("resolve")
+def writes_resolve(
+    ctx: typer.Context,
+    key: Annotated[str, typer.Argument(help="The write's key (uici writes list).")],
+    outcome: Annotated[str, typer.Argument(help="done: it took effect; failed: it did not.")],
+    reason: Annotated[str, typer.Option("--reason", help="What you checked.")] = "",
+    who: Annotated[str, typer.Option("--as", help="Who resolves it.")] = "cli",
+) -> None:
+    """Settle a write whose outcome is unknown (or left pending by a dead process) after
+    checking the target yourself: until then nothing more is sent to its targets."""
+    if outcome not in ("done", "failed"):
+        _fail(f"outcome {outcome!r}: done or failed")
+    from agent.incidents.audit import AuditLog
+
+    store = _store(ctx)
+    record = store.write(key)
+    if record is None:
+        _fail(f"no write {key!r} (uici writes list)")
+    if record.state not in ("unknown", "pending"):
+        _fail(f"write {key} is {record.state}; only an unknown or pending write is resolved")
+    state: Literal["done", "failed"] = "done" if outcome == "done" else "failed"
+    store.finish_write(key, state, {**(record.outcome or {}), "resolved_by": who, "reason": reason})
+    AuditLog(store.path).record(
+        who,
+        "writes.resolve",
+        f"{record.state} -> {outcome}: {reason}",
+        target=f"{record.step.environment}/{record.step.target or '-'}",
+        parameters={"key": key},
+        incident_id=record.incident_id,
+    )
+    stdout.print(Text(f"write {key}: {record.state} -> {outcome}"))
 
 
 @incidents_app.command("list")

@@ -27,12 +27,13 @@ from agent.incidents.report import (
     TimelineEntry,
     escape_markdown,
     now,
+    recovery,
     service_health,
 )
 from agent.incidents.storage import ApprovalStatus, IncidentStatus, IncidentStore
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
-from agent.safety.policy import ESCALATE, Approval
+from agent.safety.policy import Approval
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel, Runbook
 from infrastructure.executors.base import OperationResult
@@ -89,6 +90,7 @@ class ApprovalAnswer(BaseModel):
     approve: bool
     approver: str = "prefect-ui"
     reason: str = ""
+    step_key: str = ""  # the step the answer is for; another step's answer approves nothing
 
 
 WriteNext = Literal["skip", "ask", "run"]
@@ -119,6 +121,9 @@ class Investigation:
         self.request_id = request_id
         self.events = gate.journal.events
         self.runbook: Runbook = planner.runbooks.match(context)
+        # Set by `validated` once a remediation was checked after settling.
+        self.recovered: bool | None = None
+        self.recovery_detail = ""
         self.report = IncidentReport(
             incident_id=context.incident_id,
             alert=context.alert.model_dump(mode="json"),
@@ -138,17 +143,31 @@ class Investigation:
         self.store.set_status(self.context.incident_id, "diagnosing", flow_run_id)
         self._timeline(f"incident opened (runbook {self.runbook.name})")
 
-    def record_plan(self, plan: PhasePlan) -> tuple[list[PlanStep], list[StepDecision]]:
-        """Add a phase plan to the report; its read steps to run, and its write decisions."""
+    def record_plan(
+        self, plan: PhasePlan
+    ) -> tuple[list[PlanStep], list[StepDecision], list[PlanStep]]:
+        """Add a phase plan to the report. Returns the read steps to run first, the write
+        decisions, and the read steps that come after a write in the plan: those validate it,
+        so they run after it."""
         self.report.plans.append(plan)
         self.report.rejected.extend(d for d in plan.decisions if d.decision == "rejected")
         self._timeline(
             f"{plan.phase}: {plan.planner} planned {len(plan.accepted)} steps, "
             f"{len(plan.needs_approval)} need approval"
         )
-        reads = [s for s in plan.accepted if self.risk(s) is RiskLevel.READ]
-        writes = [d for d in plan.decisions if d.decision != "rejected" and d.risk != "read"]
-        return reads, writes
+        before: list[PlanStep] = []
+        writes: list[StepDecision] = []
+        after: list[PlanStep] = []
+        for decision in plan.decisions:
+            if decision.decision == "rejected":
+                if decision.risk not in (None, "read"):
+                    self._audit_refusal(decision)
+                continue
+            if decision.risk != "read":
+                writes.append(decision)
+            elif decision.decision == "accepted":
+                (after if writes else before).append(decision.step)
+        return before, writes, after
 
     def usage_so_far(self) -> Usage:
         return self.planner.incident_usage(self.context.incident_id).model_copy()
@@ -182,6 +201,7 @@ class Investigation:
             runbook=self.runbook if self.entry == "flow" else None,
             approval=approval,
             request_id=self.request_id,
+            observations=list(self.report.observations),
         )
 
     def observe(self, step: PlanStep, result: OperationResult) -> Observation:
@@ -203,7 +223,7 @@ class Investigation:
             return "skip", None
         refused = self.gate.check(self.request(step))
         if refused is not None:
-            self._not_executed(refused.decision, "rejected", refused.note)
+            self._not_executed(refused.decision, "rejected", refused.note, refused.needs_person)
             return "skip", None
         if decision.decision != "needs_approval":
             return "run", None
@@ -242,6 +262,11 @@ class Investigation:
                 decision, "needs_approval", f"no approval within {self.approval_timeout(step)} s"
             )
             return None
+        if answer.step_key and answer.step_key != step.key():
+            # An answer meant for another step (e.g. a stale form) approves nothing here.
+            answer = answer.model_copy(
+                update={"approve": False, "reason": f"answer was for step {answer.step_key}"}
+            )
         verdict: ApprovalStatus = "approved" if answer.approve else "rejected"
         self.events.emit(
             "approval.decided", incident, step=step.describe(), decision=verdict, by=answer.approver
@@ -274,6 +299,7 @@ class Investigation:
                 policy=outcome.decision.policy,
                 outcome=text,
                 detail=outcome.note,
+                needs_person=outcome.needs_person,
             )
         )
         self._timeline(f"{text}: {step.describe()}")
@@ -282,40 +308,51 @@ class Investigation:
         policy = self.config.environments.environments[step.environment].policy
         return int(policy.approval_timeout_seconds)
 
-    def validation_steps(self) -> list[PlanStep]:
-        """After a remediation that ran: the service's status, checked again."""
+    def validation_step(self) -> PlanStep | None:
+        """After a remediation that ran: the service's status, to be checked once it settled
+        (agents.yml diagnostic_agent.validation)."""
         if not any(a.outcome in ("executed", "recovered") for a in self.report.actions):
-            return []
-        return [
-            PlanStep(
-                phase="resolution",
-                operation="get_status",
-                environment=self.context.environment,
-                target=self.context.service,
-                rationale="validate after remediation",
-                proposed_by="runbook",
-            )
-        ]
+            return None
+        return PlanStep(
+            phase="resolution",
+            operation="get_status",
+            environment=self.context.environment,
+            target=self.context.service,
+            rationale="validate after remediation, once the service settled",
+            proposed_by="runbook",
+        )
+
+    def validated(self, checks: list[Observation]) -> None:
+        """Record what the checks after the settle window say: recovered or not, and why."""
+        settings = self.config.agents.diagnostic_agent.validation
+        self.recovered, detail = recovery(checks, self.context.service, settings.settle_seconds)
+        self.recovery_detail = detail
+        self._timeline(detail)
 
     # --- the end ------------------------------------------------------------------------------
 
     def final_status(self) -> IncidentStatus:
-        """resolved: the service is healthy at the end; escalated: a write's outcome is unknown
-        or the write history stopped UICI acting again; diagnosed otherwise."""
-        if any(a.outcome == "unknown" for a in self.report.actions) or any(
-            ESCALATE in a.detail for a in self.report.actions
-        ):
+        """resolved: the service is healthy at the end; escalated: a person must look (a
+        write's outcome is unknown, the write history stopped UICI acting again, or a
+        remediation failed and the service is still not healthy); diagnosed otherwise."""
+        actions = self.report.actions
+        failed = any(a.outcome == "failed" for a in actions)
+        if any(a.needs_person for a in actions) or (failed and not self.report.healthy):
             return "escalated"
         return "resolved" if self.report.healthy else "diagnosed"
 
     def finish(self) -> dict[str, Any]:
         report = self.report
         report.usage = self.planner.incident_usage(self.context.incident_id)
-        report.healthy, report.health_detail = service_health(
-            report.observations, self.context.service
-        )
+        if self.recovered is not None:
+            report.healthy, report.health_detail = self.recovered, self.recovery_detail
+        else:
+            report.healthy, report.health_detail = service_health(
+                report.observations, self.context.service
+            )
         self._timeline("diagnosis complete")
         status = self.final_status()
+        self._cancel_waiting("the run finished")
         data = report.model_dump(mode="json")
         self.store.save_report(self.context.incident_id, data, status)
         self.events.emit(
@@ -333,12 +370,15 @@ class Investigation:
         message = f"{type(error).__name__}: {error}"[:2000]
         self._timeline(f"failed: {message}")
         self.report.health_detail = f"the diagnosis failed: {message}"
+        self._cancel_waiting(f"the run failed: {message[:200]}")
         data = {**self.report.model_dump(mode="json"), "error": message}
         self.store.save_report(self.context.incident_id, data, "failed")
         self.events.emit("incident.failed", self.context.incident_id, error=message)
         return data
 
-    def _not_executed(self, decision: StepDecision, label: str, detail: str) -> None:
+    def _not_executed(
+        self, decision: StepDecision, label: str, detail: str, needs_person: bool = False
+    ) -> None:
         """A write that will not run: give back its reservation and say why in the report."""
         self.planner.policy.settle(self.context, decision.step)
         self.report.actions.append(
@@ -348,9 +388,30 @@ class Investigation:
                 policy=decision.policy,
                 outcome="not executed",
                 detail=detail,
+                needs_person=needs_person,
             )
         )
         self._timeline(f"not executed: {decision.step.describe()} ({detail})")
+
+    def _audit_refusal(self, decision: StepDecision) -> None:
+        """A write refused when it was planned is audited like one the gate refuses."""
+        step = decision.step
+        self.gate.journal.audit.record(
+            self.actor,
+            f"operation.{step.operation}",
+            "refused: " + "; ".join(decision.reasons),
+            target=f"{step.environment}/{step.target or '-'}",
+            parameters={"parameters": step.parameters, "entry": self.entry, "planned": True},
+            incident_id=self.context.incident_id,
+            request_id=self.request_id,
+        )
+
+    def _cancel_waiting(self, reason: str) -> None:
+        """No approval request outlives its run: one still pending is cancelled."""
+        for waiting in self.store.approvals(self.context.incident_id, "pending"):
+            self.store.decide_approval(
+                self.context.incident_id, waiting.step_key, "cancelled", "uici", reason
+            )
 
     def _timeline(self, event: str) -> None:
         self.report.timeline.append(TimelineEntry(at=now(), event=event))

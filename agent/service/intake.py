@@ -178,6 +178,10 @@ class AlertIngestor:
     def __init__(self, config: UICIConfig, store: IncidentStore) -> None:
         self.mapper = AlertMapper(config)
         self.store = store
+        # Labels only UICI's own health sweep sets: an alert from outside cannot claim to come
+        # from the sweep, nor pick a runbook by a state UICI never observed.
+        sweep = config.agents.health_sweep
+        self.reserved = {sweep.source_label, sweep.observed_state_label}
         self.events = EventLog(store.path)
         self.audit = AuditLog(store.path)
 
@@ -187,7 +191,9 @@ class AlertIngestor:
         dispositions: list[AlertDisposition] = []
         now = time.time()
         with self.store.transaction() as db:
-            for alert in payload.alerts:
+            for given in payload.alerts:
+                labels = {k: v for k, v in given.labels.items() if k not in self.reserved}
+                alert = given.model_copy(update={"labels": labels}) if labels else given
                 dispositions.append(self._one(db, alert, payload, request_id, now))
             result = IngestResult(
                 request_id=request_id,
