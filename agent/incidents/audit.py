@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.incidents.storage import connect, execute, where_clause
+from agent.incidents.storage import audit_rows, insert_audit
 from infrastructure.redaction import mask_secrets
 
 
@@ -46,7 +46,8 @@ class AuditLog:
         request_id: str | None = None,
         db: sqlite3.Connection | None = None,
     ) -> None:
-        row = (
+        insert_audit(
+            self.path,
             time.time(),
             actor,
             action,
@@ -55,12 +56,8 @@ class AuditLog:
             result[:2000],
             incident_id,
             request_id,
+            db,
         )
-        query = (
-            "INSERT INTO audit (at, actor, action, target, parameters, result, incident_id,"
-            " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        execute(self.path, query, row, db)
 
     def query(
         self,
@@ -70,19 +67,7 @@ class AuditLog:
         since: float | None = None,
         limit: int = 100,
     ) -> list[AuditRecord]:
-        where, values = where_clause(
-            (
-                ("incident_id = ?", incident_id),
-                ("actor = ?", actor),
-                ("action = ?", action),
-                ("at >= ?", since),
-            )
-        )
-        with connect(self.path) as db:
-            rows = db.execute(
-                f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
-                (*values, limit),
-            ).fetchall()
+        rows = audit_rows(self.path, incident_id, actor, action, since, limit)
         return [
             AuditRecord(
                 id=r["id"],

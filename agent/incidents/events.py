@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.incidents.storage import connect, execute
+from agent.incidents.storage import events_after, insert_event, last_event_id
 
 EventType = Literal[
     "incident.created",
@@ -59,26 +59,15 @@ class EventLog:
         **data: Any,
     ) -> None:
         """Record an event; inside `db`'s transaction when given (so it commits with the change)."""
-        row = (time.time(), type_, incident_id, json.dumps(data, default=str))
-        query = "INSERT INTO events (at, type, incident_id, data) VALUES (?, ?, ?, ?)"
-        execute(self.path, query, row, db)
+        insert_event(self.path, time.time(), type_, incident_id, json.dumps(data, default=str), db)
 
     def since(
         self, after_id: int = 0, limit: int = 1000, incident_id: str | None = None
     ) -> list[Event]:
-        query = "SELECT * FROM events WHERE id > ?"
-        values: list[Any] = [after_id]
-        if incident_id is not None:
-            query += " AND incident_id = ?"
-            values.append(incident_id)
-        with connect(self.path) as db:
-            rows = db.execute(query + " ORDER BY id LIMIT ?", (*values, limit)).fetchall()
-        return [_event(r) for r in rows]
+        return [_event(r) for r in events_after(self.path, after_id, limit, incident_id)]
 
     def last_id(self) -> int:
-        with connect(self.path) as db:
-            row = db.execute("SELECT MAX(id) FROM events").fetchone()
-        return int(row[0] or 0)
+        return last_event_id(self.path)
 
 
 def _event(row: sqlite3.Row) -> Event:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
@@ -162,6 +162,8 @@ CREATE TABLE IF NOT EXISTS write_targets (
     PRIMARY KEY (write_key, identity)
 );
 CREATE INDEX IF NOT EXISTS write_targets_identity ON write_targets (environment, identity, at);
+-- One row the readiness probe rewrites: the store takes writes.
+CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL);
 """
 
 
@@ -295,6 +297,297 @@ def insert_incident(
     )
 
 
+# --- the event log (agent.incidents.events) --------------------------------------------
+
+
+def insert_event(
+    path: Path,
+    at: float,
+    type_: str,
+    incident_id: str | None,
+    data: str,
+    db: sqlite3.Connection | None = None,
+) -> None:
+    """An event row (`data` is JSON); inside `db`'s transaction when given."""
+    execute(
+        path,
+        "INSERT INTO events (at, type, incident_id, data) VALUES (?, ?, ?, ?)",
+        (at, type_, incident_id, data),
+        db,
+    )
+
+
+def events_after(
+    path: Path, after_id: int, limit: int, incident_id: str | None = None
+) -> list[sqlite3.Row]:
+    """Events with an id above `after_id`, oldest first, of one incident when given."""
+    query = "SELECT * FROM events WHERE id > ?"
+    values: list[Any] = [after_id]
+    if incident_id is not None:
+        query += " AND incident_id = ?"
+        values.append(incident_id)
+    with connect(path) as db:
+        return db.execute(query + " ORDER BY id LIMIT ?", (*values, limit)).fetchall()
+
+
+def last_event_id(path: Path) -> int:
+    with connect(path) as db:
+        row = db.execute("SELECT MAX(id) FROM events").fetchone()
+    return int(row[0] or 0)
+
+
+# --- the audit trail (agent.incidents.audit) -------------------------------------------
+
+
+def insert_audit(
+    path: Path,
+    at: float,
+    actor: str,
+    action: str,
+    target: str | None,
+    parameters: str,
+    result: str,
+    incident_id: str | None,
+    request_id: str | None,
+    db: sqlite3.Connection | None = None,
+) -> None:
+    """An audit row (`parameters` is JSON, already masked); inside `db`'s transaction when
+    given."""
+    execute(
+        path,
+        "INSERT INTO audit (at, actor, action, target, parameters, result, incident_id,"
+        " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (at, actor, action, target, parameters, result, incident_id, request_id),
+        db,
+    )
+
+
+def audit_rows(
+    path: Path,
+    incident_id: str | None,
+    actor: str | None,
+    action: str | None,
+    since: float | None,
+    limit: int,
+) -> list[sqlite3.Row]:
+    """Audit rows matching the filters that are not None, newest first."""
+    where, values = where_clause(
+        (
+            ("incident_id = ?", incident_id),
+            ("actor = ?", actor),
+            ("action = ?", action),
+            ("at >= ?", since),
+        )
+    )
+    with connect(path) as db:
+        return db.execute(
+            f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
+            (*values, limit),
+        ).fetchall()
+
+
+# --- alerts and deliveries (agent.service.intake), inside the webhook's transaction ----
+
+
+def insert_delivery(
+    db: sqlite3.Connection,
+    at: float,
+    request_id: str,
+    source: str,
+    receiver: str,
+    group_key: str,
+    status: str,
+    alerts: int,
+    truncated_alerts: int,
+    summary: str,
+) -> None:
+    """One received notification (`summary` is JSON)."""
+    db.execute(
+        "INSERT INTO deliveries (at, request_id, source, receiver, group_key, status,"
+        " alerts, truncated_alerts, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (at, request_id, source, receiver, group_key, status, alerts, truncated_alerts, summary),
+    )
+
+
+def alert_by_key(db: sqlite3.Connection, key: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute("SELECT * FROM alerts WHERE key = ?", (key,)).fetchone()
+    return row
+
+
+def insert_alert(
+    db: sqlite3.Connection,
+    key: str,
+    fingerprint: str,
+    starts_at: str,
+    state: str,
+    labels: str,
+    annotations: str,
+    ends_at: str | None,
+    generator_url: str,
+    receiver: str,
+    group_key: str,
+    environment: str | None,
+    target: str | None,
+    reason: str | None,
+    incident_id: str | None,
+    now: float,
+    resolved_at: float | None,
+    request_id: str,
+) -> None:
+    """A first delivery of an alert (`labels` and `annotations` are JSON)."""
+    db.execute(
+        "INSERT INTO alerts (key, fingerprint, starts_at, state, labels, annotations, ends_at,"
+        " generator_url, receiver, group_key, environment, target, reason, incident_id,"
+        " deliveries, first_seen, last_seen, resolved_at, request_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+        (
+            key,
+            fingerprint,
+            starts_at,
+            state,
+            labels,
+            annotations,
+            ends_at,
+            generator_url,
+            receiver,
+            group_key,
+            environment,
+            target,
+            reason,
+            incident_id,
+            now,
+            now,
+            resolved_at,
+            request_id,
+        ),
+    )
+
+
+def count_alert_delivery(db: sqlite3.Connection, key: str, now: float) -> None:
+    """One more delivery of a known alert."""
+    db.execute(
+        "UPDATE alerts SET deliveries = deliveries + 1, last_seen = ? WHERE key = ?",
+        (now, key),
+    )
+
+
+def set_alert_annotations(db: sqlite3.Connection, key: str, annotations: str) -> None:
+    db.execute("UPDATE alerts SET annotations = ? WHERE key = ?", (annotations, key))
+
+
+def resolve_alert(db: sqlite3.Connection, key: str, ends_at: str | None, now: float) -> None:
+    db.execute(
+        "UPDATE alerts SET state = 'resolved', ends_at = ?, resolved_at = ? WHERE key = ?",
+        (ends_at, now, key),
+    )
+
+
+def touch_incident(db: sqlite3.Connection, incident_id: str, now: float) -> None:
+    db.execute("UPDATE incidents SET updated_at = ? WHERE id = ?", (now, incident_id))
+
+
+def resolve_incident(db: sqlite3.Connection, incident_id: str, now: float) -> None:
+    """The incident's alert resolved: the incident is resolved, whatever its status was."""
+    db.execute(
+        "UPDATE incidents SET status = 'resolved', updated_at = ? WHERE id = ?",
+        (now, incident_id),
+    )
+
+
+def set_flow_run(db: sqlite3.Connection, incident_id: str, flow_run_id: str, now: float) -> None:
+    """The flow run the outbox started for the incident."""
+    db.execute(
+        "UPDATE incidents SET flow_run_id = ?, updated_at = ? WHERE id = ?",
+        (flow_run_id, now, incident_id),
+    )
+
+
+# --- the dispatch outbox (agent.service.intake, agent.service.dispatch) ---------------
+
+
+def insert_dispatch(
+    db: sqlite3.Connection,
+    kind: str,
+    key: str,
+    incident_id: str,
+    payload: str,
+    now: float,
+) -> None:
+    """An outbox row (`payload` is JSON), at most one per (kind, key)."""
+    db.execute(
+        "INSERT OR IGNORE INTO dispatch (kind, key, incident_id, payload, state, attempts,"
+        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+        (kind, key, incident_id, payload, now, now, now),
+    )
+
+
+def skip_pending_diagnosis(db: sqlite3.Connection, key: str, now: float) -> None:
+    """The alert resolved: its diagnosis, if not yet started, is not started."""
+    db.execute(
+        "UPDATE dispatch SET state = 'skipped', result = 'alert resolved before dispatch',"
+        " updated_at = ? WHERE kind = 'diagnose' AND key = ? AND state = 'pending'",
+        (now, key),
+    )
+
+
+def dispatch_done(db: sqlite3.Connection, dispatch_id: int, result: str, now: float) -> None:
+    db.execute(
+        "UPDATE dispatch SET state = 'done', result = ?, attempts = attempts + 1,"
+        " updated_at = ? WHERE id = ?",
+        (result, now, dispatch_id),
+    )
+
+
+def dispatch_failed(
+    db: sqlite3.Connection,
+    dispatch_id: int,
+    attempts: int,
+    next_attempt_at: float,
+    error: str,
+    now: float,
+) -> None:
+    """A failed attempt: retried at `next_attempt_at`."""
+    db.execute(
+        "UPDATE dispatch SET attempts = ?, next_attempt_at = ?, last_error = ?,"
+        " updated_at = ? WHERE id = ?",
+        (attempts, next_attempt_at, error, now, dispatch_id),
+    )
+
+
+# --- metrics (agent.service.metrics) ----------------------------------------------------
+
+
+class MetricRows(NamedTuple):
+    """What `GET /metrics` reads from the store, as the rows the queries answer."""
+
+    incidents: sqlite3.Row  # COUNT(*), resolved
+    by_status: list[sqlite3.Row]  # status, COUNT(*)
+    pending_approvals: sqlite3.Row  # COUNT(*)
+    pending_dispatch: sqlite3.Row  # COUNT(*)
+    operations: list[sqlite3.Row]  # data of each operation.finished event
+    llm: sqlite3.Row  # calls, prompt tokens, completion tokens, cost
+
+
+def metric_rows(path: Path) -> MetricRows:
+    with connect(path) as db:
+        incidents = db.execute(
+            "SELECT COUNT(*), SUM(status = 'resolved') FROM incidents"
+        ).fetchone()
+        by_status = db.execute("SELECT status, COUNT(*) FROM incidents GROUP BY status")
+        status_rows = by_status.fetchall()
+        pending = db.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()
+        outbox = db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()
+        operations = db.execute(
+            "SELECT data FROM events WHERE type = 'operation.finished'"
+        ).fetchall()
+        llm = db.execute(
+            "SELECT COUNT(*), SUM(json_extract(data, '$.prompt_tokens')),"
+            " SUM(json_extract(data, '$.completion_tokens')), SUM(json_extract(data, '$.cost'))"
+            " FROM events WHERE type = 'llm.call'"
+        ).fetchone()
+    return MetricRows(incidents, status_rows, pending, outbox, operations, llm)
+
+
 class IncidentStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -387,6 +680,13 @@ class IncidentStore:
                 " THEN status ELSE ? END WHERE id = ?",
                 (json.dumps(report, default=str), time.time(), status, incident_id),
             )
+
+    def alerts_of(self, incident_id: str) -> list[sqlite3.Row]:
+        """The alerts that opened or repeated this incident."""
+        with self._db() as db:
+            return db.execute(
+                "SELECT * FROM alerts WHERE incident_id = ?", (incident_id,)
+            ).fetchall()
 
     def alert_resolved(self, incident_id: str) -> bool:
         """Whether the alert that opened this incident has resolved (no remediation then)."""
@@ -622,6 +922,23 @@ class IncidentStore:
                 "UPDATE incidents SET flow_run_id = ? WHERE id = ? AND flow_run_id IS NULL",
                 (flow_run_id, incident_id),
             )
+
+    # --- the dispatch outbox and the readiness probe -------------------------------------
+
+    def due_dispatch(self, now: float, limit: int) -> list[sqlite3.Row]:
+        """Pending outbox rows whose next attempt is due, oldest first."""
+        with self._db() as db:
+            return db.execute(
+                "SELECT * FROM dispatch WHERE state = 'pending' AND next_attempt_at <= ?"
+                " ORDER BY id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+
+    def probe_write(self) -> None:
+        """Rewrite the readiness row in a write transaction: raises unless the store takes
+        writes."""
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO readiness VALUES (1, ?)", (time.time(),))
 
 
 def _incident(row: sqlite3.Row) -> IncidentRecord:

@@ -16,7 +16,7 @@ from uuid import UUID
 
 from agent.incidents.audit import AuditLog
 from agent.incidents.events import EventLog
-from agent.incidents.storage import IncidentStore
+from agent.incidents.storage import IncidentStore, dispatch_done, dispatch_failed, set_flow_run
 from agent.logs import log_context
 from infrastructure.configuration.loader import UICIConfig
 
@@ -55,12 +55,7 @@ class Dispatcher:
         self.wake = asyncio.Event()
 
     def _due(self) -> list[dict[str, Any]]:
-        with self.store._db() as db:
-            rows = db.execute(
-                "SELECT * FROM dispatch WHERE state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY id LIMIT ?",
-                (time.time(), self.settings.batch_size),
-            ).fetchall()
+        rows = self.store.due_dispatch(time.time(), self.settings.batch_size)
         return [dict(r) for r in rows]
 
     async def run_once(self) -> int:
@@ -132,16 +127,9 @@ class Dispatcher:
     def _done(self, row: dict[str, Any], result: str) -> None:
         now = time.time()
         with self.store.transaction() as db:
-            db.execute(
-                "UPDATE dispatch SET state = 'done', result = ?, attempts = attempts + 1,"
-                " updated_at = ? WHERE id = ?",
-                (result, now, row["id"]),
-            )
+            dispatch_done(db, row["id"], result, now)
             if row["kind"] == "diagnose":
-                db.execute(
-                    "UPDATE incidents SET flow_run_id = ?, updated_at = ? WHERE id = ?",
-                    (result, now, row["incident_id"]),
-                )
+                set_flow_run(db, row["incident_id"], result, now)
                 self.events.emit("dispatch.started", row["incident_id"], db, flow_run_id=result)
             request_id = json.loads(row["payload"]).get("request_id")
             self.audit.record(
@@ -170,11 +158,7 @@ class Dispatcher:
                 message,
             )
         with self.store.transaction() as db:
-            db.execute(
-                "UPDATE dispatch SET attempts = ?, next_attempt_at = ?, last_error = ?,"
-                " updated_at = ? WHERE id = ?",
-                (attempts, time.time() + delay, message, time.time(), row["id"]),
-            )
+            dispatch_failed(db, row["id"], attempts, time.time() + delay, message, time.time())
             if attempts == 1:
                 self.events.emit(
                     "dispatch.failed", row["incident_id"], db, kind=row["kind"], error=message

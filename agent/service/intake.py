@@ -22,7 +22,20 @@ from agent.incidents.audit import AuditLog
 from agent.incidents.context import LabelConventions, UnmappedAlert
 from agent.incidents.events import EventLog
 from agent.incidents.models import AlertInfo, IncidentContext
-from agent.incidents.storage import IncidentStore, insert_incident
+from agent.incidents.storage import (
+    IncidentStore,
+    alert_by_key,
+    count_alert_delivery,
+    insert_alert,
+    insert_delivery,
+    insert_dispatch,
+    insert_incident,
+    resolve_alert,
+    resolve_incident,
+    set_alert_annotations,
+    skip_pending_diagnosis,
+    touch_incident,
+)
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.registry import OperationRegistry
 
@@ -213,20 +226,17 @@ class AlertIngestor:
                 "truncated_alerts": payload.truncatedAlerts,
                 "group_key": payload.groupKey[:200],
             }
-            db.execute(
-                "INSERT INTO deliveries (at, request_id, source, receiver, group_key, status,"
-                " alerts, truncated_alerts, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    now,
-                    request_id,
-                    source,
-                    payload.receiver[:200],
-                    payload.groupKey[:500],
-                    payload.status,
-                    len(payload.alerts),
-                    payload.truncatedAlerts,
-                    json.dumps(summary),
-                ),
+            insert_delivery(
+                db,
+                now,
+                request_id,
+                source,
+                payload.receiver[:200],
+                payload.groupKey[:500],
+                payload.status,
+                len(payload.alerts),
+                payload.truncatedAlerts,
+                json.dumps(summary),
             )
             result_text = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "empty"
             if payload.truncatedAlerts:
@@ -252,7 +262,7 @@ class AlertIngestor:
     ) -> AlertDisposition:
         key = alert.key
         base = {"fingerprint": alert.identity, "starts_at": alert.starts_at, "status": alert.status}
-        row = db.execute("SELECT * FROM alerts WHERE key = ?", (key,)).fetchone()
+        row = alert_by_key(db, key)
         if row is not None:
             return self._known(db, row, alert, base, now)
         if alert.status == "resolved":
@@ -323,10 +333,7 @@ class AlertIngestor:
         now: float,
     ) -> AlertDisposition:
         incident_id = row["incident_id"]
-        db.execute(
-            "UPDATE alerts SET deliveries = deliveries + 1, last_seen = ? WHERE key = ?",
-            (now, row["key"]),
-        )
+        count_alert_delivery(db, row["key"], now)
         state = row["state"]
         if state == "unmapped":
             return AlertDisposition(**base, outcome="unmapped", reason=row["reason"])
@@ -335,28 +342,15 @@ class AlertIngestor:
                 # Out of order (retries, HA peers): a firing older than the resolve changes nothing.
                 self.events.emit("alert.ignored", incident_id, db, reason="firing after resolved")
                 return AlertDisposition(**base, outcome="late_firing", incident_id=incident_id)
-            db.execute(
-                "UPDATE alerts SET annotations = ? WHERE key = ?",
-                (json.dumps(alert.annotations), row["key"]),
-            )
-            db.execute("UPDATE incidents SET updated_at = ? WHERE id = ?", (now, incident_id))
+            set_alert_annotations(db, row["key"], json.dumps(alert.annotations))
+            touch_incident(db, incident_id, now)
             return AlertDisposition(**base, outcome="repeat", incident_id=incident_id)
         if state == "resolved":
             return AlertDisposition(**base, outcome="repeat_resolved", incident_id=incident_id)
-        db.execute(
-            "UPDATE alerts SET state = 'resolved', ends_at = ?, resolved_at = ? WHERE key = ?",
-            (alert.ends_at, now, row["key"]),
-        )
-        db.execute(
-            "UPDATE incidents SET status = 'resolved', updated_at = ? WHERE id = ?",
-            (now, incident_id),
-        )
+        resolve_alert(db, row["key"], alert.ends_at, now)
+        resolve_incident(db, incident_id, now)
         # A diagnosis not yet started is not started; a write waiting for approval is cancelled.
-        db.execute(
-            "UPDATE dispatch SET state = 'skipped', result = 'alert resolved before dispatch',"
-            " updated_at = ? WHERE kind = 'diagnose' AND key = ? AND state = 'pending'",
-            (now, row["key"]),
-        )
+        skip_pending_diagnosis(db, row["key"], now)
         enqueue(db, "cancel_approvals", row["key"], incident_id, {"reason": "alert resolved"}, now)
         self.events.emit(
             "incident.resolved", incident_id, db, by="alertmanager", ends_at=alert.ends_at
@@ -375,31 +369,25 @@ class AlertIngestor:
         now: float,
         incident_id: str | None = None,
     ) -> None:
-        db.execute(
-            "INSERT INTO alerts (key, fingerprint, starts_at, state, labels, annotations, ends_at,"
-            " generator_url, receiver, group_key, environment, target, reason, incident_id,"
-            " deliveries, first_seen, last_seen, resolved_at, request_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-            (
-                alert.key,
-                alert.identity,
-                alert.starts_at,
-                state,
-                json.dumps(alert.labels),
-                json.dumps(alert.annotations),
-                alert.ends_at,
-                alert.generatorURL[:2000],
-                payload.receiver[:200],
-                payload.groupKey[:500],
-                mapping.environment if mapping else None,
-                mapping.target if mapping else None,
-                reason,
-                incident_id,
-                now,
-                now,
-                now if state == "resolved" else None,
-                request_id,
-            ),
+        insert_alert(
+            db,
+            alert.key,
+            alert.identity,
+            alert.starts_at,
+            state,
+            json.dumps(alert.labels),
+            json.dumps(alert.annotations),
+            alert.ends_at,
+            alert.generatorURL[:2000],
+            payload.receiver[:200],
+            payload.groupKey[:500],
+            mapping.environment if mapping else None,
+            mapping.target if mapping else None,
+            reason,
+            incident_id,
+            now,
+            now if state == "resolved" else None,
+            request_id,
         )
 
 
@@ -412,8 +400,4 @@ def enqueue(
     now: float,
 ) -> None:
     """An outbox row, at most one per (kind, key)."""
-    db.execute(
-        "INSERT OR IGNORE INTO dispatch (kind, key, incident_id, payload, state, attempts,"
-        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-        (kind, key, incident_id, json.dumps(payload), now, now, now),
-    )
+    insert_dispatch(db, kind, key, incident_id, json.dumps(payload), now)

@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agent.incidents.storage import connect
+from agent.incidents.storage import metric_rows
 
 OPERATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -67,24 +67,7 @@ class StoreCollector(Collector):
         self.path = path
 
     def collect(self) -> Iterator[Metric]:
-        with connect(self.path) as db:
-            incidents = db.execute(
-                "SELECT COUNT(*), SUM(status = 'resolved') FROM incidents"
-            ).fetchone()
-            by_status = db.execute("SELECT status, COUNT(*) FROM incidents GROUP BY status")
-            status_rows = by_status.fetchall()
-            pending = db.execute(
-                "SELECT COUNT(*) FROM approvals WHERE status = 'pending'"
-            ).fetchone()
-            outbox = db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()
-            operations = db.execute(
-                "SELECT data FROM events WHERE type = 'operation.finished'"
-            ).fetchall()
-            llm = db.execute(
-                "SELECT COUNT(*), SUM(json_extract(data, '$.prompt_tokens')),"
-                " SUM(json_extract(data, '$.completion_tokens')), SUM(json_extract(data, '$.cost'))"
-                " FROM events WHERE type = 'llm.call'"
-            ).fetchone()
+        incidents, status_rows, pending, outbox, operations, llm = metric_rows(self.path)
         opened = CounterMetricFamily("uici_incidents_opened", "Incidents opened.")
         opened.add_metric([], incidents[0] or 0)
         yield opened
