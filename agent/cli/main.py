@@ -375,10 +375,8 @@ def _run_through_gate(
     import sqlite3
     import uuid
 
-    from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
     from agent.incidents.storage import IncidentStore
-    from agent.safety.gate import ExecutionGate, GateRequest
-    from agent.safety.policy import Approval
+    from agent.safety.gate import ExecutionGate, requested_operation
 
     try:
         store = IncidentStore.from_config(config)
@@ -390,40 +388,16 @@ def _run_through_gate(
         )
     if incident and known is None:
         _fail(f"no incident {incident!r} (uici incidents list)")
-    actor = f"cli:{getpass.getuser()}"
-    context = (
-        known.context
-        if known is not None
-        else IncidentContext(
-            incident_id=f"cli-{uuid.uuid4().hex[:10]}",
-            alert=AlertInfo(labels={"alertname": "manual-operation"}),
-            environment=spec.environment,
-            service=spec.target or "-",
-        )
-    )
-    write = spec.risk is not RiskLevel.READ
-    step = PlanStep(
-        phase="resolution" if write else "triage",
-        operation=spec.operation,
-        environment=spec.environment,
-        target=spec.target,
-        parameters=parameters,
-        rationale="requested at the terminal",
-        proposed_by="runbook",
-    )
     gate = ExecutionGate(config, store)
-    approval = None
-    if approved:
-        approval = Approval(
-            step_key=step.key(), approved_by=actor, expires_at=gate.policy.approval_expiry(step)
-        )
-    request = GateRequest(
-        step=step,
-        context=context,
-        actor=actor,
-        entry="cli",
-        approval=approval,
-        intent_key=f"cli-{uuid.uuid4().hex}",
+    request = requested_operation(
+        gate,
+        spec,
+        parameters,
+        f"cli:{getpass.getuser()}",
+        "cli",
+        approved,
+        known.context if known else None,
+        f"cli-{uuid.uuid4().hex}",
     )
     try:
         outcome = gate.execute(request)

@@ -23,15 +23,22 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from agent.incidents.journal import Journal
-from agent.incidents.models import IncidentContext, Observation, PlanStep, StepDecision
+from agent.incidents.models import (
+    AlertInfo,
+    IncidentContext,
+    Observation,
+    PlanStep,
+    StepDecision,
+)
 from agent.incidents.storage import (
     DUPLICATE_KEY,
     IncidentStore,
@@ -121,6 +128,50 @@ class GateRequest(BaseModel):
     # The write's identity; by default the alert and the step (see intent_key), so a re-run
     # for the same alert meets its own earlier intent.
     intent_key: str | None = None
+
+
+def requested_operation(
+    gate: ExecutionGate,
+    spec: CommandSpec,
+    parameters: dict[str, Any],
+    actor: str,
+    entry: Entry,
+    approved: bool,
+    incident: IncidentContext | None,
+    intent_key: str,
+    request_id: str | None = None,
+) -> GateRequest:
+    """One operation a person asks for (`uici run`, the API): their own incident scope unless
+    they name an incident (its scope and budget then apply); with `approved`, they are the
+    approver of the exact step."""
+    context = incident or IncidentContext(
+        incident_id=f"{entry}-{uuid.uuid4().hex[:10]}",
+        alert=AlertInfo(labels={"alertname": "manual-operation"}),
+        environment=spec.environment,
+        service=spec.target or "-",
+    )
+    step = PlanStep(
+        phase="triage" if spec.risk is RiskLevel.READ else "resolution",
+        operation=spec.operation,
+        environment=spec.environment,
+        target=spec.target,
+        parameters=parameters,
+        rationale=f"requested by {actor}",
+        proposed_by="runbook",
+    )
+    approval = None
+    if approved:
+        expires = gate.policy.approval_expiry(step)
+        approval = Approval(step_key=step.key(), approved_by=actor, expires_at=expires)
+    return GateRequest(
+        step=step,
+        context=context,
+        actor=actor,
+        entry=entry,
+        approval=approval,
+        request_id=request_id,
+        intent_key=intent_key,
+    )
 
 
 class GateOutcome(BaseModel):

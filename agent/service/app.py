@@ -32,11 +32,10 @@ from starlette.websockets import WebSocketDisconnect
 from agent.incidents.audit import AuditLog, AuditRecord
 from agent.incidents.events import Event, EventLog
 from agent.incidents.journal import Journal
-from agent.incidents.models import AlertInfo, IncidentContext, PlanStep
+from agent.incidents.models import AlertInfo, IncidentContext
 from agent.incidents.storage import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
 from agent.logs import request_id_var
-from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
-from agent.safety.policy import Approval
+from agent.safety.gate import ExecutionGate, GateOutcome, requested_operation
 from agent.service.auth import KeyRing, Principal, RateLimiter
 from agent.service.dispatch import Dispatcher, Launcher, PrefectLauncher
 from agent.service.intake import AlertIngestor, AlertmanagerWebhook, IngestResult, enqueue
@@ -373,10 +372,7 @@ def create_app(
     def get_incident(incident_id: str, _: Reader) -> IncidentDetail:
         """One incident with its alerts, approvals, timeline and report."""
         record = _incident_or_404(state, incident_id)
-        with state.store._db() as db:
-            alert_rows = db.execute(
-                "SELECT * FROM alerts WHERE incident_id = ?", (incident_id,)
-            ).fetchall()
+        alert_rows = state.store.alerts_of(incident_id)
         timeline = [
             {"at": e.at, "event": e.type, "data": e.data}
             for e in state.events.since(0, 1000, incident_id)
@@ -727,46 +723,17 @@ def _through_gate(
     sends `approve: true` approves as itself; the cool-down and budgets still apply. The
     request id names the write, so a client that retries the same request writes once."""
     known = state.store.get(body.incident_id) if body.incident_id else None
-    context = (
-        known.context
-        if known is not None
-        else IncidentContext(
-            incident_id=body.incident_id or f"api-{uuid.uuid4().hex[:10]}",
-            alert=AlertInfo(labels={"alertname": "manual-operation"}),
-            environment=spec.environment,
-            service=spec.target or "-",
-        )
-    )
-    write = spec.risk is not RiskLevel.READ
-    step = PlanStep(
-        phase="resolution" if write else "triage",
-        operation=spec.operation,
-        environment=spec.environment,
-        target=spec.target,
-        parameters=parameters,
-        rationale=f"requested through the API by {who.name}",
-        proposed_by="runbook",
-    )
     gate = ExecutionGate(config, state.store)
-    approval = None
-    if body.approve:
-        approval = Approval(
-            step_key=step.key(), approved_by=who.name, expires_at=gate.policy.approval_expiry(step)
-        )
     request_id = request.state.request_id
-    key = hashlib.sha256(f"{who.name}:{request_id}:{step.key()}".encode()).hexdigest()[:24]
+    # The request id names the write: the same request sent again is the same write.
+    what = json.dumps([spec.operation, spec.environment, spec.target, parameters], default=str)
+    key = hashlib.sha256(f"{who.name}:{request_id}:{what}".encode()).hexdigest()[:24]
+    gate_request = requested_operation(
+        gate, spec, parameters, who.name, "api", body.approve,
+        known.context if known else None, f"api-{key}", request_id,
+    )  # fmt: skip
     try:
-        return gate.execute(
-            GateRequest(
-                step=step,
-                context=context,
-                actor=who.name,
-                entry="api",
-                approval=approval,
-                request_id=request_id,
-                intent_key=f"api-{key}",
-            )
-        )
+        return gate.execute(gate_request)
     finally:
         gate.close()
 
@@ -798,12 +765,7 @@ async def readiness_checks(state: ServiceState) -> list[ReadinessCheck]:
         return f"fingerprint {state.config.fingerprint[:12]}"
 
     async def store() -> str:
-        def write() -> None:
-            with state.store.transaction() as db:
-                db.execute("CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL)")
-                db.execute("INSERT OR REPLACE INTO readiness VALUES (1, ?)", (time.time(),))
-
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(state.store.probe_write)
         return str(state.store.path)
 
     async def prefect() -> str:
