@@ -478,3 +478,18 @@ def test_uici_plan_with_the_scripted_llm_shows_usage(
     assert "Diagnosis (llm): DATABASE_URL is not set" in result.stdout
     assert "LLM usage: 5 calls, 3500 prompt + 300 completion tokens" in result.stdout
     assert len(fake_llm.requests) == 5
+
+
+def test_the_plan_cache_and_the_breaker_outlive_one_run(
+    llm_env: dict[str, str], fake_llm: FakeLLMServer
+) -> None:
+    """Each flow run builds its own planner; in one process they share the LLM client (its
+    circuit breaker) and the plan cache, so the second run's identical context is a hit."""
+    fake_llm.queue(chat(PLAN))
+    config, first_run = make(llm_env)
+    second_run = DiagnosticPlanner(config, IncidentStore.from_config(config))
+    assert first_run.llm is not None and second_run.llm is not None
+    assert first_run.llm.client is second_run.llm.client
+    assert not first_run.plan_phase(ctx(), "triage", OBSERVATIONS).cached
+    assert second_run.plan_phase(ctx(), "triage", OBSERVATIONS).cached
+    assert len(fake_llm.requests) == 1

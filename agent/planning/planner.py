@@ -23,6 +23,21 @@ from agent.safety.policy import SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import LLMProvider
 
+# The LLM client (with its circuit breaker) and the plan cache of this process, per LLM
+# configuration and store: every run in the process shares them, so a provider that keeps
+# failing stays skipped and an identical context hits the cache from one run to the next.
+_SHARED_LLM: dict[tuple[str, str], tuple[LLMClient, PlanCache]] = {}
+
+
+def shared_llm(config: UICIConfig, store: IncidentStore) -> tuple[LLMClient, PlanCache]:
+    key = (config.platform.llm.model_dump_json(), str(store.path))
+    if key not in _SHARED_LLM:
+        _SHARED_LLM[key] = (
+            LLMClient(config.platform.llm),
+            PlanCache(config.platform.llm.plan_cache_ttl_seconds),
+        )
+    return _SHARED_LLM[key]
+
 
 class DiagnosticPlanner:
     def __init__(
@@ -42,10 +57,8 @@ class DiagnosticPlanner:
         self.llm_unavailable = ""
         if self.mode != "runbook":
             if llm_configured:
-                client = llm_client or LLMClient(config.platform.llm)
-                self.llm = LLMPlanner(
-                    config, client, PlanCache(config.platform.llm.plan_cache_ttl_seconds)
-                )
+                client, cache = shared_llm(config, store)
+                self.llm = LLMPlanner(config, llm_client or client, cache)
             else:
                 self.llm_unavailable = "no LLM is configured (platform.yml: llm.provider is none)"
 
