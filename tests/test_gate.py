@@ -422,27 +422,32 @@ def test_a_write_being_sent_by_a_live_process_is_not_sent_again(
 ) -> None:
     """The same key met while its owner still runs (a client retrying a request that is still
     being served): refused, never sent twice."""
+    import socket
+
     from agent.incidents.storage import WriteRecord
-    from agent.safety.gate import OWNER
+    from agent.safety.gate import _process_start
     from infrastructure.executors.base import ResolvedTarget
 
+    # Another process of this host that runs (pid 1), and one that is gone (a start time pid 1
+    # never had).
+    alive = f"{socket.gethostname()}:1:{_process_start(1)}"
+    gone = f"{socket.gethostname()}:1:0"
     container = lab.run("live", ["sleep", "600"])
     config = load(config_with(tmp_path, {"cooldown_seconds": 0}), tmp_path)
     store = IncidentStore.from_config(config)
     live = request(config, container.name)
     record = WriteRecord(
         key=live.intent_key or "", incident_id=live.context.incident_id, step=live.step,
-        state="pending", actor="sre", entry="cli", recorded_at=time.time(), owner=OWNER,
+        state="pending", actor="sre", entry="cli", recorded_at=time.time(), owner=alive,
         targets=[ResolvedTarget(identity=container.id, name=container.name)],
     )  # fmt: skip
     assert store.begin_write(record, 0.0, lambda facts: None) is None
     gate = ExecutionGate(config, store)
     again = gate.execute(live)
     assert again.outcome == "refused" and "is being sent right now" in again.note
-    # A process that is gone (pid 1's start time differs from the owner's): taken over,
-    # observed (no sign of the call on the engine), sent once.
+    # A process that is gone: taken over, observed (no sign of the call on the engine), sent once.
     store.finish_write(record.key, "failed", {})
-    dead = record.model_copy(update={"key": "dead-owner", "owner": f"{OWNER.split(':')[0]}:1:0"})
+    dead = record.model_copy(update={"key": "dead-owner", "owner": gone})
     assert store.begin_write(dead, 0.0, lambda facts: None) is None
     taken = gate.execute(live.model_copy(update={"intent_key": "dead-owner"}))
     assert taken.outcome == "executed", taken.note

@@ -262,10 +262,13 @@ class FailureLab:
 
     def restart_events(self, name: str, since: float) -> int:
         """How many times the engine restarted the container since `since` (its own event log)."""
+        # By id: the engine matches a container filter's name as a substring ("web" would
+        # count "web-2"'s restarts too).
+        container_id = self.client.containers.get(name).id
         events = self.client.events(
             since=int(since),
             until=f"{time.time():.6f}",
-            filters={"container": name, "event": "restart"},
+            filters={"container": container_id, "event": "restart"},
             decode=True,
         )
         try:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -88,6 +89,12 @@ def _process_start(pid: int) -> str | None:
 # Who sends this process's writes: host, pid and the process's start time (a reused pid
 # does not look alive).
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or '?'}"
+
+
+# The writes this process is sending right now: a pending write owned by this process that is
+# not among them was left by a send that raised (or by a thread that died).
+_SENDING: set[str] = set()
+_SENDING_LOCK = threading.Lock()
 
 
 def process_alive(owner: str) -> bool | None:
@@ -334,12 +341,28 @@ class ExecutionGate:
     def _send_write(
         self, request: GateRequest, decision: StepDecision, record: WriteRecord
     ) -> GateOutcome:
-        self.checkpoint("after_intent")
+        with _SENDING_LOCK:
+            _SENDING.add(record.key)
         try:
-            result, sent = self._send(request, intent_value(record.key, record.recorded_at))
-        except BaseException as exc:  # interrupted mid-call: it may have reached the target
-            self.store.finish_write(record.key, "unknown", {"interrupted": repr(exc)})
-            raise
+            self.checkpoint("after_intent")
+            try:
+                result, sent = self._send(request, intent_value(record.key, record.recorded_at))
+            except BaseException as exc:  # interrupted mid-call: it may have reached the target
+                self.store.finish_write(record.key, "unknown", {"interrupted": repr(exc)})
+                raise
+            return self._sent_write(request, decision, record, result, sent)
+        finally:
+            with _SENDING_LOCK:
+                _SENDING.discard(record.key)
+
+    def _sent_write(
+        self,
+        request: GateRequest,
+        decision: StepDecision,
+        record: WriteRecord,
+        result: OperationResult,
+        sent: bool,
+    ) -> GateOutcome:
         self.checkpoint("after_call")
         state: WriteState = "done" if result.success else "failed"
         if not result.success and result.retryable and sent:
@@ -492,6 +515,9 @@ class ExecutionGate:
     def _abandoned(self, write: WriteRecord) -> bool:
         """A pending write whose process is gone: on this host, its process no longer runs;
         elsewhere, it has been pending longer than its operation's whole deadline."""
+        if write.owner == OWNER:
+            with _SENDING_LOCK:
+                return write.key not in _SENDING
         alive = process_alive(write.owner)
         if alive is not None:
             return not alive
