@@ -20,12 +20,17 @@ _ACTIVE = ("open", "diagnosing", "awaiting_approval")
 
 
 def run_budget_seconds(config: UICIConfig) -> float:
-    """The longest an incident run may take: every phase budget plus the longest approval wait."""
-    phases = sum(config.agents.diagnostic_agent.phase_time_budget_seconds.values())
+    """The longest an incident run may take: every phase budget, the longest approval wait,
+    and the validation's settle window and checks."""
+    agent = config.agents.diagnostic_agent
+    phases = sum(agent.phase_time_budget_seconds.values())
     approvals = max(
         e.policy.approval_timeout_seconds for e in config.environments.environments.values()
     )
-    return phases + approvals
+    validation = agent.validation.settle_seconds + agent.validation.checks * (
+        agent.validation.interval_seconds
+    )
+    return phases + approvals + validation
 
 
 async def reconcile_incidents(config: UICIConfig, now: float | None = None) -> list[dict[str, Any]]:

@@ -422,16 +422,14 @@ def test_a_write_being_sent_by_a_live_process_is_not_sent_again(
 ) -> None:
     """The same key met while its owner still runs (a client retrying a request that is still
     being served): refused, never sent twice."""
-    import socket
-
     from agent.incidents.storage import WriteRecord
-    from agent.safety.gate import _process_start
+    from agent.safety.gate import _host, _process_start
     from infrastructure.executors.base import ResolvedTarget
 
     # Another process of this host that runs (pid 1), and one that is gone (a start time pid 1
     # never had).
-    alive = f"{socket.gethostname()}:1:{_process_start(1)}"
-    gone = f"{socket.gethostname()}:1:0"
+    alive = f"{_host()}:1:{_process_start(1)}#t1"
+    gone = f"{_host()}:1:0#t2"
     container = lab.run("live", ["sleep", "600"])
     config = load(config_with(tmp_path, {"cooldown_seconds": 0}), tmp_path)
     store = IncidentStore.from_config(config)

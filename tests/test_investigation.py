@@ -64,6 +64,8 @@ def test_an_answer_for_another_step_approves_nothing(run: Investigation) -> None
     assert run.answered(decision, answer) is None
     [action] = run.report.actions
     assert action.outcome == "not executed" and action.detail == "rejected by alice"
+    unnamed = ApprovalAnswer(approve=True, approver="bob")  # an answer that names no step
+    assert run.answered(decision, unnamed) is None
     right = ApprovalAnswer(approve=True, approver="alice", step_key=decision.step.key())
     approval = run.answered(decision, right)
     assert approval is not None and approval.approved_by == "alice"

@@ -44,3 +44,20 @@ def test_unhealthy_not_running_or_not_ready_is_not_recovered() -> None:
     unready = status("obs-5", ready=False, pod="api-7d9-x")
     assert recovery([unready], "api", 0) == (False, "not recovered: api-7d9-x not ready (obs-5)")
     assert recovery([], "api", 0)[0] is False
+
+
+def test_a_health_check_not_yet_passing_or_replaced_replicas_are_not_recovered() -> None:
+    starting = status("obs-6", health={"status": "starting"})
+    assert recovery([status("obs-5"), starting], "api", 0) == (
+        False,
+        "not recovered: api not yet healthy (obs-6)",
+    )
+    old = Observation(
+        id="obs-5", operation="get_status", target="api", success=True,
+        data=[{"pod": "api-1", "state": "Running", "restarts": 3, "ready": True}],
+    )  # fmt: skip
+    new = old.model_copy(
+        update={"id": "obs-6", "data": [{"pod": "api-2", "state": "Running", "restarts": 0}]}
+    )
+    ok, detail = recovery([old, new], "api", 0)
+    assert not ok and "its replicas changed while settling (api-1 -> api-2" in detail

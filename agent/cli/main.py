@@ -641,6 +641,9 @@ def writes_resolve(
     outcome: Annotated[str, typer.Argument(help="done: it took effect; failed: it did not.")],
     reason: Annotated[str, typer.Option("--reason", help="What you checked.")] = "",
     who: Annotated[str, typer.Option("--as", help="Who resolves it.")] = "cli",
+    force: Annotated[
+        bool, typer.Option("--force", help="Also a pending write whose process still runs.")
+    ] = False,
 ) -> None:
     """Settle a write whose outcome is unknown (or left pending by a dead process) after
     checking the target yourself: until then nothing more is sent to its targets."""
@@ -654,6 +657,13 @@ def writes_resolve(
         _fail(f"no write {key!r} (uici writes list)")
     if record.state not in ("unknown", "pending"):
         _fail(f"write {key} is {record.state}; only an unknown or pending write is resolved")
+    from agent.safety.gate import process_alive
+
+    if record.state == "pending" and process_alive(record.owner) and not force:
+        _fail(
+            f"write {key} is being sent right now by a running process ({record.owner}); "
+            "wait for it, or pass --force if you know that process is stuck"
+        )
     state: Literal["done", "failed"] = "done" if outcome == "done" else "failed"
     store.finish_write(key, state, {**(record.outcome or {}), "resolved_by": who, "reason": reason})
     AuditLog(store.path).record(
@@ -731,14 +741,12 @@ def _decide(
         _fail(f"incident {incident_id} is {record.status}; nothing waits for approval")
     from prefect.flow_runs import resume_flow_run
 
+    step = pending[0]
+    answer = {"approve": approve, "approver": approver, "reason": reason, "step_key": step.step_key}
     try:
-        resume_flow_run(
-            record.flow_run_id,
-            run_input={"approve": approve, "approver": approver, "reason": reason},
-        )
+        resume_flow_run(record.flow_run_id, run_input=answer)
     except Exception as exc:
         _fail(f"could not resume flow run {record.flow_run_id}: {exc}", EXIT_FAILED)
-    step = pending[0]
     verb = "approved" if approve else "rejected"
     stdout.print(
         Text(f"{verb}: {step.step.describe()} ($ {step.command}) for incident {incident_id}")

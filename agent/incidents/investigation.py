@@ -262,7 +262,7 @@ class Investigation:
                 decision, "needs_approval", f"no approval within {self.approval_timeout(step)} s"
             )
             return None
-        if answer.step_key and answer.step_key != step.key():
+        if answer.approve and answer.step_key != step.key():
             # An answer meant for another step (e.g. a stale form) approves nothing here.
             answer = answer.model_copy(
                 update={"approve": False, "reason": f"answer was for step {answer.step_key}"}

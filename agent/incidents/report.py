@@ -95,7 +95,7 @@ def recovery(checks: list[Observation], service: str, settled_seconds: float) ->
     if not checks:
         return False, "not recovered: no status check after the remediation"
     ids = ", ".join(c.id for c in checks)
-    restarts: list[int] = []
+    restarts: list[dict[str, int]] = []
     for check in checks:
         healthy, detail = service_health([check], service)
         if not healthy:
@@ -106,16 +106,41 @@ def recovery(checks: list[Observation], service: str, settled_seconds: float) ->
         ]
         if unready:
             return False, f"not recovered: {', '.join(unready)} not ready ({check.id})"
-        restarts.append(sum(int(i.get("restart_count") or i.get("restarts") or 0) for i in found))
-    if restarts[-1] != restarts[0]:
+        starting = [_name(i, service) for i in found if _health_status(i) not in (None, "healthy")]
+        if starting:
+            return False, f"not recovered: {', '.join(starting)} not yet healthy ({check.id})"
+        # Per replica (pod or container), so a replica replaced by a rollout is a change too.
+        restarts.append(
+            {
+                _name(i, service): int(i.get("restart_count") or i.get("restarts") or 0)
+                for i in found
+            }
+        )
+    first, last = restarts[0], restarts[-1]
+    if set(first) != set(last):
         return False, (
-            f"not recovered: restarted again while settling (restart count {restarts[0]} -> "
-            f"{restarts[-1]}; {ids})"
+            f"not recovered: its replicas changed while settling ({', '.join(sorted(first))} -> "
+            f"{', '.join(sorted(last))}; {ids})"
+        )
+    if first != last:
+        return False, (
+            f"not recovered: restarted again while settling (restart count "
+            f"{sum(first.values())} -> {sum(last.values())}; {ids})"
         )
     return True, (
         f"recovered: {len(checks)} status checks after {settled_seconds:g} s to settle found it "
-        f"running and healthy, restart count steady at {restarts[-1]} ({ids})"
+        f"running and healthy, restart count steady at {sum(last.values())} ({ids})"
     )
+
+
+def _name(item: dict[str, Any], service: str) -> str:
+    names = [str(item[k]) for k in ("pod", "container", "name") if item.get(k)]
+    return "/".join(names) or service
+
+
+def _health_status(item: dict[str, Any]) -> str | None:
+    health = item.get("health")
+    return health.get("status") if isinstance(health, dict) else None
 
 
 def escape_markdown(text: str) -> str:

@@ -844,6 +844,15 @@ class IncidentStore:
             ).rowcount
         return changed == 1
 
+    def still_owner(self, key: str, owner: str) -> bool:
+        """Right before a write is sent: is it still pending and ours (nobody took it over)?"""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT 1 FROM writes WHERE key = ? AND owner = ? AND state = 'pending'",
+                (key, owner),
+            ).fetchone()
+        return row is not None
+
     def write(self, key: str) -> WriteRecord | None:
         with self._db() as db:
             row = db.execute("SELECT * FROM writes WHERE key = ?", (key,)).fetchone()

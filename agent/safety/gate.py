@@ -86,9 +86,22 @@ def _process_start(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
-# Who sends this process's writes: host, pid and the process's start time (a reused pid
-# does not look alive).
-OWNER = f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid()) or '?'}"
+def _host() -> str:
+    """This host, and the pid namespace: a pid means something only within both."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}@{namespace}"
+
+
+# This process: host and pid namespace, pid, and the process's start time (a reused pid does
+# not look alive). Each write it sends gets a token of its own after it (`OWNER#token`).
+OWNER = f"{_host()}:{os.getpid()}:{_process_start(os.getpid()) or '?'}"
+
+
+def new_owner() -> str:
+    return f"{OWNER}#{uuid.uuid4().hex[:12]}"
 
 
 # The writes this process is sending right now: a pending write owned by this process that is
@@ -100,11 +113,25 @@ _SENDING_LOCK = threading.Lock()
 def process_alive(owner: str) -> bool | None:
     """Whether the process that owns a write still runs; None when that cannot be seen
     from here (another host)."""
-    host, _, rest = owner.partition(":")
+    host, _, rest = owner.partition("#")[0].partition(":")
     pid, _, started = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit() or started == "?":
+    if host != _host() or not pid.isdigit() or started == "?":
         return None
     return _process_start(int(pid)) == started
+
+
+def _reserve(key: str) -> bool:
+    """Mark a write as being sent by this process; False if a thread of it already is."""
+    with _SENDING_LOCK:
+        if key in _SENDING:
+            return False
+        _SENDING.add(key)
+        return True
+
+
+def _release(key: str) -> None:
+    with _SENDING_LOCK:
+        _SENDING.discard(key)
 
 
 def intent_key(context: IncidentContext, step: PlanStep) -> str:
@@ -294,15 +321,22 @@ class ExecutionGate:
         if isinstance(targets, GateOutcome):
             return targets
         self._observe_unresolved(step, targets)
-        record = self._record(request, key, targets)
-        refusal = self._begin(request, record)
-        if refusal == DUPLICATE_KEY:  # another caller recorded this very write a moment ago
-            again = self.store.write(key)
-            if again is not None:
-                return self._again(request, decision, again)
-        if refusal is not None:
-            return self._refuse(request, decision, "history", refusal, targets)
-        return self._send_write(request, decision, record)
+        if not _reserve(key):  # a thread of this process is sending this very write
+            return self._refuse(
+                request, decision, "history", f"this write ({key}) is being sent right now"
+            )
+        try:
+            record = self._record(request, key, targets)
+            refusal = self._begin(request, record)
+            if refusal == DUPLICATE_KEY:  # another process recorded this very write first
+                again = self.store.write(key)
+                if again is not None:
+                    return self._again(request, decision, again)
+            if refusal is not None:
+                return self._refuse(request, decision, "history", refusal, targets)
+            return self._send_write(request, decision, record)
+        finally:
+            _release(key)
 
     def _begin(self, request: GateRequest, record: WriteRecord) -> str | None:
         """Record the intent if the policy allows it; wait (bounded) while another write holds
@@ -313,6 +347,9 @@ class ExecutionGate:
         busy: list[WriteRecord] = []
 
         def check(facts: WriteFacts) -> str | None:
+            radius = self.policy.blast_radius_refusal(step, record.targets)
+            if radius is not None:
+                return radius
             # A write in progress on a target holds its lock: wait for it, then the policy
             # decides on what it left (its cool-down, the budgets).
             if facts.in_progress:
@@ -341,19 +378,20 @@ class ExecutionGate:
     def _send_write(
         self, request: GateRequest, decision: StepDecision, record: WriteRecord
     ) -> GateOutcome:
-        with _SENDING_LOCK:
-            _SENDING.add(record.key)
+        """Send a recorded write; the caller holds it (_reserve) and it is its owner."""
+        self.checkpoint("after_intent")
+        if not self.store.still_owner(record.key, record.owner):
+            note = f"another process took over this write ({record.key}); it is not sent twice"
+            return self._refuse(request, decision, "history", note, record.targets, record.key)
+        called: list[bool] = []
         try:
-            self.checkpoint("after_intent")
-            try:
-                result, sent = self._send(request, intent_value(record.key, record.recorded_at))
-            except BaseException as exc:  # interrupted mid-call: it may have reached the target
-                self.store.finish_write(record.key, "unknown", {"interrupted": repr(exc)})
-                raise
-            return self._sent_write(request, decision, record, result, sent)
-        finally:
-            with _SENDING_LOCK:
-                _SENDING.discard(record.key)
+            result, sent = self._send(request, intent_value(record.key, record.recorded_at), called)
+        except BaseException as exc:
+            # Interrupted: once the executor was called it may have reached the target.
+            state: WriteState = "unknown" if called else "failed"
+            self.store.finish_write(record.key, state, {"interrupted": repr(exc)})
+            raise
+        return self._sent_write(request, decision, record, result, sent)
 
     def _sent_write(
         self,
@@ -392,7 +430,6 @@ class ExecutionGate:
         self, request: GateRequest, decision: StepDecision, existing: WriteRecord
     ) -> GateOutcome:
         """The same intent met again (retry, resume, re-run): observe, never repeat blindly."""
-        step = request.step
         # A pending intent of this very key is one its process did not finish: the same alert's
         # run retried, resumed or re-run after a crash. It is resolved by observation.
         if existing.state == "done":
@@ -409,12 +446,28 @@ class ExecutionGate:
                 return self._refuse(
                     request, decision, "history", note, existing.targets, existing.key
                 )
-            if not self.store.claim_write(existing.key, existing.owner, OWNER):
-                note = f"another process took over this write ({existing.key}) first"
+            taken = f"another caller took over this write ({existing.key}) first"
+            if not _reserve(existing.key):
                 return self._refuse(
-                    request, decision, "history", note, existing.targets, existing.key
+                    request, decision, "history", taken, existing.targets, existing.key
                 )
-            existing.owner = OWNER
+            try:
+                owner = new_owner()
+                if not self.store.claim_write(existing.key, existing.owner, owner):
+                    return self._refuse(
+                        request, decision, "history", taken, existing.targets, existing.key
+                    )
+                existing.owner = owner
+                return self._recover(request, decision, existing)
+            finally:
+                _release(existing.key)
+        return self._recover(request, decision, existing)
+
+    def _recover(
+        self, request: GateRequest, decision: StepDecision, existing: WriteRecord
+    ) -> GateOutcome:
+        """A write of unknown outcome, or a pending one this caller now owns: observe."""
+        step = request.step
         observed = self._observe(existing)
         if observed:
             self.store.finish_write(
@@ -494,10 +547,6 @@ class ExecutionGate:
         )
         facts = self.store.write_facts(probe, self._window_start(step), self._history_start(step))
         for write in [*facts.unresolved, *(w for w in facts.in_progress if self._abandoned(w))]:
-            if write.state == "pending" and not self.store.claim_write(
-                write.key, write.owner, OWNER
-            ):
-                continue
             self.resolve(write)
 
     def _observe(self, write: WriteRecord) -> bool | None:
@@ -515,7 +564,7 @@ class ExecutionGate:
     def _abandoned(self, write: WriteRecord) -> bool:
         """A pending write whose process is gone: on this host, its process no longer runs;
         elsewhere, it has been pending longer than its operation's whole deadline."""
-        if write.owner == OWNER:
+        if write.owner.partition("#")[0] == OWNER:
             with _SENDING_LOCK:
                 return write.key not in _SENDING
         alive = process_alive(write.owner)
@@ -552,7 +601,7 @@ class ExecutionGate:
             entry=request.entry,
             recorded_at=self.clock(),
             targets=targets,
-            owner=OWNER,
+            owner=new_owner(),
         )
 
     def _window_start(self, step: PlanStep) -> float:
@@ -566,8 +615,11 @@ class ExecutionGate:
 
     # --- sending and recording --------------------------------------------------------------
 
-    def _send(self, request: GateRequest, intent: str | None) -> tuple[OperationResult, bool]:
-        """Execute; also whether the call was sent at all (no executor: nothing was)."""
+    def _send(
+        self, request: GateRequest, intent: str | None, called: list[bool] | None = None
+    ) -> tuple[OperationResult, bool]:
+        """Execute; also whether the call was sent at all (no executor: nothing was).
+        `called` gets an entry the moment the executor is called."""
         step = request.step
         call = self.policy.registry.validate(
             step.operation, step.environment, step.parameters, step.target
@@ -580,6 +632,8 @@ class ExecutionGate:
             executor = self.executor(step.environment)
         except Exception as exc:  # e.g. ExecutorUnavailable: reported as the operation's result
             return _unavailable(spec, exc), False
+        if called is not None:
+            called.append(True)
         return executor.execute(spec), True
 
     def _read(self, request: GateRequest) -> OperationResult:

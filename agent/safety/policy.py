@@ -168,6 +168,17 @@ class SafetyPolicy:
         from now on, so its planning-time reservation ends."""
         self._reserved.get(context.incident_id, set()).discard(step.key())
 
+    def blast_radius_refusal(self, step: PlanStep, targets: Sequence[ResolvedTarget]) -> str | None:
+        policy = self.config.environments.environments[step.environment].policy
+        if len(targets) <= policy.max_targets_per_write:
+            return None
+        names = ", ".join(f"{t.name} ({t.identity})" for t in targets)
+        return (
+            f"blast radius: {step.target} resolves to {len(targets)} targets ({names}); at most "
+            f"{policy.max_targets_per_write} per write (environments.{step.environment}.policy"
+            ".max_targets_per_write): name one of them"
+        )
+
     def write_refusal(
         self,
         step: PlanStep,
@@ -181,13 +192,9 @@ class SafetyPolicy:
         environment = step.environment
         policy = self.config.environments.environments[environment].policy
         where = f"environments.{environment}.policy"
-        if len(targets) > policy.max_targets_per_write:
-            names = ", ".join(f"{t.name} ({t.identity})" for t in targets)
-            return (
-                f"blast radius: {step.target} resolves to {len(targets)} targets ({names}); "
-                f"at most {policy.max_targets_per_write} per write "
-                f"({where}.max_targets_per_write): name one of them"
-            )
+        radius = self.blast_radius_refusal(step, targets)
+        if radius is not None:
+            return radius
         if facts.unresolved:
             earlier = facts.unresolved[0]
             return (

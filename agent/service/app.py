@@ -424,7 +424,9 @@ def create_app(
         approval = pending[0]
         action = "approve" if approve else "reject"
         try:
-            await state.launcher.resume(record.flow_run_id, approve, who.name, body.reason)
+            await state.launcher.resume(
+                record.flow_run_id, approve, who.name, body.reason, approval.step_key
+            )
         except Exception as exc:
             state.audit.record(
                 who.name, f"incident.{action}", f"failed: {exc}"[:300], approval.step.describe(),

@@ -36,8 +36,10 @@ class Launcher(Protocol):
         """Answer a paused run's approval with a rejection; False if it was not paused."""
         ...
 
-    async def resume(self, flow_run_id: str, approve: bool, approver: str, reason: str) -> None:
-        """Answer a paused run's approval."""
+    async def resume(
+        self, flow_run_id: str, approve: bool, approver: str, reason: str, step_key: str = ""
+    ) -> None:
+        """Answer a paused run's approval of the step `step_key`."""
         ...
 
     async def reachable(self) -> None:
@@ -217,14 +219,22 @@ class PrefectLauncher:
             raise RuntimeError("the run has not reached its approval pause yet") from None
         return True
 
-    async def resume(self, flow_run_id: str, approve: bool, approver: str, reason: str) -> None:
-        """Answer the run's pending ApprovalInput (raises NotPausedError if it is not paused)."""
+    async def resume(
+        self, flow_run_id: str, approve: bool, approver: str, reason: str, step_key: str = ""
+    ) -> None:
+        """Answer the run's pending ApprovalInput for the step `step_key` (raises
+        NotPausedError if it is not paused); the run refuses an answer for another step."""
         from prefect.flow_runs import aresume_flow_run
 
         with self._settings():
             await aresume_flow_run(
                 UUID(flow_run_id),
-                run_input={"approve": approve, "approver": approver, "reason": reason},
+                run_input={
+                    "approve": approve,
+                    "approver": approver,
+                    "reason": reason,
+                    "step_key": step_key,
+                },
             )
 
     async def reachable(self) -> None:

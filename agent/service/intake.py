@@ -206,7 +206,7 @@ class AlertIngestor:
         with self.store.transaction() as db:
             for given in payload.alerts:
                 labels = {k: v for k, v in given.labels.items() if k not in self.reserved}
-                alert = given.model_copy(update={"labels": labels}) if labels else given
+                alert = given.model_copy(update={"labels": labels})
                 dispositions.append(self._one(db, alert, payload, request_id, now))
             result = IngestResult(
                 request_id=request_id,

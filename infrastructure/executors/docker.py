@@ -42,6 +42,8 @@ from infrastructure.executors.logtext import kept_lines, line_filter
 from infrastructure.redaction import REDACTED, is_secret_key
 from infrastructure.registry import duration_seconds
 
+# How far the engine's clock may be behind UICI's when a write's effect is looked for.
+_CLOCK_SKEW_SECONDS = 2.0
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 _ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -508,10 +510,12 @@ class DockerExecutor(EnvironmentExecutor):
             return None
         if done:
             return True
-        signs = {"restart_service": ("kill", "stop", "die", "restart", "start"),
+        signs = {"restart_service": ("kill", "stop", "die", "restart"),
                  "start_service": ("start",), "stop_service": ("kill", "stop", "die")}  # fmt: skip
         try:
-            touched = self._events_since(containers, since, signs[operation])
+            # The engine's clock may lag ours: look a little further back, so that a call that
+            # did reach it reads as "cannot tell", never as "nothing was sent".
+            touched = self._events_since(containers, since - _CLOCK_SKEW_SECONDS, signs[operation])
         except Exception:  # the events cannot be read: cannot tell
             return None
         return None if touched else False
