@@ -451,3 +451,19 @@ def test_a_write_being_sent_by_a_live_process_is_not_sent_again(
     assert taken.outcome == "executed", taken.note
     gate.close()
     assert lab.restart_events(container.name, time.time() - 120) == 1
+
+
+def test_a_store_made_before_write_owners_is_migrated(tmp_path: Path) -> None:
+    """A store whose writes table predates the owner column gets it when opened."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE writes (key TEXT PRIMARY KEY, incident_id TEXT, environment TEXT NOT"
+            " NULL, operation TEXT NOT NULL, target TEXT, step TEXT NOT NULL, state TEXT NOT"
+            " NULL, actor TEXT NOT NULL, entry TEXT NOT NULL, recorded_at REAL NOT NULL,"
+            " finished_at REAL, outcome TEXT)"
+        )
+    IncidentStore(path)
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(writes)")]
+    assert columns[-1] == "owner"

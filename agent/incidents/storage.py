@@ -167,6 +167,18 @@ CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL);
 """
 
 
+# Columns added to a table after it first shipped: a store made by an older UICI gets them.
+_ADDED_COLUMNS = {"writes": {"owner": "TEXT NOT NULL DEFAULT ''"}}
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
 def sqlite_path(url: str) -> Path:
     """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> a path."""
     if not url.startswith("sqlite:///"):
@@ -594,6 +606,7 @@ class IncidentStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
+            _migrate(db)
 
     @classmethod
     def from_config(cls, config: UICIConfig) -> IncidentStore:
