@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from agent.incidents.context import observation_from_result
 from agent.incidents.events import EventLog
 from agent.incidents.models import (
     IncidentContext,
@@ -35,7 +36,7 @@ from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
 from agent.safety.policy import Approval
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.configuration.models import RiskLevel, Runbook
+from infrastructure.configuration.models import Runbook
 from infrastructure.executors.base import OperationResult
 
 
@@ -187,9 +188,6 @@ class Investigation:
             cost=round(after.cost - before.cost, 8),
         )
 
-    def risk(self, step: PlanStep) -> RiskLevel:
-        return self.planner.policy.registry.describe(step.operation).risk
-
     def request(self, step: PlanStep, approval: Approval | None = None) -> GateRequest:
         return GateRequest(
             step=step,
@@ -205,8 +203,6 @@ class Investigation:
         )
 
     def observe(self, step: PlanStep, result: OperationResult) -> Observation:
-        from agent.incidents.context import observation_from_result
-
         observation = observation_from_result(
             f"obs-{len(self.report.observations) + 1}", step, result
         )

@@ -267,9 +267,7 @@ class ExecutionGate:
 
     def execute(self, request: GateRequest) -> GateOutcome:
         step = request.step
-        decision = self.policy.decide(
-            step, request.context, request.runbook, request.approval, request.observations
-        )
+        decision = self._decision(request)
         if decision.decision == "rejected":
             return self._refuse(request, decision, "policy", "; ".join(decision.reasons))
         if decision.decision == "needs_approval":
@@ -287,9 +285,7 @@ class ExecutionGate:
         is requested, so nobody approves what the write history will refuse. None: it may run
         once approved (execute checks everything again, atomically)."""
         step = request.step
-        decision = self.policy.decide(
-            step, request.context, request.runbook, request.approval, request.observations
-        )
+        decision = self._decision(request)
         if decision.decision == "rejected":
             return self._refuse(request, decision, "policy", "; ".join(decision.reasons))
         if self._risk(step) is RiskLevel.READ:
@@ -300,7 +296,6 @@ class ExecutionGate:
         targets = self._targets(request, decision)
         if isinstance(targets, GateOutcome):
             return targets
-        self._observe_unresolved(step, targets)
         record = self._record(request, key, targets)
         facts = self.store.write_facts(record, self._window_start(step), self._history_start(step))
         refusal = self.policy.write_refusal(step, request.context, targets, facts)
@@ -320,7 +315,6 @@ class ExecutionGate:
         targets = self._targets(request, decision)
         if isinstance(targets, GateOutcome):
             return targets
-        self._observe_unresolved(step, targets)
         if not _reserve(key):  # a thread of this process is sending this very write
             return self._refuse(
                 request, decision, "history", f"this write ({key}) is being sent right now"
@@ -577,11 +571,13 @@ class ExecutionGate:
     def _targets(
         self, request: GateRequest, decision: StepDecision
     ) -> list[ResolvedTarget] | GateOutcome:
+        """What the write touches, once earlier writes there of unknown outcome (or left
+        pending by a dead process) were observed; or the refusal when it cannot be resolved."""
         step = request.step
         if step.target is None:
             return []
         try:
-            return self.executor(step.environment).write_targets(step.target)
+            targets = self.executor(step.environment).write_targets(step.target)
         except ExecutorError as exc:
             message = f"cannot resolve {step.target!r} on {step.environment}: {exc.message}"
             return self._refuse(
@@ -590,6 +586,8 @@ class ExecutionGate:
         except Exception as exc:  # an executor that cannot be built or reached
             message = f"cannot resolve {step.target!r} on {step.environment}: {exc}"
             return self._refuse(request, decision, "target", message)
+        self._observe_unresolved(step, targets)
+        return targets
 
     def _record(self, request: GateRequest, key: str, targets: list[ResolvedTarget]) -> WriteRecord:
         return WriteRecord(
@@ -693,6 +691,11 @@ class ExecutionGate:
             refused_by=by,
             needs_person=by == "history" and reason.startswith(NEEDS_PERSON),
             targets=targets or [],
+        )
+
+    def _decision(self, request: GateRequest) -> StepDecision:
+        return self.policy.decide(
+            request.step, request.context, request.runbook, request.approval, request.observations
         )
 
     def _risk(self, step: PlanStep) -> RiskLevel:
