@@ -11,25 +11,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
-    aupdate_progress_artifact,
 )
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from agent.incidents.investigation import Investigation, fail_unopened, run_context
-from agent.incidents.models import PHASES, Diagnosis, Observation, Phase, PhasePlan
+from agent.incidents.phases import run_phases
 from agent.incidents.report import artifact_key, operations_table, render_markdown
 from agent.incidents.storage import IncidentStore
 from agent.logs import configure_logging, incident_id_var, log_context, request_id_var
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate
-from flows.steps import remediate, run_reads, validate
+from flows.steps import PrefectRunner
 from infrastructure.configuration.loader import UICIConfig, load_config
 
 
@@ -61,42 +59,11 @@ def _run_name() -> str:
     return f"incident-{service}-{labels.get('alertname') or 'manual'}"
 
 
-@task(cache_policy=NO_CACHE, task_run_name="plan · {phase} · round {iteration}")
-def plan_phase(
-    phase: Phase, iteration: int, run: Investigation, observations: list[Observation], planned: int
-) -> PhasePlan:
-    return run.planner.plan_phase(run.context, phase, observations, iteration, planned)
-
-
-@task(cache_policy=NO_CACHE, task_run_name="diagnose")
-def diagnose(run: Investigation, observations: list[Observation]) -> Diagnosis:
-    return run.planner.diagnose(run.context, observations)
-
-
-async def run_phases(run: Investigation) -> None:
-    rounds = run.config.agents.diagnostic_agent.max_llm_iterations_per_phase
+async def run_investigation(run: Investigation) -> None:
     progress = await acreate_progress_artifact(
         progress=0.0, description=f"incident {run.context.incident_id}"
     )
-    for index, phase in enumerate(PHASES):
-        planned = 0
-        run.events.emit("phase.started", run.context.incident_id, phase=phase)
-        for iteration in range(rounds):
-            usage = run.usage_so_far()
-            plan = plan_phase(phase, iteration, run, run.report.observations, planned)
-            run.usage_event(phase, usage)
-            planned += len(plan.decisions)
-            before, writes, after = run.record_plan(plan)
-            await run_reads(phase, before, run)
-            for decision in writes:
-                await remediate(decision, run)
-            await run_reads(phase, after, run)
-            if plan.done or plan.planner == "runbook":
-                break
-        await aupdate_progress_artifact(progress, progress=100.0 * (index + 1) / len(PHASES))
-    await validate(run)
-    # A sync task called from this async flow runs inline and returns its value.
-    run.report.diagnosis = diagnose(run, run.report.observations)
+    await run_phases(run, PrefectRunner(progress))
 
 
 @flow(name="diagnose-incident", flow_run_name=_run_name, log_prints=False)
@@ -129,7 +96,7 @@ async def diagnose_incident(
         )  # fmt: skip
         run.open(run_id)
         try:
-            await run_phases(run)
+            await run_investigation(run)
             data = run.finish()
         except BaseException as exc:
             run.fail(exc)

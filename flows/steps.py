@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import aupdate_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 
 from agent.incidents.investigation import ApprovalAnswer, Investigation
-from agent.incidents.models import Phase, PlanStep
+from agent.incidents.models import Diagnosis, Observation, Phase, PhasePlan, PlanStep
 from infrastructure.executors.base import OperationResult
 from tasks.operations import (
     RetryableOperationError,
@@ -98,17 +100,42 @@ async def run_reads(phase: Phase, steps: list[PlanStep], run: Investigation) -> 
             run.observe(step, result)
 
 
-async def validate(run: Investigation) -> None:
-    """After a remediation: let the service settle, then check it as agents.yml says."""
-    step = run.validation_step()
-    if step is None:
-        return
-    settings = run.config.agents.diagnostic_agent.validation
-    await asyncio.sleep(settings.settle_seconds)
-    checks = []
-    for index in range(settings.checks):
-        if index:
-            await asyncio.sleep(settings.interval_seconds)
+class PrefectRunner:
+    """The phase steps as Prefect sees them: planning and diagnosis as tasks, reads as a
+    subflow per environment with a task per operation, writes paused for approval."""
+
+    def __init__(self, progress_artifact: Any = None) -> None:
+        self.progress_artifact = progress_artifact
+
+    async def plan(self, run: Investigation, phase: Phase, iteration: int, planned: int) -> Any:
+        return plan_phase(phase, iteration, run, run.report.observations, planned)
+
+    async def reads(self, run: Investigation, phase: Phase, steps: list[PlanStep]) -> None:
+        await run_reads(phase, steps, run)
+
+    async def write(self, run: Investigation, decision: Any) -> None:
+        await remediate(decision, run)
+
+    async def status_check(self, run: Investigation, step: PlanStep) -> Any:
         [(_, result)] = await run_environment_steps("resolution", step.environment, [step], run)
-        checks.append(run.observe(step, result))
-    run.validated(checks)
+        return run.observe(step, result)
+
+    async def diagnose(self, run: Investigation) -> Any:
+        # A sync task called from an async flow runs inline and returns its value.
+        return diagnose(run, run.report.observations)
+
+    async def progress(self, run: Investigation, fraction: float) -> None:
+        if self.progress_artifact is not None:
+            await aupdate_progress_artifact(self.progress_artifact, progress=100.0 * fraction)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="plan · {phase} · round {iteration}")
+def plan_phase(
+    phase: Phase, iteration: int, run: Investigation, observations: list[Observation], planned: int
+) -> PhasePlan:
+    return run.planner.plan_phase(run.context, phase, observations, iteration, planned)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="diagnose")
+def diagnose(run: Investigation, observations: list[Observation]) -> Diagnosis:
+    return run.planner.diagnose(run.context, observations)

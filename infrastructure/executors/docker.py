@@ -39,6 +39,7 @@ from infrastructure.executors.base import (
     executor_method,
 )
 from infrastructure.executors.logtext import kept_lines, line_filter
+from infrastructure.executors.status import normalised
 from infrastructure.redaction import REDACTED, is_secret_key
 from infrastructure.registry import duration_seconds
 
@@ -626,17 +627,30 @@ def _status(container: Container) -> dict[str, Any]:
     attrs = container.attrs
     state = attrs["State"]
     policy = attrs["HostConfig"].get("RestartPolicy") or {}
+    health = _health(state)
+    started = _timestamp(state.get("StartedAt"))
+    failing = [c for c in (health or {}).get("last_checks", []) if c["exit_code"] != 0]
+    verdict = (health or {}).get("status")
     return {
         "container": container.name,
         "id": container.id[:12],
         "image": attrs["Config"].get("Image"),
-        "state": state.get("Status"),
+        **normalised(
+            state=state.get("Status"),
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            restart_count=attrs.get("RestartCount", 0),
+            up_seconds=time.time() - _parse_time(started).timestamp()
+            if state.get("Running") and started
+            else None,
+            # "starting": no verdict yet.
+            healthy={"healthy": True, "unhealthy": False}.get(verdict or ""),
+            message=state.get("Error") or None,
+            probe_output=failing[-1]["output"].strip() if failing else None,
+        ),
         "running": state.get("Running"),
         "restarting": state.get("Restarting"),
-        "health": _health(state),
-        "restart_count": attrs.get("RestartCount", 0),
-        "exit_code": state.get("ExitCode"),
-        "oom_killed": state.get("OOMKilled"),
+        "health": health,
         "error": state.get("Error") or None,
         "started_at": _timestamp(state.get("StartedAt")),
         "finished_at": _timestamp(state.get("FinishedAt")),
@@ -680,8 +694,10 @@ def _metrics(container: Container) -> dict[str, Any]:
     limit = memory.get("limit") or 0
     networks = (stats.get("networks") or {}).values()
     block = (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []
+    # Of one core, as `docker stats` shows it; of the CPU limit when the container has one.
+    cores = (container.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9 or 1.0
     item.update(
-        cpu_percent=round(cpu_delta / system_delta * online * 100, 2)
+        cpu_percent=round(cpu_delta / system_delta * online * 100 / cores, 2)
         if system_delta > 0 and cpu_delta >= 0
         else 0.0,
         memory_usage_bytes=usage,

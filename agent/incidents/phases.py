@@ -1,0 +1,129 @@
+"""The four phases of an investigation, in order, independent of how each step is run.
+
+`run_phases` is the loop: plan a phase (one round for the runbook planner, up to the configured
+rounds for an LLM), run its reads before its writes and its reads after, then validate a
+remediation once the service settled, then diagnose. How a plan, a read, a write or a pause is
+run is the `PhaseRunner`'s business: flows/diagnose.py runs them as Prefect tasks and subflows
+with pauses for approvals; `DirectRunner` calls the execution gate in this process, which is
+what `uici diagnose` and `uici eval` use. The decisions (planner, policy, gate, approvals,
+report) are the same objects on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from agent.incidents.investigation import ApprovalAnswer, Investigation
+from agent.incidents.models import (
+    PHASES,
+    Diagnosis,
+    Observation,
+    Phase,
+    PhasePlan,
+    PlanStep,
+    StepDecision,
+)
+
+
+class PhaseRunner(Protocol):
+    async def plan(
+        self, run: Investigation, phase: Phase, iteration: int, planned: int
+    ) -> PhasePlan: ...
+
+    async def reads(self, run: Investigation, phase: Phase, steps: list[PlanStep]) -> None: ...
+
+    async def write(self, run: Investigation, decision: StepDecision) -> None: ...
+
+    async def status_check(self, run: Investigation, step: PlanStep) -> Observation: ...
+
+    async def diagnose(self, run: Investigation) -> Diagnosis: ...
+
+    async def progress(self, run: Investigation, fraction: float) -> None: ...
+
+
+async def run_phases(run: Investigation, runner: PhaseRunner) -> None:
+    rounds = run.config.agents.diagnostic_agent.max_llm_iterations_per_phase
+    for index, phase in enumerate(PHASES):
+        planned = 0
+        run.events.emit("phase.started", run.context.incident_id, phase=phase)
+        for iteration in range(rounds):
+            usage = run.usage_so_far()
+            plan = await runner.plan(run, phase, iteration, planned)
+            run.usage_event(phase, usage)
+            planned += len(plan.decisions)
+            before, writes, after = run.record_plan(plan)
+            await runner.reads(run, phase, before)
+            for decision in writes:
+                await runner.write(run, decision)
+            await runner.reads(run, phase, after)
+            if plan.done or plan.planner == "runbook":
+                break
+        await runner.progress(run, (index + 1) / len(PHASES))
+    await validate(run, runner)
+    run.report.diagnosis = await runner.diagnose(run)
+
+
+async def validate(run: Investigation, runner: PhaseRunner) -> None:
+    """After a remediation: let the service settle, then check it as agents.yml says."""
+    step = run.validation_step()
+    if step is None:
+        return
+    settings = run.config.agents.diagnostic_agent.validation
+    await asyncio.sleep(settings.settle_seconds)
+    checks = []
+    for index in range(settings.checks):
+        if index:
+            await asyncio.sleep(settings.interval_seconds)
+        checks.append(await runner.status_check(run, step))
+    run.validated(checks)
+
+
+class DirectRunner:
+    """Runs every step through the execution gate in this process, without Prefect. A write
+    that needs a person is not executed (there is nobody to ask): the report says so."""
+
+    async def plan(
+        self, run: Investigation, phase: Phase, iteration: int, planned: int
+    ) -> PhasePlan:
+        return await asyncio.to_thread(
+            run.planner.plan_phase, run.context, phase, run.report.observations, iteration, planned
+        )
+
+    async def reads(self, run: Investigation, phase: Phase, steps: list[PlanStep]) -> None:
+        outcomes = await asyncio.gather(
+            *(asyncio.to_thread(run.gate.execute, run.request(step)) for step in steps)
+        )
+        for step, outcome in zip(steps, outcomes, strict=True):
+            if outcome.result is not None:
+                run.observe(step, outcome.result)
+
+    async def write(self, run: Investigation, decision: StepDecision) -> None:
+        next_, ask = run.next_for_write(decision)
+        if next_ == "skip":
+            return
+        approval = None
+        if ask is not None:
+            nobody = ApprovalAnswer(
+                approve=False,
+                approver="uici",
+                reason="nobody to ask in a run outside Prefect",
+                step_key=decision.step.key(),
+            )
+            approval = run.answered(decision, nobody)
+            if approval is None:
+                return
+        outcome = await asyncio.to_thread(run.gate.execute, run.request(decision.step, approval))
+        run.record_write(decision.step, outcome)
+
+    async def status_check(self, run: Investigation, step: PlanStep) -> Observation:
+        outcome = await asyncio.to_thread(run.gate.execute, run.request(step))
+        if outcome.result is None:
+            raise RuntimeError(f"the validation read was refused: {outcome.note}")
+        return run.observe(step, outcome.result)
+
+    async def diagnose(self, run: Investigation) -> Diagnosis:
+        return run.planner.diagnose(run.context, run.report.observations)
+
+    async def progress(self, run: Investigation, fraction: float) -> None:
+        return None
