@@ -19,10 +19,10 @@ from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.conftest import DATA, SHIPPED_CONFIG
 
 FAILURES = {
-    "missing_env": ("missing-configuration", "configuration"),
-    "oom": ("oom-killed", "resource_exhaustion"),
-    "unhealthy": ("health-check-failing", "health_check"),
-    "lost_dependency": ("dependency-down", "dependency"),
+    "missing_env": ("missing-configuration", "missing_setting"),
+    "oom": ("oom-killed", "oom_killed"),
+    "unhealthy": ("health-check-failing", "probe_failing"),
+    "lost_dependency": ("dependency-down", "dependency_down"),
     "cpu_burn": ("cpu-saturation", "cpu_saturation"),
 }
 

@@ -10,6 +10,7 @@ static busybox and a link per applet, imported with `docker import`, rebuilt onl
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import subprocess
@@ -312,3 +313,96 @@ def _created_epoch(created: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(created[:19] + "+00:00").timestamp()
+
+
+class ScenarioSetupError(Exception):
+    """A scenario's failure could not be created (a container that cannot run, a readiness
+    condition that never came): reported as `setup failed`, never as a diagnosis result."""
+
+
+def _container_options(spec: Any, network: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "environment": dict(spec.env),
+        "network": network,
+        "read_only": spec.read_only,
+    }
+    if spec.restart != "no":
+        options["restart_policy"] = {"Name": spec.restart}
+    if spec.memory:
+        options["mem_limit"] = spec.memory
+        options["memswap_limit"] = spec.memory  # no swap: the limit is the limit
+    if spec.cpus:
+        options["nano_cpus"] = int(spec.cpus * 1e9)
+    if spec.user:
+        options["user"] = spec.user
+    if spec.tmpfs:
+        options["tmpfs"] = dict(spec.tmpfs)
+    if spec.health:
+        options["healthcheck"] = {
+            "test": ["CMD", "sh", "-c", spec.health.command],
+            "interval": spec.health.interval_ms * 1_000_000,
+            "timeout": spec.health.timeout_ms * 1_000_000,
+            "retries": spec.health.retries,
+        }
+    if spec.ports:
+        options["ports"] = {f"{port}/tcp": ("127.0.0.1", None) for port in spec.ports}
+    if spec.compose_service:
+        options["labels"] = {
+            "com.docker.compose.project": "uici-eval",
+            "com.docker.compose.service": spec.compose_service,
+        }
+    return options
+
+
+def build_docker_scenario(lab: FailureLab, name: str, setup: Any, service: str) -> str:
+    """Create a corpus scenario's containers (agent/evaluation/scenarios.py: DockerSetup) on
+    the lab's engine, wait until its failure has happened, and return the service's container
+    name. Containers are named `lab.prefix-<name>`, on a network of their own."""
+    network = lab.client.networks.create(lab.name(f"{name}-net"), labels=lab.labels)
+    try:
+        for spec in setup.containers:
+            if not spec.start:
+                continue
+            lab.run(spec.name, list(spec.command), **_container_options(spec, network.name))
+        target = lab.container(service)
+        ready = setup.ready
+
+        def happened() -> bool:
+            target.reload()
+            attrs = target.attrs
+            if ready.restarts and attrs["RestartCount"] < ready.restarts:
+                return False
+            if ready.state and attrs["State"]["Status"] != ready.state:
+                return False
+            if ready.health and attrs["State"].get("Health", {}).get("Status") != ready.health:
+                return False
+            return not (
+                ready.log
+                and target.logs().decode(errors="replace").count(ready.log) < ready.log_count
+            )
+
+        wait_for(
+            happened, setup.timeout_seconds, f"{name}: {ready.model_dump(exclude_defaults=True)}"
+        )
+        if setup.stop:
+            for stopped in setup.stop:
+                lab.container(stopped).stop(timeout=1)
+            if ready.after_stop_log:
+                wait_for(
+                    lambda: (
+                        target.logs().decode(errors="replace").count(ready.after_stop_log or "")
+                        >= ready.after_stop_count
+                    ),
+                    setup.timeout_seconds,
+                    f"{name}: {ready.after_stop_log!r} after stopping {setup.stop}",
+                )
+        if ready.seconds:
+            time.sleep(ready.seconds)
+        return str(target.name)
+    except (docker.errors.DockerException, TimeoutError) as exc:
+        logs = ""
+        with contextlib.suppress(docker.errors.DockerException):
+            logs = lab.container(service).logs(tail=5).decode(errors="replace")
+        raise ScenarioSetupError(
+            f"{type(exc).__name__}: {exc}" + (f"; last log: {logs}" if logs else "")
+        ) from exc

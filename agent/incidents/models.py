@@ -133,6 +133,11 @@ class Diagnosis(BaseModel):
     category: str
     confidence: float = Field(ge=0, le=1)
     evidence: list[str] = Field(default_factory=list)  # observation ids
+    # The specific facts the root cause names (the variable, module, port, path, host...).
+    facts: list[str] = Field(default_factory=list)
+    # When nothing matched: the most telling log lines, and what the evidence rules out.
+    telling_lines: list[str] = Field(default_factory=list)
+    ruled_out: list[str] = Field(default_factory=list)
     recommended_actions: list[RecommendedStep] = Field(default_factory=list)
     source: PlannerKind
     rules_matched: list[str] = Field(default_factory=list)

@@ -176,6 +176,15 @@ def render_markdown(report: IncidentReport, max_output_lines: int = 15) -> str:
         ]
         if diagnosis.rules_matched:
             lines.append(f"- rules matched: {e(', '.join(diagnosis.rules_matched))}")
+        for fact in diagnosis.facts:
+            lines.append(f"- fact: {e(fact)}")
+        for ruled_out in diagnosis.ruled_out:
+            lines.append(f"- ruled out: {e(ruled_out)}")
+        if diagnosis.telling_lines:
+            # Quoted log lines, in a fence they cannot close.
+            lines += ["- most telling lines:", "", "~~~~text"]
+            lines += [line.replace("~~~~", "~ ~ ~ ~") for line in diagnosis.telling_lines]
+            lines += ["~~~~", ""]
         for recommended in diagnosis.recommended_actions:
             lines.append(
                 f"- recommended: {e(recommended.operation)} {e(recommended.target or '')}: "

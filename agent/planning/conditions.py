@@ -31,27 +31,40 @@ def evaluate(
     when: WhenClause, observations: Sequence[Observation], context: IncidentContext
 ) -> tuple[bool, list[str]]:
     """Whether the clause holds, and the ids of the observations that made it hold."""
+    holds, evidence, _ = evaluate_with_facts(when, observations, context)
+    return holds, evidence
+
+
+def evaluate_with_facts(
+    when: WhenClause, observations: Sequence[Observation], context: IncidentContext
+) -> tuple[bool, list[str], list[str]]:
+    """As `evaluate`, and the facts the conditions that held name (see `Condition.facts`)."""
     evidence: list[str] = []
+    facts: list[str] = []
     for condition in when.all:
-        holds, ids = check(condition, observations, context)
+        holds, ids, named = check(condition, observations, context)
         if not holds:
-            return False, []
+            return False, [], []
         evidence.extend(ids)
+        facts.extend(named)
     if when.any:
         any_ids: list[str] = []
         for condition in when.any:
-            holds, ids = check(condition, observations, context)
+            holds, ids, named = check(condition, observations, context)
             if holds:
                 any_ids.extend(ids)
+                facts.extend(named)
         if not any_ids:
-            return False, []
+            return False, [], []
         evidence.extend(any_ids)
-    return True, list(dict.fromkeys(evidence))
+    return True, list(dict.fromkeys(evidence)), list(dict.fromkeys(facts))
 
 
 def check(
     condition: Condition, observations: Sequence[Observation], context: IncidentContext
-) -> tuple[bool, list[str]]:
+) -> tuple[bool, list[str], list[str]]:
+    """Whether the condition holds on the newest observation of its scope, the ids of those it
+    holds on, and the facts they name."""
     targets: list[str | None]
     if condition.scope == "service":
         targets = [context.service]
@@ -59,26 +72,51 @@ def check(
         targets = list(context.dependencies)
     else:
         targets = [*context.scope, None]
-    matched = [
-        observation.id
-        for observation in latest(observations, condition.observation, targets)
-        if observation.success and _holds(condition, observation)
-    ]
-    return bool(matched), matched
+    matched: list[str] = []
+    facts: list[str] = []
+    for observation in latest(observations, condition.observation, targets):
+        if not observation.success:
+            continue
+        holds, named = _holds(condition, observation)
+        if holds:
+            matched.append(observation.id)
+            facts.extend(named)
+    return bool(matched), matched, facts
 
 
-def _holds(condition: Condition, observation: Observation) -> bool:
+def _holds(condition: Condition, observation: Observation) -> tuple[bool, list[str]]:
     if condition.log_pattern is not None:
         pattern = re.compile(condition.log_pattern)
-        return (
-            sum(1 for line in log_lines(observation) if pattern.search(line))
-            >= condition.min_matches
-        )
+        found = [m for m in (pattern.search(line) for line in log_lines(observation)) if m]
+        if len(found) < condition.min_matches:
+            return False, []
+        # The newest line names the fact: in a crash loop it is the last attempt's reason.
+        groups = found[-1].groupdict()
+        return True, [
+            _fact(name.replace("_", " "), value) for name, value in groups.items() if value
+        ]
     assert condition.field is not None and condition.operator is not None  # by the model
-    return any(
-        _compare(condition.operator, _lookup(item, condition.field), condition.value)
-        for item in items(observation)
-    )
+    facts: list[str] = []
+    holds = False
+    for item in items(observation):
+        if _compare(condition.operator, _lookup(item, condition.field), condition.value):
+            holds = True
+            for name in condition.facts:
+                value = _lookup(item, name)
+                if value is not _MISSING and value not in (None, ""):
+                    facts.append(_fact(name.replace("_", " "), value))
+    return holds, facts
+
+
+# A fact quotes what a program or platform printed: bounded, on one line.
+_FACT_CHARS = 240
+
+
+def _fact(name: str, value: Any) -> str:
+    text = " ".join(str(value).split())
+    if len(text) > _FACT_CHARS:
+        text = text[: _FACT_CHARS - 1] + "…"
+    return f"{name} {text}"
 
 
 def items(observation: Observation) -> list[Any]:

@@ -18,7 +18,14 @@ from agent.incidents.models import (
     PlanStep,
     RecommendedStep,
 )
-from agent.planning.conditions import evaluate
+from agent.planning.conditions import (
+    check,
+    evaluate,
+    evaluate_with_facts,
+    items,
+    latest,
+    log_lines,
+)
 from infrastructure.configuration.models import AgentsConfig, Runbook
 
 
@@ -91,9 +98,13 @@ class RunbookPlanner:
     def diagnose(self, context: IncidentContext, observations: Sequence[Observation]) -> Diagnosis:
         matches: list[tuple[float, str, Diagnosis]] = []
         for rule in self.agents.diagnosis_rules:
-            holds, evidence = evaluate(rule.when, observations, context)
+            holds, evidence, facts = evaluate_with_facts(rule.when, observations, context)
             if not holds:
                 continue
+            for condition in rule.facts:
+                named, _, more = check(condition, observations, context)
+                if named:
+                    facts = list(dict.fromkeys([*facts, *more]))
             by_id = {o.id: o for o in observations}
             evidence_targets = [by_id[i].target for i in evidence if i in by_id]
             actions: list[RecommendedStep] = []
@@ -116,10 +127,11 @@ class RunbookPlanner:
                     rule.confidence,
                     rule.name,
                     Diagnosis(
-                        root_cause=rule.root_cause,
+                        root_cause=rule.root_cause + (f": {'; '.join(facts)}" if facts else ""),
                         category=rule.category,
                         confidence=rule.confidence,
                         evidence=evidence,
+                        facts=facts,
                         recommended_actions=actions,
                         source="runbook",
                         rules_matched=[rule.name],
@@ -127,13 +139,7 @@ class RunbookPlanner:
                 )
             )
         if not matches:
-            return Diagnosis(
-                root_cause="No diagnosis rule matched the evidence; a person should look.",
-                category="unknown",
-                confidence=0.0,
-                source="runbook",
-                notes=[f"{len(observations)} observations, no rule held"],
-            )
+            return self.unknown(context, observations)
         matches.sort(key=lambda m: -m[0])
         best = matches[0][2]
         others = [f"{name} ({confidence:.2f})" for confidence, name, _ in matches[1:]]
@@ -143,3 +149,71 @@ class RunbookPlanner:
                 "notes": [f"also matched: {', '.join(others)}"] if others else [],
             }
         )
+
+    def unknown(self, context: IncidentContext, observations: Sequence[Observation]) -> Diagnosis:
+        """No rule held: say so, quote the most telling lines, say what was ruled out, and
+        recommend no write."""
+        settings = self.agents.unknown_diagnosis
+        telling = re.compile(settings.telling_line_pattern)
+        lines: list[str] = []
+        evidence: list[str] = []
+        for observation in latest(observations, "get_logs", [context.service]):
+            if not observation.success:
+                continue
+            logged = [line for line in log_lines(observation) if line.strip()]
+            chosen = [line for line in logged if telling.search(line)]
+            tail = (
+                logged[-settings.last_lines_before_exit :]
+                if settings.last_lines_before_exit
+                else []
+            )
+            picked = list(dict.fromkeys([*chosen[: settings.max_telling_lines], *tail]))
+            if picked:
+                evidence.append(observation.id)
+                lines.extend(picked)
+        ruled_out = self._ruled_out(context, observations)
+        text = "No diagnosis rule matched the evidence; a person should look."
+        if ruled_out:
+            text += " Ruled out: " + "; ".join(ruled_out) + "."
+        notes = [f"{len(observations)} observations, no rule held"]
+        return Diagnosis(
+            root_cause=text,
+            category="unknown",
+            confidence=0.0,
+            evidence=evidence,
+            facts=[],
+            telling_lines=[line[:400] for line in lines],
+            ruled_out=ruled_out,
+            source="runbook",
+            notes=notes,
+        )
+
+    @staticmethod
+    def _ruled_out(context: IncidentContext, observations: Sequence[Observation]) -> list[str]:
+        ruled_out: list[str] = []
+        status = [
+            i
+            for o in latest(observations, "get_status", [context.service])
+            if o.success
+            for i in items(o)
+            if isinstance(i, dict)
+        ]
+        if status:
+            if not any(i.get("oom_killed") for i in status):
+                ruled_out.append("not OOM-killed")
+            if not any(i.get("healthy") is False for i in status):
+                ruled_out.append("no failing health check or probe")
+            if all(i.get("state") in ("running", "Running") for i in status):
+                ruled_out.append("not stopped: it is running")
+            meanings = {i.get("exit_meaning") for i in status if i.get("exit_code")}
+            ruled_out.extend(f"last exit: {m}" for m in sorted(m for m in meanings if m))
+        dependencies = latest(observations, "get_status", list(context.dependencies))
+        if dependencies and all(
+            o.success
+            and all(
+                i.get("state") in ("running", "Running") for i in items(o) if isinstance(i, dict)
+            )
+            for o in dependencies
+        ):
+            ruled_out.append("dependencies up: " + ", ".join(str(o.target) for o in dependencies))
+        return ruled_out

@@ -240,8 +240,12 @@ class ExecutionGate:
         policy: SafetyPolicy | None = None,
         clock: Callable[[], float] = time.time,
         checkpoint: Callable[[str], None] | None = None,
+        executor_factory: Callable[[str, Any], EnvironmentExecutor] = create_executor,
     ) -> None:
         self.config = config
+        # How an environment's executor is built: the factory by type; the evaluation's
+        # replay and recording executors come in here.
+        self.executor_factory = executor_factory
         self.store = store
         self.policy = policy or SafetyPolicy(config, store, clock)
         self.translator = CommandTranslator.from_config(config)
@@ -253,7 +257,7 @@ class ExecutionGate:
 
     def executor(self, environment: str) -> EnvironmentExecutor:
         if environment not in self._executors:
-            self._executors[environment] = create_executor(
+            self._executors[environment] = self.executor_factory(
                 environment, self.config.environments.environments[environment]
             )
         return self._executors[environment]

@@ -621,6 +621,9 @@ class Condition(StrictModel):
     value: Any = None
     log_pattern: str | None = None
     min_matches: int = Field(default=1, ge=1)
+    # Fields of the matching item a diagnosis names as facts (e.g. message, exit_meaning).
+    # A log_pattern's named groups are facts too: (?P<variable>[A-Z_]+) names the variable.
+    facts: list[str] = Field(default_factory=list)
 
     @field_validator("log_pattern")
     @classmethod
@@ -709,17 +712,44 @@ class DiagnosisRule(StrictModel):
     name: Name
     when: WhenClause
     root_cause: NonEmpty
-    category: Literal[
-        "resource_exhaustion",
-        "configuration",
-        "health_check",
-        "dependency",
-        "crash_loop",
-        "cpu_saturation",
-        "unknown",
-    ]
+    # The failure class it names: one of `failure_classes`.
+    category: Name
     confidence: float = Field(ge=0, le=1)
+    # Conditions that do not decide whether the rule holds, only name facts when they do
+    # (the memory limit of an OOM kill, the command a shell could not find).
+    facts: list[Condition] = Field(default_factory=list)
     recommended_actions: list[RecommendedAction] = Field(default_factory=list)
+
+
+class UnknownDiagnosisSettings(StrictModel):
+    """When no rule holds: which log lines the report quotes as the most telling."""
+
+    telling_line_pattern: str
+    max_telling_lines: int = Field(ge=1, le=50)
+    last_lines_before_exit: int = Field(ge=0, le=20)
+
+    @field_validator("telling_line_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return _check_regex(value)
+
+
+class EvaluationThresholds(StrictModel):
+    """`uici eval` exits non-zero when a score (a fraction of the scenarios) is below these."""
+
+    cause: float = Field(ge=0, le=1)
+    safety: float = Field(ge=0, le=1)
+    facts: float = Field(ge=0, le=1)
+
+
+class EvaluationSettings(StrictModel):
+    """How `uici eval` runs the corpus (agent/evaluation/)."""
+
+    thresholds: EvaluationThresholds
+    # The environment of this configuration each kind of scenario runs in.
+    environments: dict[Literal["docker", "kubernetes", "oci"], Name]
+    # A replayed service does not change: no settle window, one check.
+    replay_validation: ValidationSettings
 
 
 class ValidationSettings(StrictModel):
@@ -795,4 +825,19 @@ class AgentsConfig(StrictModel):
     health_sweep: HealthSweepSettings
     llm_safety: LLMSafetySettings
     runbooks: list[Runbook] = Field(min_length=1)
+    # The failure classes diagnosis rules name, with what each means.
+    failure_classes: dict[Name, NonEmpty]
     diagnosis_rules: list[DiagnosisRule] = Field(default_factory=list)
+    # When no rule holds: the log lines the report quotes as the most telling.
+    unknown_diagnosis: UnknownDiagnosisSettings
+    evaluation: EvaluationSettings
+
+    @model_validator(mode="after")
+    def _rule_classes_known(self) -> AgentsConfig:
+        for index, rule in enumerate(self.diagnosis_rules):
+            if rule.category not in self.failure_classes:
+                raise ValueError(
+                    f"diagnosis_rules[{index}] ({rule.name}): category {rule.category!r} is not"
+                    f" one of failure_classes ({', '.join(self.failure_classes) or 'none listed'})"
+                )
+        return self

@@ -54,6 +54,7 @@ from infrastructure.executors.logtext import (
     line_filter,
     render_logs,
 )
+from infrastructure.executors.status import normalised, percent
 from infrastructure.redaction import REDACTED
 from infrastructure.registry import duration_seconds
 from infrastructure.retry import parse_retry_after, retry_delay
@@ -63,6 +64,12 @@ REVISION = "deployment.kubernetes.io/revision"
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 _SCALABLE = ("Deployment", "StatefulSet")
 _UNPROCESSED = (429,)  # the server refused before acting: safe to send again
+# A probe failure counts while the kubelet reported it this recently (its `Unhealthy` event's
+# lastTimestamp): long enough to span a crash loop's longest back-off (5 minutes).
+_PROBE_EVENT_SECONDS = 600
+_PROBE_FAILURE = re.compile(r"^(Liveness|Readiness|Startup) probe (?:failed|errored)\b")
+_FIELD_PATH = re.compile(r"spec\.containers\{([^}]+)\}")
+_ONE_CORE_MILLICORES = 1000
 _NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -394,25 +401,69 @@ class KubernetesExecutor(EnvironmentExecutor):
     @executor_method
     def get_status(self, target: str, namespace: str | None = None) -> MethodOutput:
         workload = self.resolve(target, namespace)
-        items = [item for pod in workload.pods for item in _container_statuses(pod)]
-        if not items:
+        if not workload.pods:
             raise ExecutorError(
                 ErrorKind.PERMANENT,
                 f"{workload.kind.lower()} {workload.name!r} has no pods (selector"
                 f" {workload.selector})",
                 "a scaled-to-zero or not yet scheduled workload has no status to read",
             )
+        failures = self._probe_failures(workload)
+        items = [item for pod in workload.pods for item in _container_statuses(pod, failures)]
         lines = []
         for i in items:
             text = f"{i['pod']}/{i['container']}: {i['phase']}, {i['state']}"
-            if i["reason"]:
-                text += f" ({i['reason']})"
+            if i["reason"] or i["waiting_reason"]:
+                text += f" ({i['reason'] or i['waiting_reason']})"
             text += f", restarts {i['restart_count']}, ready {str(i['ready']).lower()}"
             last = i["last_terminated"]
             if last:
                 text += f"; last exit: {last['reason']} (exit code {last['exit_code']})"
-            lines.append(text + f", node {i['node'] or '-'}")
+            text += f", node {i['node'] or '-'}"
+            if i["message"]:
+                text += f"; {i['message']}"
+            if i["probe_output"]:
+                text += f"; probe: {i['probe_output']}"
+            lines.append(text)
         return MethodOutput(output="\n".join(lines), data=items)
+
+    def _probe_failures(self, workload: Workload) -> dict[tuple[str, str | None], list[Probe]]:
+        """The kubelet's recent `Unhealthy` events of the workload's pods, by (pod, container):
+        one list call for the namespace (narrowed by field selectors the API server supports),
+        None as the container when the event names no fieldPath. A namespace without events
+        (404) or a role without events access has no probe failures to show."""
+        pods = {p["metadata"]["name"]: p["metadata"].get("uid") for p in workload.pods}
+        selector = "involvedObject.kind=Pod,reason=Unhealthy"
+        if len(pods) == 1:
+            selector += f",involvedObject.name={next(iter(pods))}"
+        try:
+            listed = self._json(
+                "GET",
+                f"/api/v1/namespaces/{workload.namespace}/events",
+                {"fieldSelector": selector},
+            )
+        except ExecutorError as exc:
+            if exc.kind is ErrorKind.DENIED or exc.message.startswith("not found"):
+                return {}
+            raise
+        cutoff = time.time() - _PROBE_EVENT_SECONDS
+        found: dict[tuple[str, str | None], list[Probe]] = {}
+        for event in listed.get("items") or []:
+            obj = event.get("involvedObject") or {}
+            name, uid = str(obj.get("name") or ""), obj.get("uid")
+            if obj.get("kind") != "Pod" or name not in pods:
+                continue
+            if uid and pods[name] and uid != pods[name]:
+                continue  # an earlier pod of the same name (a StatefulSet's replica)
+            at = _event_time(event)
+            message = str(event.get("message") or "")
+            kind = _PROBE_FAILURE.match(message)
+            if kind is None or (at is not None and at < cutoff):
+                continue
+            container = _FIELD_PATH.fullmatch(str(obj.get("fieldPath") or ""))
+            key = (name, container.group(1) if container else None)
+            found.setdefault(key, []).append(Probe(kind.group(1).lower(), at or 0.0, message))
+        return found
 
     @executor_method
     def get_logs(
@@ -560,7 +611,10 @@ class KubernetesExecutor(EnvironmentExecutor):
             }
             for container in pod["spec"].get("containers", []):
                 resources = container.get("resources") or {}
+                limits = resources.get("limits") or {}
                 used = measured.get(container["name"], {})
+                cpu, cpu_limit = _millicores(used.get("cpu")), _millicores(limits.get("cpu"))
+                memory_percent = percent(_bytes(used.get("memory")), _bytes(limits.get("memory")))
                 items.append(
                     {
                         "pod": name,
@@ -570,14 +624,11 @@ class KubernetesExecutor(EnvironmentExecutor):
                         "memory_bytes": _bytes(used.get("memory")),
                         "requests": resources.get("requests") or {},
                         "limits": resources.get("limits") or {},
-                        "memory_percent_of_limit": _percent(
-                            _bytes(used.get("memory")),
-                            _bytes((resources.get("limits") or {}).get("memory")),
-                        ),
-                        "cpu_percent_of_limit": _percent(
-                            _millicores(used.get("cpu")),
-                            _millicores((resources.get("limits") or {}).get("cpu")),
-                        ),
+                        "memory_percent_of_limit": memory_percent,
+                        "cpu_percent_of_limit": percent(cpu, cpu_limit),
+                        # The normalised fields: of the limit; CPU of one core without one.
+                        "cpu_percent": percent(cpu, cpu_limit or _ONE_CORE_MILLICORES),
+                        "memory_percent": memory_percent,
                     }
                 )
         lines = [
@@ -876,31 +927,76 @@ def _pod_matches(pod: dict[str, Any], selector: dict[str, Any]) -> bool:
     return True
 
 
-def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    """One item per container: what the rules and a person need to see how it is doing."""
+@dataclass(frozen=True)
+class Probe:
+    """A failed probe the kubelet reported (an `Unhealthy` event)."""
+
+    kind: str  # liveness, readiness or startup
+    at: float
+    message: str
+
+
+def _container_statuses(
+    pod: dict[str, Any], failures: dict[tuple[str, str | None], list[Probe]] | None = None
+) -> list[dict[str, Any]]:
+    """One item per container: what the rules and a person need to see how it is doing, with
+    the normalised fields (infrastructure/executors/status.py). `failures` are the pod's recent
+    probe failures (`_probe_failures`)."""
     status = pod.get("status", {})
+    pod_name = pod["metadata"]["name"]
     conditions = {c["type"]: c.get("status") for c in status.get("conditions") or []}
+    scheduled: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), {}
+    )
+    # Never scheduled: no container has a status yet; the scheduler's condition says why.
+    unschedulable = (
+        scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    )
     statuses = {c["name"]: c for c in status.get("containerStatuses") or []}
     items = []
     for container in pod["spec"].get("containers", []):
         name = container["name"]
         current = statuses.get(name, {})
         state_name, state = next(iter((current.get("state") or {"waiting": {}}).items()))
+        state = state or {}
         last = (current.get("lastState") or {}).get("terminated")
         terminated = state if state_name == "terminated" else None
         oom = any(t and t.get("reason") == "OOMKilled" for t in (terminated, last))
+        waiting_reason = state.get("reason") if state_name == "waiting" else None
+        message = state.get("message") or (last or {}).get("message")
+        if unschedulable and not current:
+            waiting_reason = scheduled.get("reason")
+            message = scheduled.get("message")
+        probes = sorted(
+            [
+                *(failures or {}).get((pod_name, name), []),
+                *(failures or {}).get((pod_name, None), []),
+            ],
+            key=lambda p: p.at,
+        )
+        fatal = [p for p in probes if p.kind in ("liveness", "startup")]
+        checked = bool(container.get("livenessProbe") or container.get("startupProbe"))
+        healthy = False if fatal else (True if checked and state_name == "running" else None)
+        shown = (fatal or probes)[-1].message if probes else None
+        started = _parse_time(state.get("startedAt") or "") if state_name == "running" else None
         items.append(
             {
-                "pod": pod["metadata"]["name"],
+                "pod": pod_name,
                 "container": name,
                 "phase": status.get("phase"),
-                "state": state_name,
+                **normalised(
+                    state=state_name,
+                    exit_code=(terminated or last or {}).get("exitCode"),
+                    oom_killed=oom,
+                    restart_count=current.get("restartCount", 0),
+                    up_seconds=max(0.0, time.time() - started.timestamp()) if started else None,
+                    healthy=healthy,
+                    ready=bool(current.get("ready")),
+                    waiting_reason=waiting_reason,
+                    message=message,
+                    probe_output=shown,
+                ),
                 "reason": state.get("reason"),
-                "message": state.get("message"),
-                "ready": bool(current.get("ready")),
-                "restart_count": current.get("restartCount", 0),
-                "exit_code": (terminated or last or {}).get("exitCode"),
-                "oom_killed": oom,
                 "last_terminated": None
                 if not last
                 else {
@@ -937,6 +1033,13 @@ def _workload_summary(kind: str, obj: dict[str, Any], pods: list[dict[str, Any]]
         for p in own
         for c in p.get("status", {}).get("containerStatuses") or []
         if (c.get("state") or {}).get("waiting")
+    ] + [
+        "Unschedulable"
+        for p in own
+        for c in p.get("status", {}).get("conditions") or []
+        if c.get("type") == "PodScheduled"
+        and c.get("status") == "False"
+        and c.get("reason") == "Unschedulable"
     ]
     state = next((r for r in waiting if r), "running" if ready >= desired else "degraded")
     if not desired:
@@ -1085,12 +1188,6 @@ def _millicores(quantity: str | None) -> int | None:
     if quantity.endswith("m"):
         return int(quantity[:-1])
     return int(float(quantity) * 1000)
-
-
-def _percent(used: int | None, limit: int | None) -> float | None:
-    if used is None or not limit:
-        return None
-    return round(100.0 * used / limit, 1)
 
 
 def _mib(value: int | None) -> str:

@@ -4,7 +4,7 @@ Each `get_status` item keeps its backend's own fields and gains these, with the 
 and meanings on Docker, Kubernetes and OCI:
 
   state           the backend's state word (`running` means running on all of them)
-  up_seconds      seconds since the current instance started, when it runs
+  up_seconds      seconds since the current instance started; 0 when it does not run
   exit_code       the last termination's exit code, or None
   signal          the signal that ended it (an exit code above 128), e.g. SIGKILL
   exit_meaning    the exit code explained: 137 with and without an OOM kill, 139, 143, 127...
@@ -92,7 +92,10 @@ def normalised(
     """The normalised fields of one status item (see the module's docstring)."""
     return {
         "state": state,
-        "up_seconds": None if up_seconds is None else round(up_seconds),
+        # 0 when it does not run: "up less than N seconds" then covers "down" too.
+        "up_seconds": round(up_seconds)
+        if up_seconds is not None
+        else (None if state in ("running", "Running", None) else 0),
         "exit_code": exit_code,
         "signal": exit_signal(exit_code),
         "exit_meaning": exit_meaning(exit_code, oom_killed),
