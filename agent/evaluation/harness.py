@@ -42,13 +42,9 @@ from agent.evaluation.scenarios import (
     load_recording,
     save_recording,
 )
-from agent.incidents.context import LabelConventions, context_from_alert
-from agent.incidents.investigation import Investigation
-from agent.incidents.phases import DirectRunner, run_phases
+from agent.incidents.phases import investigate
 from agent.incidents.report import IncidentReport
 from agent.incidents.storage import IncidentStore
-from agent.planning.planner import DiagnosticPlanner
-from agent.safety.gate import ExecutionGate
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel
 from infrastructure.executors.base import EnvironmentExecutor
@@ -246,31 +242,6 @@ def score(scenario: Scenario, report: IncidentReport, config: UICIConfig) -> dic
 
 
 ExecutorFactory = Callable[[str, Any], EnvironmentExecutor]
-
-
-async def investigate(
-    config: UICIConfig,
-    store: IncidentStore,
-    alert: dict[str, Any],
-    incident_id: str,
-    executor_factory: ExecutorFactory = create_executor,
-) -> tuple[IncidentReport, DiagnosticPlanner]:
-    """One investigation of `alert` without Prefect, as `uici diagnose` runs it."""
-    planner = DiagnosticPlanner(config, store)
-    gate = ExecutionGate(config, store, planner.policy, executor_factory=executor_factory)
-    try:
-        context = context_from_alert(alert, LabelConventions.from_config(config), incident_id)
-        run = Investigation(config, store, planner, gate, context, actor="uici")
-        run.open(None)
-        try:
-            await run_phases(run, DirectRunner())
-            run.finish()
-        except BaseException as exc:
-            run.fail(exc)
-            raise
-        return run.report, planner
-    finally:
-        gate.close()
 
 
 class Evaluation:

@@ -372,6 +372,10 @@ class Investigation:
         self.events.emit("incident.failed", self.context.incident_id, error=message)
         return data
 
+    def not_executed(self, decision: StepDecision, detail: str) -> None:
+        """A write its runner does not send (e.g. `uici diagnose` without --allow-writes)."""
+        self._not_executed(decision, decision.decision, detail)
+
     def _not_executed(
         self, decision: StepDecision, label: str, detail: str, needs_person: bool = False
     ) -> None:

@@ -12,8 +12,10 @@ report) are the same objects on both.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from agent.incidents.context import LabelConventions, context_from_alert
 from agent.incidents.investigation import ApprovalAnswer, Investigation
 from agent.incidents.models import (
     PHASES,
@@ -24,6 +26,15 @@ from agent.incidents.models import (
     PlanStep,
     StepDecision,
 )
+from agent.incidents.report import IncidentReport
+from agent.incidents.storage import IncidentStore
+from agent.planning.planner import DiagnosticPlanner
+from agent.safety.gate import ExecutionGate
+from infrastructure.configuration.loader import UICIConfig
+from infrastructure.executors.base import EnvironmentExecutor
+from infrastructure.executors.factory import create_executor
+
+ExecutorFactory = Callable[[str, Any], EnvironmentExecutor]
 
 
 class PhaseRunner(Protocol):
@@ -81,7 +92,11 @@ async def validate(run: Investigation, runner: PhaseRunner) -> None:
 
 class DirectRunner:
     """Runs every step through the execution gate in this process, without Prefect. A write
-    that needs a person is not executed (there is nobody to ask): the report says so."""
+    that needs a person is not executed (there is nobody to ask): the report says so. With
+    `writes=False` no write is sent at all, whatever the policy would allow."""
+
+    def __init__(self, writes: bool = True) -> None:
+        self.writes = writes
 
     async def plan(
         self, run: Investigation, phase: Phase, iteration: int, planned: int
@@ -99,6 +114,9 @@ class DirectRunner:
                 run.observe(step, outcome.result)
 
     async def write(self, run: Investigation, decision: StepDecision) -> None:
+        if not self.writes:
+            run.not_executed(decision, "this run sends no writes (read-only)")
+            return
         next_, ask = run.next_for_write(decision)
         if next_ == "skip":
             return
@@ -127,3 +145,29 @@ class DirectRunner:
 
     async def progress(self, run: Investigation, fraction: float) -> None:
         return None
+
+
+async def investigate(
+    config: UICIConfig,
+    store: IncidentStore,
+    alert: dict[str, Any],
+    incident_id: str,
+    executor_factory: ExecutorFactory = create_executor,
+    writes: bool = True,
+) -> tuple[IncidentReport, DiagnosticPlanner]:
+    """One investigation of `alert` without Prefect, as `uici diagnose` runs it."""
+    planner = DiagnosticPlanner(config, store)
+    gate = ExecutionGate(config, store, planner.policy, executor_factory=executor_factory)
+    try:
+        context = context_from_alert(alert, LabelConventions.from_config(config), incident_id)
+        run = Investigation(config, store, planner, gate, context, actor="uici")
+        run.open(None)
+        try:
+            await run_phases(run, DirectRunner(writes))
+            run.finish()
+        except BaseException as exc:
+            run.fail(exc)
+            raise
+        return run.report, planner
+    finally:
+        gate.close()
