@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from agent.incidents.context import observation_from_result
 from agent.incidents.events import EventLog
+from agent.incidents.memory import IncidentMemory
 from agent.incidents.models import (
     IncidentContext,
     Observation,
@@ -122,6 +123,8 @@ class Investigation:
         self.request_id = request_id
         self.events = gate.journal.events
         self.runbook: Runbook = planner.runbooks.match(context)
+        self.memory = IncidentMemory(store, config.agents.incident_memory)
+        context.history = self.memory.summary(context)
         # Set by `validated` once a remediation was checked after settling.
         self.recovered: bool | None = None
         self.recovery_detail = ""
@@ -216,6 +219,12 @@ class Investigation:
         step = decision.step
         if self.store.alert_resolved(self.context.incident_id):
             self._not_executed(decision, decision.decision, "the alert resolved first")
+            return "skip", None
+        # The cause as the rules read it now: a cause remediated too often is escalated.
+        cause = self.planner.runbooks.diagnose(self.context, self.report.observations).category
+        repeated = self.memory.repeat_refusal(self.context, cause)
+        if repeated is not None:
+            self._not_executed(decision, "rejected", repeated, needs_person=True)
             return "skip", None
         refused = self.gate.check(self.request(step))
         if refused is not None:
@@ -340,11 +349,30 @@ class Investigation:
     def finish(self) -> dict[str, Any]:
         report = self.report
         report.usage = self.planner.incident_usage(self.context.incident_id)
+        report.discovered_dependencies = [
+            name
+            for name in self.context.discovered
+            if any(
+                o.operation == "get_status" and o.target == name and o.success
+                for o in report.observations
+            )
+        ]
         if self.recovered is not None:
             report.healthy, report.health_detail = self.recovered, self.recovery_detail
         else:
             report.healthy, report.health_detail = service_health(
                 report.observations, self.context.service
+            )
+        if report.diagnosis is not None:
+            report.similar_incidents = [
+                s.model_dump(mode="json")
+                for s in self.memory.similar(self.context, report.diagnosis)
+            ]
+            self.memory.remember(
+                self.context,
+                report.diagnosis,
+                [a.step for a in report.actions if a.outcome in ("executed", "recovered")],
+                self.recovered,
             )
         self._timeline("diagnosis complete")
         status = self.final_status()

@@ -40,11 +40,26 @@ class IncidentContext(BaseModel):
     environment: str
     service: str
     dependencies: list[str] = Field(default_factory=list)
+    # Host names the service's log names in connection, DNS and timeout errors, looked up as
+    # services of the same environment: they may be read, never written (nothing read from a
+    # log widens what may be changed).
+    discovered: list[str] = Field(default_factory=list)
+    # The service's recent incidents, one line each (incident memory), for the planner.
+    history: list[str] = Field(default_factory=list)
 
     @property
     def scope(self) -> list[str]:
-        """The targets steps may name: the alerted service and its declared dependencies."""
+        """The targets any step may name: the alerted service and its declared dependencies."""
         return [self.service, *self.dependencies]
+
+    @property
+    def read_scope(self) -> list[str]:
+        """The targets a read may name: the scope and the discovered dependencies."""
+        return [*self.scope, *(d for d in self.discovered if d not in self.scope)]
+
+    @property
+    def all_dependencies(self) -> list[str]:
+        return [*self.dependencies, *(d for d in self.discovered if d not in self.dependencies)]
 
 
 class PlanStep(BaseModel):

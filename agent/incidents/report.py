@@ -39,6 +39,10 @@ class IncidentReport(BaseModel):
     service: str
     dependencies: list[str]
     diagnosis: Diagnosis | None
+    # Undeclared dependencies the log named and the environment knows (read, never written).
+    discovered_dependencies: list[str] = Field(default_factory=list)
+    # Past incidents of the same service and class (agent/incidents/memory.SimilarIncident).
+    similar_incidents: list[dict[str, Any]] = Field(default_factory=list)
     observations: list[Observation]
     plans: list[PhasePlan]
     actions: list[ActionRecord] = Field(default_factory=list)
@@ -155,7 +159,12 @@ def render_markdown(report: IncidentReport, max_output_lines: int = 15) -> str:
         f"# Incident {e(report.incident_id)}: {e(alertname)} on {e(report.service)}",
         "",
         f"- environment: {e(report.environment)}",
-        f"- dependencies: {e(', '.join(report.dependencies) or 'none declared')}",
+        f"- dependencies: {e(', '.join(report.dependencies) or 'none declared')}"
+        + (
+            f"; discovered in the log: {e(', '.join(report.discovered_dependencies))}"
+            if report.discovered_dependencies
+            else ""
+        ),
     ]
     if report.flow_run_url:
         lines.append(f"- Prefect flow run: {report.flow_run_url}")
@@ -192,6 +201,18 @@ def render_markdown(report: IncidentReport, max_output_lines: int = 15) -> str:
             )
         for note in diagnosis.notes:
             lines.append(f"- note: {e(note)}")
+    if report.similar_incidents:
+        lines += ["", "## Similar past incidents", ""]
+        for past in report.similar_incidents:
+            done = ", ".join(past.get("remediations") or []) or "nothing"
+            recovered = {True: "yes", False: "no", None: "unknown"}[past.get("recovered")]
+            hours = past.get("came_back_after_seconds", 0) / 3600
+            lines.append(
+                f"- {e(past['when'])} {e(past['incident_id'])}"
+                + (" (same signature)" if past.get("same_signature") else "")
+                + f": {e(past['root_cause'])}; done: {e(done)}; recovered: {recovered};"
+                f" came back after {hours:.1f} h"
+            )
     lines += ["", "## Actions", ""]
     if not report.actions:
         lines.append("No write operation was executed.")

@@ -162,6 +162,19 @@ CREATE TABLE IF NOT EXISTS write_targets (
     PRIMARY KEY (write_key, identity)
 );
 CREATE INDEX IF NOT EXISTS write_targets_identity ON write_targets (environment, identity, at);
+-- Incident memory: one row per finished diagnosis, found again by service and class.
+CREATE TABLE IF NOT EXISTS diagnoses (
+    incident_id TEXT PRIMARY KEY,
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL,
+    failure_class TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    root_cause TEXT NOT NULL,
+    remediations TEXT NOT NULL,
+    recovered INTEGER,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS diagnoses_service ON diagnoses (environment, service, failure_class, at);
 -- One row the readiness probe rewrites: the store takes writes.
 CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL);
 """
@@ -693,6 +706,70 @@ class IncidentStore:
                 " THEN status ELSE ? END WHERE id = ?",
                 (json.dumps(report, default=str), time.time(), status, incident_id),
             )
+
+    # --- incident memory ----------------------------------------------------------------
+
+    def record_diagnosis(
+        self,
+        incident_id: str,
+        environment: str,
+        service: str,
+        failure_class: str,
+        signature: str,
+        root_cause: str,
+        remediations: list[str],
+        recovered: bool | None,
+        at: float | None = None,
+    ) -> None:
+        """Remember one finished diagnosis (a re-run of the incident replaces its row)."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO diagnoses (incident_id, environment, service,"
+                " failure_class, signature, root_cause, remediations, recovered, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    incident_id,
+                    environment,
+                    service,
+                    failure_class,
+                    signature,
+                    root_cause,
+                    json.dumps(remediations),
+                    None if recovered is None else int(recovered),
+                    time.time() if at is None else at,
+                ),
+            )
+
+    def past_diagnoses(
+        self,
+        environment: str,
+        service: str,
+        failure_class: str | None = None,
+        limit: int = 20,
+        exclude_incident: str | None = None,
+        since: float = 0.0,
+    ) -> list[dict[str, Any]]:
+        """Earlier diagnoses of the service (of one class), newest first."""
+        query = (
+            "SELECT * FROM diagnoses WHERE environment = ? AND service = ? AND at >= ?"
+            " AND incident_id != ?"
+        )
+        arguments: list[Any] = [environment, service, since, exclude_incident or ""]
+        if failure_class is not None:
+            query += " AND failure_class = ?"
+            arguments.append(failure_class)
+        query += " ORDER BY at DESC LIMIT ?"
+        arguments.append(limit)
+        with self._db() as db:
+            rows = db.execute(query, arguments).fetchall()
+        return [
+            {
+                **dict(row),
+                "remediations": json.loads(row["remediations"]),
+                "recovered": None if row["recovered"] is None else bool(row["recovered"]),
+            }
+            for row in rows
+        ]
 
     def alerts_of(self, incident_id: str) -> list[sqlite3.Row]:
         """The alerts that opened or repeated this incident."""

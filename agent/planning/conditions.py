@@ -69,9 +69,9 @@ def check(
     if condition.scope == "service":
         targets = [context.service]
     elif condition.scope == "dependencies":
-        targets = list(context.dependencies)
+        targets = list(context.all_dependencies)
     else:
-        targets = [*context.scope, None]
+        targets = [*context.read_scope, None]
     matched: list[str] = []
     facts: list[str] = []
     for observation in latest(observations, condition.observation, targets):

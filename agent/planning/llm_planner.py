@@ -296,6 +296,8 @@ class LLMPlanner:
                 "Targets in scope (service first, then its dependencies):\n"
                 + data_block("scope", "\n".join(scope)),
                 "The alert:\n" + self._context_block(context),
+                "Earlier incidents of this service (newest first):\n"
+                + data_block("history", self.redact("\n".join(context.history) or "none recorded")),
                 "Operation catalogue:\n" + self._catalogue(context),
                 "Task: " + task,
                 "Reply schema (JSON Schema):\n"

@@ -26,6 +26,7 @@ from agent.planning.conditions import (
     latest,
     log_lines,
 )
+from agent.planning.discovery import candidate_hosts
 from infrastructure.configuration.models import AgentsConfig, Runbook
 
 
@@ -74,10 +75,20 @@ class RunbookPlanner:
             if step.target == "service":
                 targets = [context.service]
             elif step.target == "dependencies":
-                targets = list(context.dependencies)
+                found = candidate_hosts(observations, context, self.agents.dependency_discovery)
+                new = [h for h in found if h not in context.discovered]
+                if new:
+                    # Read scope only: policy.validate refuses a write on a discovered name.
+                    context.discovered.extend(new)
+                    notes.append(
+                        f"step {index + 1} ({step.operation}): the log names"
+                        f" {', '.join(new)}; looked up as undeclared dependencies (reads only)"
+                    )
+                targets = [*context.dependencies, *found]
                 if not targets:
                     notes.append(
                         f"step {index + 1} ({step.operation}) skipped: no declared dependencies"
+                        " and none named in the log"
                     )
             else:
                 targets = [None]

@@ -328,10 +328,17 @@ class SafetyPolicy:
             reasons.extend(str(p) for p in exc.problems)
             return reasons
         spec = self.registry.describe(call.operation)
-        if spec.target != "none" and step.target not in context.scope:
+        # A dependency discovered in the log may be read; a write needs the declared scope.
+        scope = context.read_scope if spec.risk is RiskLevel.READ else context.scope
+        if spec.target != "none" and step.target not in scope:
             reasons.append(
                 f"target {step.target!r} is outside this incident's scope "
-                f"({', '.join(context.scope)})"
+                f"({', '.join(scope)})"
+                + (
+                    "; a dependency discovered in the log may be read, never written"
+                    if step.target in context.discovered
+                    else ""
+                )
             )
         return reasons
 

@@ -734,6 +734,35 @@ class UnknownDiagnosisSettings(StrictModel):
         return _check_regex(value)
 
 
+class DependencyDiscoverySettings(StrictModel):
+    """Which log lines name a dependency's host (a named group `host`), and how many
+    candidates one incident looks up."""
+
+    host_patterns: list[str] = Field(min_length=1)
+    ignore_hosts: list[str] = Field(default_factory=list)
+    max_candidates: int = Field(ge=0, le=20)
+
+    @field_validator("host_patterns")
+    @classmethod
+    def _patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if "(?P<host>" not in _check_regex(pattern):
+                raise ValueError(f"{pattern!r} has no named group (?P<host>...)")
+        return patterns
+
+
+class IncidentMemorySettings(StrictModel):
+    """Incident memory (agent/incidents/memory.py)."""
+
+    # Past incidents listed in a report, and looked at, at most.
+    similar_limit: int = Field(ge=0, le=100)
+    lookback_seconds: int = Field(ge=0)
+    # A remediation of the same cause on the same service is refused and escalated once it
+    # ran in this many earlier incidents within repeat_window_seconds.
+    max_remediations_per_cause: int = Field(ge=1)
+    repeat_window_seconds: int = Field(ge=0)
+
+
 class EvaluationThresholds(StrictModel):
     """`uici eval` exits non-zero when a score (a fraction of the scenarios) is below these."""
 
@@ -830,6 +859,8 @@ class AgentsConfig(StrictModel):
     diagnosis_rules: list[DiagnosisRule] = Field(default_factory=list)
     # When no rule holds: the log lines the report quotes as the most telling.
     unknown_diagnosis: UnknownDiagnosisSettings
+    dependency_discovery: DependencyDiscoverySettings
+    incident_memory: IncidentMemorySettings
     evaluation: EvaluationSettings
 
     @model_validator(mode="after")

@@ -1,0 +1,143 @@
+"""Incident memory: every finished diagnosis is remembered with a signature (service, failure
+class, the normalised facts and telling lines), so that a new incident's report lists the
+similar past ones of the same service and class (when, what was done, whether it came back),
+the planner sees a summary of the service's recent incidents, and a third remediation of the
+same cause on the same service within the configured window is refused and escalated: a
+restart that keeps being needed is not a fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from datetime import UTC, datetime
+
+from pydantic import BaseModel
+
+from agent.incidents.models import Diagnosis, IncidentContext
+from agent.incidents.storage import IncidentStore
+from agent.safety.policy import ESCALATE
+from infrastructure.configuration.models import IncidentMemorySettings
+
+# What varies between two occurrences of the same failure: numbers, ids, addresses.
+_VARIABLE = re.compile(r"0x[0-9a-f]+|\b[0-9a-f]{8,}\b|\d+")
+
+
+class SimilarIncident(BaseModel):
+    incident_id: str
+    when: str
+    failure_class: str
+    root_cause: str
+    remediations: list[str]
+    recovered: bool | None
+    # It came back: the next incident of the same service and class followed this long after.
+    came_back_after_seconds: float
+    same_signature: bool
+
+
+def normalise(text: str) -> str:
+    return " ".join(_VARIABLE.sub("#", text.lower()).split())
+
+
+def signature(service: str, diagnosis: Diagnosis) -> str:
+    parts = [service, diagnosis.category, *sorted(normalise(f) for f in diagnosis.facts)]
+    if not diagnosis.facts:
+        parts += [normalise(line) for line in diagnosis.telling_lines]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class IncidentMemory:
+    def __init__(self, store: IncidentStore, settings: IncidentMemorySettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    def remember(
+        self,
+        context: IncidentContext,
+        diagnosis: Diagnosis,
+        remediations: list[str],
+        recovered: bool | None,
+    ) -> None:
+        self.store.record_diagnosis(
+            context.incident_id,
+            context.environment,
+            context.service,
+            diagnosis.category,
+            signature(context.service, diagnosis),
+            diagnosis.root_cause,
+            remediations,
+            recovered,
+        )
+
+    def similar(self, context: IncidentContext, diagnosis: Diagnosis) -> list[SimilarIncident]:
+        """Past incidents of the same service and class, newest first, same signature first."""
+        since = time.time() - self.settings.lookback_seconds
+        rows = self.store.past_diagnoses(
+            context.environment,
+            context.service,
+            diagnosis.category,
+            limit=self.settings.similar_limit + 1,
+            exclude_incident=context.incident_id,
+            since=since,
+        )
+        mine = signature(context.service, diagnosis)
+        found = []
+        following = time.time()  # this incident follows the newest
+        for row in rows[: self.settings.similar_limit]:
+            found.append(
+                SimilarIncident(
+                    incident_id=row["incident_id"],
+                    when=datetime.fromtimestamp(row["at"], UTC).isoformat(timespec="seconds"),
+                    failure_class=row["failure_class"],
+                    root_cause=row["root_cause"],
+                    remediations=row["remediations"],
+                    recovered=row["recovered"],
+                    came_back_after_seconds=round(following - row["at"]),
+                    same_signature=row["signature"] == mine,
+                )
+            )
+            following = row["at"]
+        return sorted(found, key=lambda s: not s.same_signature)
+
+    def summary(self, context: IncidentContext) -> list[str]:
+        """The service's recent incidents, one line each, for the planner."""
+        since = time.time() - self.settings.lookback_seconds
+        rows = self.store.past_diagnoses(
+            context.environment,
+            context.service,
+            limit=self.settings.similar_limit,
+            exclude_incident=context.incident_id,
+            since=since,
+        )
+        return [
+            f"{datetime.fromtimestamp(r['at'], UTC):%Y-%m-%d %H:%M}Z {r['failure_class']}:"
+            f" {r['root_cause'][:160]}; done: {', '.join(r['remediations']) or 'nothing'};"
+            f" recovered: {'unknown' if r['recovered'] is None else r['recovered']}"
+            for r in rows
+        ]
+
+    def repeat_refusal(self, context: IncidentContext, failure_class: str) -> str | None:
+        """The escalation when this cause was already remediated on the service as often as
+        allowed within the window; None while another remediation may run."""
+        if failure_class == "unknown":
+            return None
+        window = self.settings.repeat_window_seconds
+        rows = self.store.past_diagnoses(
+            context.environment,
+            context.service,
+            failure_class,
+            limit=100,
+            exclude_incident=context.incident_id,
+            since=time.time() - window,
+        )
+        remediated = [r for r in rows if r["remediations"]]
+        allowed = self.settings.max_remediations_per_cause
+        if len(remediated) < allowed:
+            return None
+        ids = ", ".join(r["incident_id"] for r in remediated[:allowed])
+        return (
+            f"{ESCALATE}: {failure_class} on {context.service} was already remediated"
+            f" {len(remediated)} times within {window} s ({ids}); another remediation would"
+            " repeat what did not hold"
+        )
