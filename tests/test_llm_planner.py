@@ -32,7 +32,7 @@ PLAN = json.dumps(
 DIAGNOSIS = json.dumps(
     {
         "root_cause": "DATABASE_URL is not set, so the API exits at start-up",
-        "category": "configuration",
+        "category": "missing_setting",
         "confidence": 0.9,
         "evidence": ["obs-2", "obs-99"],
         "recommended_actions": [
@@ -136,7 +136,7 @@ def test_the_diagnosis_cites_only_existing_observations(
     fake_llm.queue(chat(DIAGNOSIS))
     _, planner = make(llm_env)
     diagnosis = planner.diagnose(ctx(), OBSERVATIONS)
-    assert diagnosis.source == "llm" and diagnosis.category == "configuration"
+    assert diagnosis.source == "llm" and diagnosis.category == "missing_setting"
     assert diagnosis.evidence == ["obs-2"]
     assert any("obs-99" in n for n in diagnosis.notes)
     assert "obs-2" in fake_llm.requests[0].prompt

@@ -15,7 +15,18 @@ from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 
-from agent.cli.main import EXIT_FAILED, JsonOption, _fail, _load, _print_json, app, stderr, stdout
+from agent.cli.main import (
+    EXIT_FAILED,
+    JsonOption,
+    _fail,
+    _load,
+    _print_json,
+    _store,
+    app,
+    incidents_app,
+    stderr,
+    stdout,
+)
 
 if TYPE_CHECKING:
     from agent.evaluation.harness import EvalReport
@@ -135,6 +146,16 @@ def eval_command(
     llm: Annotated[
         bool, typer.Option("--llm", help="Plan with the configured LLM (platform.yml llm).")
     ] = False,
+    llm_record: Annotated[
+        bool,
+        typer.Option("--llm-record", help="With --llm: keep the replies in each llm.json."),
+    ] = False,
+    llm_replay: Annotated[
+        bool,
+        typer.Option(
+            "--llm-replay", help="With --llm: answer from each llm.json, with no provider."
+        ),
+    ] = False,
     corpus: Annotated[
         Path | None,
         typer.Option("--corpus", help="The corpus directory (default: the shipped one)."),
@@ -158,6 +179,10 @@ def eval_command(
 
     if sum((live, record, replay)) > 1:
         _fail("choose one of --replay, --live, --record")
+    if (llm_record or llm_replay) and not llm:
+        _fail("--llm-record and --llm-replay go with --llm")
+    if llm_record and llm_replay:
+        _fail("choose one of --llm-record, --llm-replay")
     mode: Mode = "record" if record else "live" if live else "replay"
     config = _load(ctx)
     directory = corpus or CORPUS_DIR
@@ -178,6 +203,7 @@ def eval_command(
         mode,
         planner="llm" if llm else "runbook",
         corpus=directory,
+        llm_exchanges="record" if llm_record else "replay" if llm_replay else "live",
     )
     try:
         with Progress(
@@ -310,3 +336,60 @@ def diagnose_command(
     stdout.print(Markdown(report_markdown(report)))
     if report.diagnosis is None:  # the investigation failed; its report says why
         raise typer.Exit(EXIT_FAILED)
+
+
+@incidents_app.command("similar")
+def incidents_similar(
+    ctx: typer.Context,
+    incident_id: Annotated[str, typer.Argument(help="The incident id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Past incidents of the same service and failure class (incident memory): when, what was
+    done, whether it recovered, and after how long it came back."""
+    from agent.incidents.memory import IncidentMemory
+    from agent.incidents.models import Diagnosis, IncidentContext
+    from agent.incidents.report import IncidentReport
+
+    config = _load(ctx)
+    store = _store(ctx)
+    record = store.get(incident_id)
+    if record is None:
+        _fail(f"no incident {incident_id!r}; `uici incidents list` shows them")
+    if record.report is None or not record.report.get("diagnosis"):
+        _fail(f"incident {incident_id} has no diagnosis yet")
+    report = IncidentReport.model_validate(record.report)
+    diagnosis = Diagnosis.model_validate(report.diagnosis)
+    context = IncidentContext.model_validate(
+        {
+            "incident_id": incident_id,
+            "alert": {"labels": {}},
+            "environment": report.environment,
+            "service": report.service,
+        }
+    )
+    similar = IncidentMemory(store, config.agents.incident_memory).similar(context, diagnosis)
+    if as_json:
+        _print_json([s.model_dump(mode="json") for s in similar])
+        return
+    if not similar:
+        stdout.print(
+            Text(f"no earlier {diagnosis.category} incident of {report.service} is remembered")
+        )
+        return
+    table = Table(
+        title=f"{diagnosis.category} on {report.service} ({report.environment})",
+        title_justify="left",
+    )
+    for column in ("incident", "when", "root cause", "done", "recovered", "came back after"):
+        table.add_column(column)
+    for s in similar:
+        table.add_row(
+            s.incident_id + (" *" if s.same_signature else ""),
+            s.when,
+            s.root_cause,
+            ", ".join(s.remediations) or "-",
+            {True: "yes", False: "no", None: "-"}[s.recovered],
+            f"{s.came_back_after_seconds / 3600:.1f} h",
+        )
+    stdout.print(table)
+    stdout.print(Text("* the same signature (same facts and telling lines)", style="dim"))

@@ -33,6 +33,9 @@ _K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # A quantity as Kubernetes writes it: 950m, 1, 0.5 (CPU); 120Mi, 1Gi, 64M (memory).
 _QUANTITY = r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
 Quantity = Annotated[str, StringConstraints(pattern=_QUANTITY)]
+SecretKey = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$")
+]
 
 
 class _Strict(BaseModel):
@@ -64,6 +67,8 @@ class KubernetesContainer(_Strict):
     requests: dict[Literal["cpu", "memory"], Quantity] = Field(default_factory=dict)
     limits: dict[Literal["cpu", "memory"], Quantity] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)  # the template's env (values redacted)
+    # Variables from a Secret (valueFrom.secretKeyRef), as "<secret>/<key>".
+    secret_env: dict[str, SecretKey] = Field(default_factory=dict)
     log: list[str] = Field(default_factory=list)  # the current instance's log lines
     previous_log: list[str] = Field(default_factory=list)  # `kubectl logs --previous`
     # metrics-server's usage of a running container (PodMetrics): "950m", "120Mi".

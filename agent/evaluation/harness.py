@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agent.evaluation.llm_replay import RecordingLLMClient, ReplayLLMClient
 from agent.evaluation.replay import RecordingExecutor, ReplayExecutor
 from agent.evaluation.scenarios import (
     CORPUS_DIR,
@@ -257,7 +258,11 @@ class Evaluation:
         # Live Kubernetes/OCI scenarios need an API double seeded with their objects: the
         # test set-up passes one; without it they are reported as `setup failed`.
         cloud_setup: Callable[[Scenario], Any] | None = None,
+        # With the LLM planner: call the provider (live), and keep its replies in each
+        # scenario's llm.json (record), or answer from llm.json without a provider (replay).
+        llm_exchanges: Literal["live", "record", "replay"] = "live",
     ) -> None:
+        self.llm_exchanges = llm_exchanges
         self.config = config
         self.mode = mode
         self.planner = planner
@@ -266,6 +271,7 @@ class Evaluation:
         self.cloud_setup = cloud_setup
         self._tmp = tempfile.TemporaryDirectory(prefix="uici-eval-")
         self.store = IncidentStore(Path(self._tmp.name) / "eval.db")
+        self._scenario_index = 0
         self._lab: Any = None
 
     def close(self) -> None:
@@ -314,11 +320,26 @@ class Evaluation:
                     )
                 config, service, dependencies, factory, finish = prepared
                 alert = scenario_alert(scenario, environment, service, dependencies)
-                incident = f"eval-{scenario.name}-{int(time.time() * 1000) % 10**9}"
+                # The same id on every run: a replayed LLM exchange then meets the same prompt.
+                incident = f"eval-{scenario.name}"
+                llm = self._llm_client(scenario, config)
+                if llm is False:
+                    return ScenarioResult(
+                        **base,
+                        status="not recorded",
+                        detail="no llm.json: run with --llm-record first",
+                    )
+                # A store per scenario: no scenario sees another's incidents (memory, cooldowns).
+                self._scenario_index += 1
+                store = IncidentStore(Path(self._tmp.name) / f"{self._scenario_index}.db")
                 report, planner = asyncio.run(
-                    investigate(config, self.store, alert, incident, factory)
+                    investigate(config, store, alert, incident, factory, llm_client=llm)
                 )
                 missing = finish(service, dependencies)
+                if isinstance(llm, RecordingLLMClient):
+                    llm.save(self.corpus / scenario.name)
+                if isinstance(llm, ReplayLLMClient):
+                    missing += llm.drift
         except SetupFailed as exc:
             return ScenarioResult(
                 **base,
@@ -346,6 +367,17 @@ class Evaluation:
             cost_usd=round(usage.cost, 6),
             replay_missing=missing,
         )
+
+    def _llm_client(self, scenario: Scenario, config: UICIConfig) -> Any:
+        """None: the planner's own client; False: a replay without a recording."""
+        if self.planner != "llm" or self.llm_exchanges == "live":
+            return None
+        if self.llm_exchanges == "replay":
+            return ReplayLLMClient.load(self.corpus / scenario.name) or False
+        from agent.planning.planner import shared_llm
+
+        client, _ = shared_llm(config, self.store)
+        return RecordingLLMClient(client)
 
     @contextmanager
     def _prepared(self, scenario: Scenario, config: UICIConfig, environment: str) -> Iterator[Any]:

@@ -28,6 +28,7 @@ from agent.incidents.models import (
 )
 from agent.incidents.report import IncidentReport
 from agent.incidents.storage import IncidentStore
+from agent.planning.llm import CompletionClient
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate
 from infrastructure.configuration.loader import UICIConfig
@@ -154,9 +155,10 @@ async def investigate(
     incident_id: str,
     executor_factory: ExecutorFactory = create_executor,
     writes: bool = True,
+    llm_client: CompletionClient | None = None,
 ) -> tuple[IncidentReport, DiagnosticPlanner]:
     """One investigation of `alert` without Prefect, as `uici diagnose` runs it."""
-    planner = DiagnosticPlanner(config, store)
+    planner = DiagnosticPlanner(config, store, llm_client=llm_client)
     gate = ExecutionGate(config, store, planner.policy, executor_factory=executor_factory)
     try:
         context = context_from_alert(alert, LabelConventions.from_config(config), incident_id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
@@ -52,6 +52,15 @@ class LLMReply(BaseModel):
     text: str
     model: str
     usage: Usage
+
+
+class CompletionClient(Protocol):
+    """What the planner asks of an LLM client: LLMClient, or the evaluation's recording and
+    replaying clients."""
+
+    def complete(
+        self, system: str, user: str, schema: dict[str, Any], schema_name: str
+    ) -> LLMReply: ...
 
 
 class CircuitBreaker:

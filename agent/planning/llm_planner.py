@@ -24,7 +24,7 @@ from agent.incidents.models import (
     RecommendedStep,
     Usage,
 )
-from agent.planning.llm import LLMClient, LLMFailure
+from agent.planning.llm import CompletionClient, LLMFailure
 from agent.planning.untrusted import Redactor, data_block, escape, estimate_tokens, reduce_lines
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.registry import OperationRegistry
@@ -64,6 +64,8 @@ class LLMDiagnosisReply(BaseModel):
     category: str
     confidence: float = Field(ge=0, le=1)
     evidence: list[str] = Field(default_factory=list)
+    # The specific facts the root cause rests on (a variable, a module, a port, a host...).
+    facts: list[str] = Field(default_factory=list)
     recommended_actions: list[LLMStep] = Field(default_factory=list)
 
 
@@ -100,7 +102,7 @@ class LLMPlanOutcome(BaseModel):
 
 class LLMPlanner:
     def __init__(
-        self, config: UICIConfig, client: LLMClient, cache: PlanCache | None = None
+        self, config: UICIConfig, client: CompletionClient, cache: PlanCache | None = None
     ) -> None:
         self.config = config
         self.client = client
@@ -162,10 +164,15 @@ class LLMPlanner:
             reply, hit = cached, True
             notes.append("plan cache hit: the LLM was not called")
         else:
+            classes = self.config.agents.failure_classes
             task = (
                 "Diagnose the incident from the observations. Cite the ids of the observations "
-                "that support the root cause in evidence (e.g. obs-2). Recommend actions only "
-                "from the catalogue, on targets in scope."
+                "that support the root cause in evidence (e.g. obs-2). Name in root_cause and "
+                "facts the specific facts the observations show (the setting, module, port, "
+                "path, host, user, command or signal). category is one of: "
+                + ", ".join(classes)
+                + "; or unknown when the observations do not show the cause (never guess). "
+                "Recommend actions only from the catalogue, on targets in scope."
             )
             user, notes = self._prompt(context, observations, task, LLMDiagnosisReply)
             reply, usage = self._ask(user, LLMDiagnosisReply)
@@ -181,9 +188,14 @@ class LLMPlanner:
         confidence = reply.confidence if evidence else min(reply.confidence, 0.3)
         if not evidence:
             notes.append("the diagnosis cites no existing observation: confidence capped at 0.3")
+        category = reply.category.strip()
+        if category not in self.config.agents.failure_classes and category != "unknown":
+            notes.append(f"category {category[:64]!r} is no known failure class: unknown")
+            category = "unknown"
         diagnosis = Diagnosis(
             root_cause=reply.root_cause[:1000],
-            category=reply.category[:64],
+            category=category,
+            facts=[f[:240] for f in reply.facts[:10]],
             confidence=confidence,
             evidence=evidence,
             recommended_actions=[

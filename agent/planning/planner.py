@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from agent.incidents.models import Diagnosis, IncidentContext, Observation, Phase, PhasePlan, Usage
 from agent.incidents.storage import IncidentStore
-from agent.planning.llm import LLMClient, LLMFailure
+from agent.planning.llm import CompletionClient, LLMClient, LLMFailure
 from agent.planning.llm_planner import LLMPlanner, PlanCache
 from agent.planning.runbook import RunbookPlanner
 from agent.safety.policy import SafetyPolicy
@@ -44,7 +44,7 @@ class DiagnosticPlanner:
         self,
         config: UICIConfig,
         store: IncidentStore,
-        llm_client: LLMClient | None = None,
+        llm_client: CompletionClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
