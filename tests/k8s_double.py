@@ -2700,6 +2700,9 @@ class KubeDouble(LoopbackServer):
         previous = query.get("previous") in ("true", "1")
         entries = self._logs.get((namespace, name, container, previous))
         if entries is None:
+            # (A log set with set_log() is served whatever the pod says.)
+            if not spec.get("nodeName"):  # the API server has no kubelet to ask
+                raise ApiError(400, f"pod {name} does not have a host assigned")
             if previous:
                 raise ApiError(
                     400, f'previous terminated container "{container}" in pod "{name}" not found'
@@ -2709,21 +2712,22 @@ class KubeDouble(LoopbackServer):
             mine: Obj = next((s for s in statuses if s.get("name") == container), {})
             state = mine.get("state") or {}
             waiting = _dig(state, "waiting", "reason")
-            if waiting in (
-                "ContainerCreating",
-                "PodInitializing",
-                "ImagePullBackOff",
-                "ErrImagePull",
-            ):
-                detail = (
-                    "trying and failing to pull image"
-                    if waiting in ("ImagePullBackOff", "ErrImagePull")
-                    else waiting
-                )
+            never_ran = not _dig(mine, "lastState", "terminated")
+            # kubelet validateContainerLogStatus: a container that is waiting and never ran
+            # has no log; the most common reasons get their own words.
+            if waiting and never_ran:
+                detail = {
+                    "ErrImagePull": "image can't be pulled",
+                    "ImagePullBackOff": "trying and failing to pull image",
+                }.get(waiting, waiting)
                 raise ApiError(
                     400, f'container "{container}" in pod "{name}" is waiting to start: {detail}'
                 )
-            entries = []
+            # Not running now but ran before (a crash loop's back-off): the kubelet answers
+            # with the last terminated instance's log, as `kubectl logs` shows it.
+            entries = (
+                [] if "running" in state else self._logs.get((namespace, name, container, True), [])
+            )
         since_seconds = query.get("sinceSeconds", "")
         if since_seconds.isdigit():
             cutoff = now() - timedelta(seconds=int(since_seconds))

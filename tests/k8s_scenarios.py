@@ -18,6 +18,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from agent.evaluation.cloud_setup import (
+    KubernetesContainer,
+    KubernetesEvent,
+    KubernetesNeighbour,
+    KubernetesSetup,
+)
 from tests.k8s_double import REVISION, KubeDouble, format_time, now
 
 Obj = dict[str, Any]
@@ -82,7 +88,11 @@ def _container(
     limits: Obj | None = None,
     port: int | None = 8080,
     probes: bool = True,
+    liveness: bool | None = None,
+    readiness: bool | None = None,
 ) -> Obj:
+    """A pod template's container; `probes` gives it both HTTP probes (`liveness` and
+    `readiness` choose them one by one)."""
     container: Obj = {"name": name, "image": image}
     if port is not None:
         container["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
@@ -94,7 +104,9 @@ def _container(
     if limits:
         resources["limits"] = limits
     container["resources"] = resources
-    if probes and port is not None:
+    if port is None:
+        return container
+    if probes if liveness is None else liveness:
         container["livenessProbe"] = {
             "httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"},
             "initialDelaySeconds": 10,
@@ -103,6 +115,7 @@ def _container(
             "successThreshold": 1,
             "failureThreshold": 3,
         }
+    if probes if readiness is None else readiness:
         container["readinessProbe"] = {
             "httpGet": {"path": "/ready", "port": "http", "scheme": "HTTP"},
             "timeoutSeconds": 1,
@@ -114,7 +127,11 @@ def _container(
 
 
 def _deployment(
-    name: str, namespace: str, container: Obj, replicas: int, created_seconds_ago: float
+    name: str,
+    namespace: str,
+    container: Obj | list[Obj],
+    replicas: int,
+    created_seconds_ago: float,
 ) -> Obj:
     labels = {"app": name, "app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "shop"}
     return {
@@ -131,7 +148,7 @@ def _deployment(
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": dict(labels)},
-                "spec": {"containers": [container]},
+                "spec": {"containers": container if isinstance(container, list) else [container]},
             },
         },
     }
@@ -218,8 +235,12 @@ def _pod(
     created_seconds_ago: float,
     *,
     phase: str = "Running",
+    unschedulable: str | None = None,
 ) -> Obj:
-    """A pod as the kubelet reports it; `container_statuses` decide readiness and phase."""
+    """A pod as the kubelet reports it; `container_statuses` decide readiness and phase.
+
+    `unschedulable` is the scheduler's message for a pod no node fits: it is Pending with no
+    node, no IPs, no start time and no container statuses, and only PodScheduled=False."""
     meta = owner["metadata"]
     spec = copy.deepcopy(template["spec"])
     volume, mount = _kube_api_access(name)
@@ -248,7 +269,7 @@ def _pod(
     ip = _pod_ip(name)
     for status in container_statuses:
         status.setdefault("volumeMounts", [{**mount, "recursiveReadOnly": "Disabled"}])
-    return {
+    pod: Obj = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -300,6 +321,18 @@ def _pod(
             "qosClass": _qos(spec["containers"]),
         },
     }
+    if unschedulable is not None:
+        del pod["spec"]["nodeName"]
+        pod["status"] = {
+            "phase": "Pending",
+            "conditions": [
+                _condition(
+                    "PodScheduled", False, created_seconds_ago, "Unschedulable", unschedulable
+                )
+            ],
+            "qosClass": _qos(spec["containers"]),
+        }
+    return pod
 
 
 def _image_id(image: str) -> str:
@@ -502,6 +535,7 @@ def _deployment_pods(
     created_seconds_ago: float,
     *,
     phase: str = "Running",
+    unschedulable: str | None = None,
 ) -> list[Obj]:
     """`count` pods owned by the current RS; `statuses(index, "name_namespace(uid)")` gives
     each pod's container statuses (the kubelet names pods that way in its messages)."""
@@ -523,6 +557,7 @@ def _deployment_pods(
             statuses(index, kubelet_name),
             created_seconds_ago,
             phase=phase,
+            unschedulable=unschedulable,
         )
         pod["metadata"]["uid"] = uid
         pods.append(double.add(pod))
@@ -912,15 +947,404 @@ def daemonset(double: KubeDouble, name: str, namespace: str = "default") -> Scen
     return scenario
 
 
+# --- scenarios as data (agent/evaluation/cloud_setup.py) --------------------------------------
+
+# The scheduler's words when no node has the memory a pod requests (kube-scheduler 1.3x).
+UNSCHEDULABLE_MESSAGE = (
+    "0/3 nodes are available: 3 Insufficient memory. preemption: 0/3 nodes are available:"
+    " 3 No preemption victims found for incoming pod."
+)
+MISSING_SECRET_MESSAGE = 'secret "db-credentials" not found'
+LIVENESS_FAILURE = "Liveness probe failed: HTTP probe failed with statuscode: 503"
+READINESS_FAILURE = (
+    'Readiness probe failed: Get "http://10.244.2.31:8080/ready": dial tcp 10.244.2.31:8080:'
+    " connect: connection refused"
+)
+_SCHEDULER_REASONS = ("Scheduled", "FailedScheduling")
+
+
+def _setup_container(container: KubernetesContainer, image: str) -> Obj:
+    env: list[Obj] = [{"name": k, "value": v} for k, v in container.env.items()]
+    for variable, reference in container.secret_env.items():
+        secret, _, key = reference.partition("/")
+        env.append({"name": variable, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
+    return _container(
+        container.name,
+        image,
+        env=env,
+        requests={str(k): v for k, v in container.requests.items()} or None,
+        limits={str(k): v for k, v in container.limits.items()} or None,
+        liveness=container.liveness_probe,
+        readiness=container.readiness_probe,
+    )
+
+
+def _setup_status(container: KubernetesContainer, image: str, seed: str, kubelet_name: str) -> Obj:
+    """containerStatuses[] of one container as the kubelet writes it for this setup."""
+    ran = container.state != "waiting" or container.last_reason is not None
+    last = None
+    if container.last_reason is not None and container.last_exit_code is not None:
+        ended = container.started_seconds_ago + 1 if container.state == "running" else 40
+        last = _terminated(seed, container.last_reason, container.last_exit_code, ended + 60, ended)
+    state: Obj
+    if container.state == "running":
+        state = {"running": {"startedAt": _ago(container.started_seconds_ago)}}
+    elif container.state == "terminated":
+        exit_code = container.exit_code or 0
+        reason = container.reason or ("Completed" if exit_code == 0 else "Error")
+        state = {
+            "terminated": _terminated(
+                seed + "now", reason, exit_code, container.started_seconds_ago, 10
+            )
+        }
+        if container.message:
+            state["terminated"]["message"] = container.message
+    else:
+        message = container.message or {
+            "CrashLoopBackOff": f"back-off 5m0s restarting failed container={container.name} pod={kubelet_name}",
+            "ImagePullBackOff": f'Back-off pulling image "{image}"',
+        }.get(container.reason or "")
+        state = {"waiting": {"reason": container.reason}}
+        if message:
+            state["waiting"]["message"] = message
+    status: Obj = {
+        "name": container.name,
+        "state": state,
+        "lastState": {"terminated": last} if last else {},
+        "ready": container.state == "running" if container.ready is None else container.ready,
+        "restartCount": container.restart_count,
+        "image": image,
+        "imageID": _image_id(image) if ran else "",
+        "started": container.state == "running",
+    }
+    if ran:
+        status["containerID"] = f"containerd://{_hex(seed + container.state)}"
+    return status
+
+
+def _setup_statefulset(
+    double: KubeDouble, name: str, namespace: str, containers: list[Obj], replicas: int, age: float
+) -> Obj:
+    labels = {"app": name, "app.kubernetes.io/name": name}
+    revision = f"{name}-{_suffix(name, 10)}"
+    return double.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": name, "namespace": namespace, "labels": dict(labels), "creationTimestamp": _ago(age)},
+            "spec": {
+                "replicas": replicas,
+                "serviceName": name,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": containers}},
+            },
+            "status": {"currentRevision": revision, "updateRevision": revision, "collisionCount": 0},
+        }
+    )  # fmt: skip
+
+
+def _statefulset_pods(
+    double: KubeDouble,
+    statefulset: Obj,
+    count: int,
+    statuses: Callable[[int, str], list[Obj]],
+    created_seconds_ago: float,
+    *,
+    phase: str,
+    unschedulable: str | None,
+) -> list[Obj]:
+    meta = statefulset["metadata"]
+    template = statefulset["spec"]["template"]
+    revision = statefulset["status"]["currentRevision"]
+    pods = []
+    for index in range(count):
+        name = f"{meta['name']}-{index}"
+        uid = str(uuid.uuid4())
+        labels = {
+            **template["metadata"]["labels"],
+            "controller-revision-hash": revision,
+            "apps.kubernetes.io/pod-index": str(index),
+            "statefulset.kubernetes.io/pod-name": name,
+        }
+        pod = _pod(
+            statefulset, "StatefulSet", name, NODES[index % len(NODES)], template, labels,
+            statuses(index, f"{name}_{meta['namespace']}({uid})"), created_seconds_ago,
+            phase=phase, unschedulable=unschedulable,
+        )  # fmt: skip
+        pod["metadata"]["uid"] = uid
+        pod["spec"]["hostname"] = name
+        pod["spec"]["subdomain"] = meta["name"]
+        pods.append(double.add(pod))
+    return pods
+
+
+def _neighbour(double: KubeDouble, neighbour: KubernetesNeighbour, namespace: str) -> None:
+    """Another Deployment with its Service: ready, or crash-looping behind its Service."""
+    image = f"{REGISTRY}/{neighbour.name}:1.0.0"
+    container = _container(
+        "app", image, requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "256Mi"}
+    )
+    age = 5 * 86400
+    deployment = double.add(
+        _deployment(neighbour.name, namespace, container, neighbour.replicas, age)
+    )
+
+    def statuses(index: int, kubelet_name: str) -> list[Obj]:
+        seed = f"{neighbour.name}-{index}"
+        if neighbour.ready:
+            return [_running(container, seed, age - 300)]
+        down = KubernetesContainer(
+            state="waiting", reason="CrashLoopBackOff", last_reason="Error", last_exit_code=1,
+            restart_count=6, liveness_probe=True, readiness_probe=True,
+        )  # fmt: skip
+        return [_setup_status(down, image, seed, kubelet_name)]
+
+    _deployment_pods(double, deployment, neighbour.replicas, statuses, age)
+    _service(double, neighbour.name, namespace, deployment["metadata"]["creationTimestamp"])
+
+
+def from_setup(double: KubeDouble, name: str, setup: KubernetesSetup) -> Scenario:
+    """The workload a corpus scenario describes as data: the Deployment (through the double's
+    controller) or StatefulSet, one pod per replica with the setup's container statuses, a
+    Service of its name, the events on each pod (or on the workload), the current and previous
+    logs, PodMetrics of its running containers, and the other workloads of the namespace."""
+    ensure_nodes(double)
+    namespace = setup.namespace
+    images = {c.name: c.image or setup.image for c in setup.containers}
+    specs = [_setup_container(c, images[c.name]) for c in setup.containers]
+    age = max(3600.0, *(c.started_seconds_ago + 60 for c in setup.containers))
+    phase = setup.pod_phase
+
+    def statuses(index: int, kubelet_name: str) -> list[Obj]:
+        if setup.unschedulable is not None:
+            return []
+        return [
+            _setup_status(c, images[c.name], f"{name}-{index}-{c.name}", kubelet_name)
+            for c in setup.containers
+        ]
+
+    if setup.kind == "StatefulSet":
+        workload = _setup_statefulset(double, name, namespace, specs, setup.replicas, age)
+        pods = _statefulset_pods(
+            double, workload, setup.replicas, statuses, age, phase=phase,
+            unschedulable=setup.unschedulable,
+        )  # fmt: skip
+    else:
+        workload = double.add(_deployment(name, namespace, specs, setup.replicas, age))
+        pods = _deployment_pods(
+            double, workload, setup.replicas, statuses, age, phase=phase,
+            unschedulable=setup.unschedulable,
+        )  # fmt: skip
+    created = workload["metadata"]["creationTimestamp"]
+    scenario = Scenario(
+        setup.kind, name, namespace, setup.containers[0].name, images[setup.containers[0].name],
+        service=_service(double, name, namespace, created),
+    )  # fmt: skip
+    if setup.kind == "Deployment":
+        scenario.replicasets.append(_current_replicaset(double, workload)["metadata"]["name"])
+    controller = (
+        "statefulset-controller" if setup.kind == "StatefulSet" else "deployment-controller"
+    )
+    for event in setup.events:
+        if event.on != "workload":
+            continue
+        added = _event(
+            workload, event.reason, event.message, kind=event.type, count=event.count,
+            first_seconds_ago=event.seconds_ago + 10 * (event.count - 1),
+            last_seconds_ago=event.seconds_ago, component=controller,
+        )  # fmt: skip
+        scenario.events.append(double.add(added)["metadata"]["name"])
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        scenario.pods.append(pod_name)
+        node = pod["spec"].get("nodeName")
+        for event in setup.events:
+            if event.on != "pod":
+                continue
+            scheduler = event.reason in _SCHEDULER_REASONS
+            added = _event(
+                pod, event.reason, event.message, kind=event.type, count=event.count,
+                first_seconds_ago=event.seconds_ago + 10 * (event.count - 1),
+                last_seconds_ago=event.seconds_ago,
+                component="default-scheduler" if scheduler else "kubelet",
+                host=None if scheduler else node,
+                field_path=f"spec.containers{{{event.container}}}" if event.container else None,
+            )  # fmt: skip
+            scenario.events.append(double.add(added)["metadata"]["name"])
+        for c in setup.containers:
+            if c.log:
+                double.set_log(namespace, pod_name, c.name, "".join(f"{line}\n" for line in c.log))
+            if c.previous_log:
+                text = "".join(f"{line}\n" for line in c.previous_log)
+                double.set_log(namespace, pod_name, c.name, text, previous=True)
+        usage = {
+            c.name: (c.cpu_usage or "0", c.memory_usage or "0")
+            for c in setup.containers
+            if c.state == "running" and (c.cpu_usage or c.memory_usage)
+        }
+        if double.metrics and usage and node:
+            double.add(_pod_metrics(pod, usage))
+    for neighbour in setup.others:
+        _neighbour(double, neighbour, namespace)
+    return scenario
+
+
+def unschedulable_deployment(double: KubeDouble, name: str) -> Scenario:
+    """Asks for 16Gi of memory on nodes of 7Gi: Pending, no node, FailedScheduling events."""
+    return from_setup(
+        double,
+        name,
+        KubernetesSetup(
+            image=f"{REGISTRY}/{name}:4.1.0",
+            containers=[
+                KubernetesContainer(
+                    state="waiting",
+                    requests={"cpu": "500m", "memory": "16Gi"},
+                    limits={"memory": "16Gi"},
+                )
+            ],
+            unschedulable=UNSCHEDULABLE_MESSAGE,
+            events=[
+                KubernetesEvent(reason="FailedScheduling", message=UNSCHEDULABLE_MESSAGE, count=6)
+            ],
+        ),
+    )
+
+
+def config_error_deployment(double: KubeDouble, name: str) -> Scenario:
+    """Its DATABASE_PASSWORD comes from a Secret that does not exist: the kubelet cannot create
+    the container (CreateContainerConfigError), Failed events say which secret."""
+    return from_setup(
+        double,
+        name,
+        KubernetesSetup(
+            image=f"{REGISTRY}/{name}:2.3.0",
+            replicas=2,
+            containers=[
+                KubernetesContainer(
+                    state="waiting",
+                    reason="CreateContainerConfigError",
+                    message=MISSING_SECRET_MESSAGE,
+                    env={"DATABASE_USER": "shop"},
+                    secret_env={"DATABASE_PASSWORD": "db-credentials/password"},
+                    requests={"cpu": "100m", "memory": "128Mi"},
+                    limits={"memory": "256Mi"},
+                )
+            ],
+            events=[
+                KubernetesEvent(
+                    type="Normal",
+                    reason="Pulled",
+                    count=9,
+                    container="app",
+                    message=f'Container image "{REGISTRY}/{name}:2.3.0" already present on machine',
+                ),
+                KubernetesEvent(
+                    reason="Failed",
+                    message=f"Error: {MISSING_SECRET_MESSAGE}",
+                    count=9,
+                    container="app",
+                ),
+            ],
+        ),
+    )
+
+
+def liveness_failing_deployment(double: KubeDouble, name: str) -> Scenario:
+    """Its /healthz answers 503 under load: the kubelet kills it (SIGKILL after the grace
+    period, exit 137 without an OOM kill) and restarts it; 950m of CPU without a CPU limit."""
+    return from_setup(
+        double,
+        name,
+        KubernetesSetup(
+            image=f"{REGISTRY}/{name}:5.0.2",
+            containers=[
+                KubernetesContainer(
+                    started_seconds_ago=25,
+                    last_reason="Error",
+                    last_exit_code=137,
+                    restart_count=4,
+                    ready=False,
+                    liveness_probe=True,
+                    readiness_probe=True,
+                    requests={"cpu": "250m", "memory": "256Mi"},
+                    limits={"memory": "512Mi"},
+                    log=["INFO  starting worker pool size=64", "WARN  queue depth 18000"],
+                    previous_log=["WARN  queue depth 25000", "WARN  health handler timed out"],
+                    cpu_usage="950m",
+                    memory_usage="384Mi",
+                )
+            ],
+            events=[
+                KubernetesEvent(
+                    reason="Unhealthy",
+                    message=LIVENESS_FAILURE,
+                    count=12,
+                    seconds_ago=35,
+                    container="app",
+                ),
+                KubernetesEvent(
+                    type="Normal",
+                    reason="Killing",
+                    count=4,
+                    seconds_ago=34,
+                    container="app",
+                    message="Container app failed liveness probe, will be restarted",
+                ),
+            ],
+        ),
+    )
+
+
+def readiness_failing_deployment(double: KubeDouble, name: str) -> Scenario:
+    """Runs, but its port is not open yet: the readiness probe fails, the pod is not Ready
+    (no restarts: readiness failures do not restart a container)."""
+    return from_setup(
+        double,
+        name,
+        KubernetesSetup(
+            image=f"{REGISTRY}/{name}:1.4.0",
+            containers=[
+                KubernetesContainer(
+                    started_seconds_ago=200,
+                    ready=False,
+                    liveness_probe=True,
+                    readiness_probe=True,
+                    limits={"cpu": "500m", "memory": "256Mi"},
+                    log=["INFO  warming cache (2/9 shards)"],
+                )
+            ],
+            events=[
+                KubernetesEvent(
+                    reason="Unhealthy",
+                    message=READINESS_FAILURE,
+                    count=40,
+                    seconds_ago=3,
+                    container="app",
+                )
+            ],
+        ),
+    )
+
+
 __all__ = [
     "FATAL_LINE",
+    "LIVENESS_FAILURE",
+    "MISSING_SECRET_MESSAGE",
+    "READINESS_FAILURE",
     "SECRET_VALUE",
+    "UNSCHEDULABLE_MESSAGE",
     "Scenario",
+    "config_error_deployment",
     "crash_looping_deployment",
     "daemonset",
     "ensure_nodes",
+    "from_setup",
     "healthy_statefulset",
     "image_pull_failure_deployment",
+    "liveness_failing_deployment",
     "oom_killed_deployment",
+    "readiness_failing_deployment",
     "rolled_out_twice_deployment",
+    "unschedulable_deployment",
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from agent.evaluation.cloud_setup import OciHealthCheck, OciSetup
 from tests.oci_double import CONTAINER_NAMESPACE, Obj, OciDouble, now
 
 # The line UICI's runbook rules match for a missing-configuration crash loop.
@@ -333,14 +334,110 @@ def stopped_instance(double: OciDouble, name: str, *, version: str = "1.8.2") ->
     return scenario
 
 
+# --- scenarios as data (agent/evaluation/cloud_setup.py) --------------------------------------
+
+# The details OCI gives a container its health check failed, and the check's own words.
+HEALTH_CHECK_FAILURE = "Get http://127.0.0.1:8080/healthz: context deadline exceeded"
+
+
+def _setup_health_check(check: OciHealthCheck) -> Obj:
+    """A ContainerHealthCheck of the setup's type, as GetContainer returns it."""
+    shape = _health_check(check.status, check.details)
+    shape["name"] = check.name
+    shape["healthCheckType"] = check.type
+    if check.type != "HTTP":
+        del shape["path"], shape["headers"]
+    if check.type == "COMMAND":
+        del shape["port"]
+        shape["command"] = ["/bin/sh", "-c", "/app/healthcheck"]
+    return shape
+
+
+def from_setup(double: OciDouble, name: str, setup: OciSetup) -> OciScenario:
+    """The container instance a corpus scenario describes as data: its containers with their
+    states, health checks and logs (RetrieveLogs, and Logging Search when asked), the
+    instance's utilisation, and the other instances of the compartment."""
+    moment = now()
+    created = moment - timedelta(hours=2, minutes=5)
+    containers = []
+    for index, c in enumerate(setup.containers):
+        image = c.image or f"{REGISTRY}/{name}{'' if index == 0 else '-' + c.name}:1.0.0"
+        spec: Obj = {
+            "displayName": c.name,
+            "imageUrl": image,
+            "environmentVariables": dict(c.env),
+            "resourceConfig": {"vcpusLimit": c.vcpus, "memoryLimitInGBs": c.memory_gbs},
+            "healthChecks": [_setup_health_check(h) for h in c.health_checks],
+            "lifecycleState": c.lifecycle_state,
+            "lifecycleDetails": c.lifecycle_details,
+            "exitCode": c.exit_code,
+            "containerRestartAttemptCount": c.restart_attempts,
+            "log": "".join(f"{line}\n" for line in c.log),
+            "previous_log": "".join(f"{line}\n" for line in c.previous_log),
+            "restart_fixes": c.restart_fixes,
+        }
+        if c.lifecycle_state in ("FAILED", "INACTIVE"):
+            spec.update(timeTerminated=moment - timedelta(seconds=20))
+            spec.update(timeUpdated=moment - timedelta(seconds=20))
+        elif c.restart_attempts:  # restarted: ACTIVE again since its last start
+            spec.update(timeUpdated=moment - timedelta(seconds=90))
+        containers.append(spec)
+    instance = double.add_instance(
+        name,
+        containers,
+        ocpus=setup.ocpus,
+        memory_in_gbs=setup.memory_gbs,
+        lifecycle_state=setup.lifecycle_state,
+        lifecycle_details=setup.lifecycle_details,
+        freeform_tags={"app": name},
+        created=created,
+    )
+    refs = {ref["displayName"]: ref["containerId"] for ref in instance["containers"]}
+    first = setup.containers[0]
+    scenario = OciScenario(
+        kind="setup",
+        name=name,
+        instance_id=str(instance["id"]),
+        container=first.name,
+        container_id=refs[first.name],
+        image=str(containers[0]["imageUrl"]),
+        containers=refs,
+        restart_fixes=first.restart_fixes,
+    )
+    if setup.logging_search:
+        _add_log(double, scenario)
+        lines = [*first.previous_log, *first.log]
+        at = moment - timedelta(seconds=5 + 0.4 * len(lines))
+        double.add_log_entries(scenario.log_id, _entries(scenario, lines, at))
+    end = moment - timedelta(seconds=30)
+    for metric, values in (
+        ("CpuUtilization", setup.cpu_percent),
+        ("MemoryUtilization", setup.memory_percent),
+    ):
+        if values:
+            double.add_metric_points(
+                CONTAINER_NAMESPACE, metric, scenario.instance_id, _every_minute(values, end)
+            )
+    for neighbour in setup.others:
+        add = {
+            "ACTIVE": healthy_instance,
+            "INACTIVE": stopped_instance,
+            "FAILED": failing_instance,
+        }[neighbour.lifecycle_state]
+        add(double, neighbour.name)
+    return scenario
+
+
 __all__ = [
     "APP",
     "FATAL_LINE",
+    "HEALTH_CHECK_FAILURE",
     "PROXY",
     "REGISTRY",
     "SECRET_VALUE",
     "OciScenario",
     "failing_instance",
+    "from_setup",
     "healthy_instance",
     "stopped_instance",
 ]

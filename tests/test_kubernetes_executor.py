@@ -57,6 +57,10 @@ def double(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeDouble]:
         scenarios.rolled_out_twice_deployment(server, "web")
         scenarios.healthy_statefulset(server, "db")
         scenarios.daemonset(server, "agent")
+        scenarios.unschedulable_deployment(server, "pending")
+        scenarios.config_error_deployment(server, "configless")
+        scenarios.liveness_failing_deployment(server, "flaky")
+        scenarios.readiness_failing_deployment(server, "warming")
         yield server
 
 
@@ -229,6 +233,189 @@ def test_a_namespace_outside_the_allowed_ones_is_denied(
 ) -> None:
     result = run(config, executor, "get_status", "kube-system/coredns")
     assert result.error is not None and result.error.kind is ErrorKind.DENIED
+
+
+# --- the normalised status (infrastructure/executors/status.py) -----------------------------
+
+
+def _status_items(config: UICIConfig, executor: KubernetesExecutor, target: str) -> list[Any]:
+    result = run(config, executor, "get_status", target)
+    assert result.success, result.error
+    assert result.data
+    return list(result.data)
+
+
+def test_a_crash_loop_is_normalised(config: UICIConfig, executor: KubernetesExecutor) -> None:
+    for item in _status_items(config, executor, "api"):
+        assert item["state"] == "waiting" and item["waiting_reason"] == "CrashLoopBackOff"
+        assert item["exit_code"] == 1 and item["signal"] is None and item["oom_killed"] is False
+        assert item["exit_meaning"] == "the program exited with an error (code 1)"
+        assert item["restart_count"] == 7 and item["ready"] is False
+        assert item["up_seconds"] == 0  # not running
+        assert item["healthy"] is None  # a probe, but no verdict while it does not run
+        assert item["message"].startswith(
+            f"back-off 5m0s restarting failed container=app pod={item['pod']}_default("
+        )
+        assert item["probe_output"] is None
+
+
+def test_an_oom_kill_is_normalised(config: UICIConfig, executor: KubernetesExecutor) -> None:
+    items = _status_items(config, executor, "worker")
+    for item in items:
+        assert item["state"] == "running" and item["oom_killed"] is True
+        assert item["exit_code"] == 137 and item["signal"] == "SIGKILL"
+        assert item["exit_meaning"] == "killed by the kernel's OOM killer (SIGKILL, code 137)"
+        assert item["restart_count"] == 5 and item["ready"] is True
+        assert item["healthy"] is True  # a liveness probe and no failure reported
+        assert item["waiting_reason"] is None and item["probe_output"] is None
+    first, second = sorted(i["up_seconds"] for i in items)  # startedAt 95 and 125 s ago
+    assert 95 <= first <= 110 and 125 <= second <= 140
+
+
+def test_an_image_pull_failure_is_normalised(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    [item] = _status_items(config, executor, "puller")
+    assert item["waiting_reason"] == "ImagePullBackOff" and item["exit_code"] is None
+    assert item["message"].startswith(
+        f'Back-off pulling image "{scenarios.REGISTRY}/puller:2.0.0-rc.1": ErrImagePull'
+    )
+
+
+def test_an_unschedulable_pod_says_why_from_its_condition(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_status", "pending")
+    assert result.success, result.error
+    [item] = result.data
+    assert item["phase"] == "Pending" and item["node"] is None
+    assert item["state"] == "waiting" and item["waiting_reason"] == "Unschedulable"
+    assert item["message"] == scenarios.UNSCHEDULABLE_MESSAGE
+    assert item["message"].startswith("0/3 nodes are available: 3 Insufficient memory.")
+    assert item["exit_code"] is None and item["exit_meaning"] is None
+    assert item["restart_count"] == 0 and item["ready"] is False and item["healthy"] is None
+    assert item["conditions"] == {"PodScheduled": "False"}
+    assert "(Unschedulable)" in result.output and "3 Insufficient memory" in result.output
+    listed = {i["name"]: i for i in run(config, executor, "list_services").data}
+    assert listed["pending"]["state"] == "Unschedulable"
+    assert listed["pending"]["health"] == "unhealthy"
+    logs = run(config, executor, "get_logs", "pending")
+    assert logs.success and "does not have a host assigned" in logs.data[0]["error"]
+
+
+def test_a_missing_secret_is_a_create_container_config_error(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    result = run(config, executor, "get_status", "configless")
+    assert result.success, result.error
+    assert len(result.data) == 2
+    for item in result.data:
+        assert item["phase"] == "Pending" and item["state"] == "waiting"
+        assert item["waiting_reason"] == "CreateContainerConfigError"
+        assert item["message"] == 'secret "db-credentials" not found'
+        assert item["exit_code"] is None and item["restart_count"] == 0
+        assert item["node"] in scenarios.NODES
+    assert 'secret "db-credentials" not found' in result.output
+    logs = run(config, executor, "get_logs", "configless")
+    assert all("is waiting to start: CreateContainerConfigError" in i["error"] for i in logs.data)
+    described = run(config, executor, "describe", "configless")
+    assert "DATABASE_PASSWORD=<from secretKeyRef db-credentials>" in described.output
+
+
+def test_a_failing_liveness_probe_is_read_from_the_kubelet_events(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.clear_requests()
+    result = run(config, executor, "get_status", "flaky")
+    assert result.success, result.error
+    [item] = result.data
+    assert item["healthy"] is False
+    assert item["probe_output"] == scenarios.LIVENESS_FAILURE
+    # Killed after the grace period: SIGKILL, but not the OOM killer.
+    assert item["exit_code"] == 137 and item["signal"] == "SIGKILL" and not item["oom_killed"]
+    assert "not by the OOM killer" in item["exit_meaning"]
+    assert item["state"] == "running" and 20 <= item["up_seconds"] <= 60
+    assert item["restart_count"] == 4 and item["ready"] is False
+    assert f"probe: {scenarios.LIVENESS_FAILURE}" in result.output
+    # One list call, narrowed to the probe events of the workload's one pod.
+    [events] = [r for r in double.requests if r.path == "/api/v1/namespaces/default/events"]
+    assert events.query["fieldSelector"] == (
+        f"involvedObject.kind=Pod,reason=Unhealthy,involvedObject.name={item['pod']}"
+    )
+
+
+def test_a_failing_readiness_probe_leaves_it_healthy_but_not_ready(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    [item] = _status_items(config, executor, "warming")
+    assert item["state"] == "running" and item["restart_count"] == 0
+    assert item["ready"] is False and item["healthy"] is True
+    assert item["probe_output"] == scenarios.READINESS_FAILURE
+    assert item["exit_code"] is None and item["waiting_reason"] is None
+    assert 190 <= item["up_seconds"] <= 230
+
+
+def test_old_or_foreign_probe_events_do_not_count(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    web = _status_items(config, executor, "web")
+    pod = web[0]["pod"]
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 7200))
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for name, involved, at in (
+        ("old", {"kind": "Pod", "name": pod}, stamp),  # two hours ago
+        ("other-uid", {"kind": "Pod", "name": pod, "uid": "not-this-pod"}, recent),
+        ("sidecar", {"kind": "Pod", "name": pod, "fieldPath": "spec.containers{proxy}"}, recent),
+    ):
+        double.add({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{pod}.{name}", "namespace": "default"},
+            "involvedObject": {**involved, "namespace": "default"},
+            "reason": "Unhealthy", "type": "Warning", "count": 3,
+            "message": "Liveness probe failed: HTTP probe failed with statuscode: 500",
+            "firstTimestamp": at, "lastTimestamp": at,
+        })  # fmt: skip
+    item = next(i for i in _status_items(config, executor, "web") if i["pod"] == pod)
+    assert item["healthy"] is True and item["probe_output"] is None
+    double.add({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{pod}.now", "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "name": pod, "namespace": "default"},
+        "reason": "Unhealthy", "type": "Warning", "count": 1,
+        "message": "Startup probe failed: dial tcp 10.244.1.9:8080: connect: connection refused",
+        "firstTimestamp": recent, "lastTimestamp": recent,
+    })  # fmt: skip
+    item = next(i for i in _status_items(config, executor, "web") if i["pod"] == pod)
+    assert item["healthy"] is False and item["probe_output"].startswith("Startup probe failed")
+
+
+def test_events_that_cannot_be_listed_leave_the_status(
+    config: UICIConfig, executor: KubernetesExecutor, double: KubeDouble
+) -> None:
+    double.fail("GET", r"/namespaces/default/events$", 404, times=1)
+    double.fail("GET", r"/namespaces/default/events$", 403, times=1)
+    for _ in range(2):
+        [item] = _status_items(config, executor, "flaky")
+        assert item["healthy"] is True and item["probe_output"] is None  # no failure seen
+        assert item["exit_code"] == 137  # the rest of the status is all there
+    double.clear_failures()
+
+
+def test_metrics_are_percent_of_the_limit_or_of_one_core(
+    config: UICIConfig, executor: KubernetesExecutor
+) -> None:
+    worker = run(config, executor, "get_metrics", "worker")
+    assert worker.success, worker.error
+    for item in worker.data:  # 187m of 250m, 62Mi of 64Mi
+        assert item["cpu_percent"] == item["cpu_percent_of_limit"] == 74.8
+        assert item["memory_percent"] == item["memory_percent_of_limit"] == 96.9
+    [flaky] = run(config, executor, "get_metrics", "flaky").data
+    assert flaky["limits"] == {"memory": "512Mi"}  # no CPU limit: of one core
+    assert flaky["cpu_percent"] == 95.0 and flaky["cpu_percent_of_limit"] is None
+    assert flaky["memory_percent"] == 75.0  # 384Mi of 512Mi
+    [pending] = run(config, executor, "get_metrics", "pending").data
+    assert not pending["measured"]
+    assert pending["cpu_percent"] is None and pending["memory_percent"] is None
 
 
 # --- writes --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli.main import app
+from agent.evaluation.cloud_setup import OciContainer, OciHealthCheck, OciSetup
 from infrastructure.configuration.loader import UICIConfig, load_config
 from infrastructure.executors.base import ErrorKind
 from infrastructure.executors.factory import create_executor
@@ -203,6 +204,103 @@ def test_unsupported_operations_are_refused_with_a_reason(config: UICIConfig) ->
             registry.validate(
                 operation, ENV, {"replicas": 1} if "scale" in operation else {}, "payments"
             )
+
+
+# --- the normalised status (infrastructure/executors/status.py) -----------------------------
+
+
+def test_get_status_normalises_a_failing_container_and_its_health_check(
+    config: UICIConfig, executor: OCIExecutor, failing: scenarios.OciScenario
+) -> None:
+    result = run(config, executor, "get_status", "payments")
+    assert result.success, result.error
+    by_name = {i["container"]: i for i in result.data}
+    app = by_name[failing.container]
+    assert app["state"] == "failed" and app["lifecycle_state"] == "FAILED"
+    assert app["exit_code"] == 1 and app["signal"] is None and app["oom_killed"] is False
+    assert app["exit_meaning"] == "the program exited with an error (code 1)"
+    assert app["restart_count"] == 5 and app["up_seconds"] == 0
+    assert app["healthy"] is False and app["ready"] is None and app["waiting_reason"] is None
+    assert app["message"] == "Container exited with exit code 1"
+    assert app["probe_output"] == "Get http://127.0.0.1:8080/healthz: connection refused"
+    assert app["health_checks"] == [
+        {
+            "name": "http-healthz",
+            "type": "HTTP",
+            "status": "UNHEALTHY",
+            "details": "Get http://127.0.0.1:8080/healthz: connection refused",
+        }
+    ]
+    proxy = by_name[scenarios.PROXY]
+    assert proxy["state"] == "running" and proxy["healthy"] is True
+    assert proxy["exit_code"] is None and proxy["probe_output"] is None
+    # ACTIVE since the instance was created 2 h 14 min ago (OCI's last state change)
+    assert 2 * 3600 + 14 * 60 <= proxy["up_seconds"] <= 2 * 3600 + 16 * 60
+    assert "http-healthz UNHEALTHY" in result.output
+    assert "check: Get http://127.0.0.1:8080/healthz: connection refused" in result.output
+
+
+def test_an_exit_137_is_an_oom_kill_only_when_oci_says_so(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    for name, details in (
+        ("killed", "Container exited with exit code 137"),
+        ("oomed", "Container exited with exit code 137: OOMKilled"),
+    ):
+        scenarios.from_setup(
+            double,
+            name,
+            OciSetup(
+                containers=[
+                    OciContainer(
+                        name="app",
+                        lifecycle_state="FAILED",
+                        lifecycle_details=details,
+                        exit_code=137,
+                        restart_attempts=2,
+                    )
+                ]
+            ),
+        )
+    [killed] = run(config, executor, "get_status", "killed").data
+    assert killed["signal"] == "SIGKILL" and killed["oom_killed"] is False
+    assert "not by the OOM killer" in killed["exit_meaning"]
+    assert killed["healthy"] is None  # no health check
+    [oomed] = run(config, executor, "get_status", "oomed").data
+    assert oomed["oom_killed"] is True
+    assert oomed["exit_meaning"] == "killed by the kernel's OOM killer (SIGKILL, code 137)"
+
+
+def test_a_container_being_created_has_no_verdict_yet(
+    config: UICIConfig, executor: OCIExecutor, double: OciDouble
+) -> None:
+    scenarios.from_setup(
+        double,
+        "fresh",
+        OciSetup(
+            lifecycle_state="CREATING",
+            containers=[
+                OciContainer(
+                    name="app",
+                    lifecycle_state="CREATING",
+                    health_checks=[OciHealthCheck(type="TCP", status="UNKNOWN")],
+                )
+            ],
+        ),
+    )
+    [item] = run(config, executor, "get_status", "fresh").data
+    assert item["state"] == "starting" and item["waiting_reason"] == "Creating"
+    assert item["healthy"] is None and item["up_seconds"] == 0 and item["exit_code"] is None
+    assert item["health_checks"][0]["type"] == "TCP"
+
+
+def test_metrics_are_the_latest_utilisation_in_percent(
+    config: UICIConfig, executor: OCIExecutor
+) -> None:
+    [item] = run(config, executor, "get_metrics", "payments", window="15m").data
+    # the last of the scenario's per-minute datapoints, percent of the instance's OCPUs/memory
+    assert item["cpu_percent"] == 42.6 and item["memory_percent"] == 12.8
+    assert item["cpu_percent_max"] == 44.3
 
 
 # --- errors --------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ from infrastructure.executors.base import EnvironmentExecutor
 from infrastructure.executors.factory import create_executor
 
 Mode = Literal["replay", "live", "record"]
-Status = Literal["scored", "setup failed", "not recorded", "error"]
+# replay drift: the diagnosis asked for an operation (or sent an LLM prompt) the recording
+# does not have, so it ran on other evidence than the live failure gave: record it again.
+Status = Literal["scored", "setup failed", "not recorded", "replay drift", "error"]
 
 
 class ScenarioResult(BaseModel):
@@ -358,7 +360,7 @@ class Evaluation:
         plans = report.plans
         return ScenarioResult(
             **base,
-            status="scored",
+            status="replay drift" if missing else "scored",
             **score(scenario, report, config),
             planner="llm" if any(p.planner == "llm" for p in plans) else "runbook",
             duration_seconds=round(time.perf_counter() - started, 3),

@@ -74,6 +74,23 @@ def check(
         targets = [*context.read_scope, None]
     matched: list[str] = []
     facts: list[str] = []
+    if condition.log_pattern is not None:
+        # Every log read counts, each judged alone: a later read filtered to error lines
+        # (or a shorter one) must not hide what an earlier, wider read showed. The newest
+        # read that holds names the facts.
+        for target in targets:
+            reads = [
+                o
+                for o in observations
+                if o.operation == condition.observation and o.target == target and o.success
+            ]
+            for observation in reversed(reads):
+                holds, named = _holds(condition, observation)
+                if holds:
+                    matched.append(observation.id)
+                    facts.extend(named)
+                    break
+        return bool(matched), matched, facts
     for observation in latest(observations, condition.observation, targets):
         if not observation.success:
             continue

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 
 from agent.incidents.models import IncidentContext, Observation
-from agent.planning.conditions import latest, log_lines
+from agent.planning.conditions import log_lines
 from infrastructure.configuration.models import DependencyDiscoverySettings
 
 
@@ -31,13 +31,16 @@ def candidate_hosts(
     context: IncidentContext,
     settings: DependencyDiscoverySettings,
 ) -> list[str]:
-    """The host names the service's newest log names in its error lines, most frequent first,
+    """The host names the service's log reads name in their error lines, most frequent first,
     with the first label of a dotted name (db.default.svc.cluster.local -> db) after it."""
     patterns = [re.compile(p) for p in settings.host_patterns]
     counts: dict[str, int] = {}
-    for observation in latest(observations, "get_logs", [context.service]):
-        if not observation.success:
-            continue
+    reads = [
+        o
+        for o in observations
+        if o.operation == "get_logs" and o.target == context.service and o.success
+    ]
+    for observation in reads:
         for line in log_lines(observation):
             for pattern in patterns:
                 for match in pattern.finditer(line):

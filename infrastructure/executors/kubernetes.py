@@ -6,7 +6,10 @@ through the configured `target_selectors` (e.g. `app={target}`). The workload's 
 through its own selector, and per-pod results are reported for every replica.
 
 Responses are read as the API's own JSON (`_preload_content=False`), so output and data use
-the field names an SRE knows from `kubectl get -o json`.
+the field names an SRE knows from `kubectl get -o json`. get_status and get_metrics items also
+carry the normalised fields every executor reports (infrastructure/executors/status.py): a
+probe's verdict comes from the kubelet's recent `Unhealthy` events of the pods, an unscheduled
+pod's reason from its PodScheduled condition.
 
 Errors: 403 is `denied` and never retried, 404 is `permanent` (with the names that do exist),
 409 on a patch re-reads and retries once, 429/5xx/connection errors are `retryable`. Reads are

@@ -2,7 +2,9 @@
 official `oci` SDK.
 
 A target is a container instance, by display name or OCID, optionally with one of its
-containers: `instance/container`. Results have one item per container.
+containers: `instance/container`. Results have one item per container; get_status items carry
+the normalised fields every executor reports (infrastructure/executors/status.py), from the
+container's lifecycle state and details, exit code, restart attempts and health checks.
 
 Authentication is an API key from an OCI config file and profile (the key itself is read from
 the file the profile names, never from UICI's configuration), or instance / resource
@@ -44,6 +46,7 @@ from infrastructure.executors.logtext import (
     line_filter,
     render_logs,
 )
+from infrastructure.executors.status import normalised
 from infrastructure.redaction import REDACTED
 from infrastructure.registry import duration_seconds
 from infrastructure.retry import parse_retry_after, retry_delay
@@ -63,6 +66,10 @@ _LITERAL = re.compile(r"[A-Za-z0-9 _:=,@#%/-]+")
 _CLOCK_SKEW_SECONDS = 60
 # A container's lifecycle state as the rules and a person read it.
 _STATE = {"ACTIVE": "running", "INACTIVE": "exited", "FAILED": "failed", "CREATING": "starting"}
+# Why a container that is not ACTIVE does not run, in the normalised `waiting_reason`.
+_WAITING = {"CREATING": "Creating", "UPDATING": "Updating", "DELETING": "Deleting"}
+# lifecycleDetails that say the kernel's OOM killer ended the container.
+_OOM = re.compile(r"(?i)\boom|out of memory")
 
 
 class OCIExecutor(EnvironmentExecutor):
@@ -353,30 +360,20 @@ class OCIExecutor(EnvironmentExecutor):
             }
             for w in work
         ]
-        items = []
-        for c in containers:
-            items.append(
-                {
-                    "instance": instance.display_name,
-                    "instance_state": instance.lifecycle_state,
-                    "container": c.display_name,
-                    "lifecycle_state": c.lifecycle_state,
-                    "state": _STATE.get(c.lifecycle_state, str(c.lifecycle_state).lower()),
-                    "details": c.lifecycle_details,
-                    "exit_code": c.exit_code,
-                    "restart_count": c.container_restart_attempt_count or 0,
-                    "oom_killed": c.exit_code == 137,
-                    "terminated_at": _iso(c.time_terminated),
-                    "health": None,
-                    "work_requests": recent,
-                }
+        items = [{**_container_status(instance, c), "work_requests": recent} for c in containers]
+        lines = []
+        for i in items:
+            text = (
+                f"{i['instance']}/{i['container']}: {i['lifecycle_state']}"
+                + (f" ({i['details']})" if i["details"] else "")
+                + f", exit code {i['exit_code']}, restarts {i['restart_count']}"
             )
-        lines = [
-            f"{i['instance']}/{i['container']}: {i['lifecycle_state']}"
-            + (f" ({i['details']})" if i["details"] else "")
-            + f", exit code {i['exit_code']}, restarts {i['restart_count']}"
-            for i in items
-        ]
+            checks = i["health_checks"]
+            if checks:
+                text += ", health " + ", ".join(f"{h['name']} {h['status']}" for h in checks)
+            if i["probe_output"]:
+                text += f"; check: {i['probe_output']}"
+            lines.append(text)
         if recent:
             lines.append(
                 "work requests: "
@@ -651,6 +648,51 @@ class OCIExecutor(EnvironmentExecutor):
         except Exception:  # cannot tell: the caller must not repeat blindly
             return None
         return False
+
+
+def _container_status(instance: Any, c: Any) -> dict[str, Any]:
+    """One container's status item with the normalised fields (executors/status.py)."""
+    checks = [
+        {
+            "name": getattr(h, "name", None),
+            "type": getattr(h, "health_check_type", None),
+            "status": getattr(h, "status", None),
+            "details": getattr(h, "status_details", None),
+        }
+        for h in c.health_checks or []
+    ]
+    verdicts = [h["status"] for h in checks]
+    failing = [h for h in checks if h["status"] == "UNHEALTHY"]
+    healthy = (
+        False if failing else (True if verdicts and all(v == "HEALTHY" for v in verdicts) else None)
+    )
+    active = c.lifecycle_state == "ACTIVE"
+    # OCI reports no start time: an ACTIVE container last changed state when it started.
+    since = (c.time_updated or c.time_created) if active else None
+    details = c.lifecycle_details
+    return {
+        "instance": instance.display_name,
+        "instance_state": instance.lifecycle_state,
+        "container": c.display_name,
+        "lifecycle_state": c.lifecycle_state,
+        **normalised(
+            state=_STATE.get(c.lifecycle_state, str(c.lifecycle_state).lower()),
+            exit_code=c.exit_code,
+            # Only when OCI says so: an exit code of 137 alone is any SIGKILL.
+            oom_killed=bool(details and _OOM.search(details)),
+            restart_count=c.container_restart_attempt_count or 0,
+            up_seconds=(datetime.now(UTC) - since).total_seconds() if since else None,
+            healthy=healthy,
+            ready=None,  # Container Instances have no readiness
+            waiting_reason=None if active else _WAITING.get(c.lifecycle_state),
+            message=details,
+            probe_output=next((h["details"] for h in failing if h["details"]), None),
+        ),
+        "details": details,
+        "terminated_at": _iso(c.time_terminated),
+        "health": None,
+        "health_checks": checks,
+    }
 
 
 def _log_item(
