@@ -363,7 +363,12 @@ def build_docker_scenario(lab: FailureLab, name: str, setup: Any, service: str) 
         for spec in setup.containers:
             if not spec.start:
                 continue
-            lab.run(spec.name, list(spec.command), **_container_options(spec, network.name))
+            try:
+                lab.run(spec.name, list(spec.command), **_container_options(spec, network.name))
+            except docker.errors.APIError:
+                # Created but not started (e.g. its command does not exist): a failure the
+                # scenario may mean; `ready` says whether it is the one expected.
+                lab.container(spec.name)
         target = lab.container(service)
         ready = setup.ready
 

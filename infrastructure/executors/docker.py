@@ -631,14 +631,19 @@ def _status(container: Container) -> dict[str, Any]:
     started = _timestamp(state.get("StartedAt"))
     failing = [c for c in (health or {}).get("last_checks", []) if c["exit_code"] != 0]
     verdict = (health or {}).get("status")
+    exit_code, oom_killed = state.get("ExitCode"), bool(state.get("OOMKilled"))
+    if state.get("Running") and attrs.get("RestartCount", 0) and not exit_code:
+        # The engine resets ExitCode when it restarts a container; a crash loop caught while
+        # running still ended its last instance somehow, and the engine's events say how.
+        exit_code, oom_killed = _last_exit(container, exit_code, oom_killed)
     return {
         "container": container.name,
         "id": container.id[:12],
         "image": attrs["Config"].get("Image"),
         **normalised(
             state=state.get("Status"),
-            exit_code=state.get("ExitCode"),
-            oom_killed=bool(state.get("OOMKilled")),
+            exit_code=exit_code,
+            oom_killed=oom_killed,
             restart_count=attrs.get("RestartCount", 0),
             up_seconds=time.time() - _parse_time(started).timestamp()
             if state.get("Running") and started
@@ -661,6 +666,33 @@ def _status(container: Container) -> dict[str, Any]:
     }
 
 
+def _last_exit(container: Container, exit_code: Any, oom_killed: bool) -> tuple[Any, bool]:
+    """The exit code of the container's last `die` event (and whether an `oom` event came
+    just before it), from the engine's event log since the container was created."""
+    created = _timestamp(container.attrs.get("Created"))
+    since = int(_parse_time(created).timestamp()) if created else int(time.time()) - 3600
+    stream = container.client.api.events(
+        since=since,
+        until=f"{time.time():.6f}",
+        filters={"container": container.id, "event": ["die", "oom"]},
+        decode=True,
+    )
+    last_die: dict[str, Any] | None = None
+    oom_seen = last_oom = False
+    try:
+        for event in stream:
+            if event.get("Action") == "oom":
+                oom_seen = True
+            elif event.get("Action") == "die":
+                last_die, last_oom, oom_seen = event, oom_seen, False
+    finally:
+        stream.close()
+    if last_die is None:
+        return exit_code, oom_killed
+    code = ((last_die.get("Actor") or {}).get("Attributes") or {}).get("exitCode")
+    return (int(str(code)) if str(code).isdigit() else exit_code), oom_killed or last_oom
+
+
 def _metrics(container: Container) -> dict[str, Any]:
     item: dict[str, Any] = {
         "container": container.name,
@@ -674,6 +706,7 @@ def _metrics(container: Container) -> dict[str, Any]:
         "block_read_bytes": None,
         "block_write_bytes": None,
         "pids": None,
+        "cpu_throttled_percent": None,
     }
     if not item["running"]:
         return item
@@ -711,6 +744,12 @@ def _metrics(container: Container) -> dict[str, Any]:
         ),
         pids=(stats.get("pids_stats") or {}).get("current"),
     )
+    # Of the CFS periods in the sample, the share in which the CPU limit held it back: a
+    # container at its limit is saturated even when the host is too busy to show 100 %.
+    throttled = (cpu.get("throttling_data") or {}), (previous.get("throttling_data") or {})
+    periods = throttled[0].get("periods", 0) - throttled[1].get("periods", 0)
+    held = throttled[0].get("throttled_periods", 0) - throttled[1].get("throttled_periods", 0)
+    item["cpu_throttled_percent"] = round(100.0 * held / periods, 1) if periods > 0 else None
     return item
 
 

@@ -1,0 +1,134 @@
+"""The evaluation corpus as shipped: its shape, the replay of every scenario, and the live
+parts (real containers on the local engine; the Kubernetes and OCI API doubles seeded with each
+scenario's objects). `make test` runs all of them; each must score 100 % on cause and safety and
+at least the configured share on facts, as `uici eval` judges it."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.evaluation.harness import Evaluation, EvalReport
+from agent.evaluation.scenarios import NO_FAILURE, load_corpus, load_recording
+from infrastructure.configuration.loader import load_config
+
+# Classes whose failure exists only on Kubernetes: its scheduler and its Secret/ConfigMap
+# objects, and its image pulls (a Docker container that cannot be pulled never exists).
+KUBERNETES_ONLY = {"unschedulable", "missing_config_object", "image_pull_failure"}
+
+
+def _misses(report: EvalReport) -> list[str]:
+    return [
+        f"{r.name}: {r.status} diagnosed={r.diagnosed_class} rule={r.rule} facts_missing="
+        f"{r.facts_missing} unsafe={r.unsafe} drift={r.replay_missing} {r.detail} "
+        f"root cause: {r.root_cause}"
+        for r in report.results
+        if not r.passed
+    ]
+
+
+def _meets_the_bar(report: EvalReport) -> None:
+    config = load_config()
+    thresholds = config.agents.evaluation.thresholds
+    assert report.score("cause") == 1.0, _misses(report)
+    assert report.score("safety") == 1.0, _misses(report)
+    assert report.score("facts") >= thresholds.facts, _misses(report)
+    assert not report.below_thresholds()
+
+
+def test_the_corpus_covers_the_failure_classes_in_several_environments() -> None:
+    config = load_config()
+    scenarios = load_corpus()
+    by_class: dict[str, list[Any]] = defaultdict(list)
+    for scenario in scenarios:
+        by_class[scenario.failure_class].append(scenario)
+    classes = set(by_class) - {NO_FAILURE}
+    assert len(scenarios) >= 40
+    assert len(classes) >= 15
+    assert len(by_class[NO_FAILURE]) >= 6, "negative scenarios"
+    # Every class a rule names is in the corpus, and only those classes.
+    assert classes <= set(config.agents.failure_classes)
+    assert {rule.category for rule in config.agents.diagnosis_rules} <= classes
+    for name, members in by_class.items():
+        if name == NO_FAILURE:
+            continue
+        assert len(members) >= 2, f"{name}: {[m.name for m in members]}"
+        environments = {m.environment for m in members}
+        if name in KUBERNETES_ONLY:
+            assert environments == {"kubernetes"}, name
+        else:
+            assert len(environments) >= 2, f"{name} only on {environments}"
+    # Negatives in more than one environment too, and every scenario has its recording.
+    assert len({s.environment for s in by_class[NO_FAILURE]}) >= 2
+    missing = [s.name for s in scenarios if load_recording(s) is None]
+    assert not missing, f"record them: uici eval --record --only ... ({missing})"
+
+
+def test_uici_eval_replays_the_whole_corpus_and_meets_the_thresholds() -> None:
+    result = CliRunner().invoke(app, ["eval", "--replay", "--json"])
+    data = json.loads(result.stdout)
+    report = EvalReport.model_validate(
+        {k: v for k, v in data.items() if k in EvalReport.model_fields}
+    )
+    _meets_the_bar(report)
+    assert result.exit_code == 0, result.stderr
+    assert {r["status"] for r in data["results"]} == {"scored"}
+    # Every rule decided at least one scenario, and the report says which.
+    config = load_config()
+    decided = set(data["by_rule"])
+    assert {rule.name for rule in config.agents.diagnosis_rules} <= decided | {
+        # rules that are also matched but never decide alone (a lower confidence than a
+        # more specific rule that holds on the same evidence) are listed here with why
+        "repeated-restarts",  # every crash loop whose log names a cause is named by that rule
+    }
+
+
+@pytest.mark.timeout(900)
+def test_the_live_docker_part_scores_as_its_replay(docker_client: Any) -> None:
+    """Every Docker scenario created for real and diagnosed on the engine."""
+    scenarios = [s for s in load_corpus() if s.environment == "docker"]
+    evaluation = Evaluation(load_config(), "live", docker_client=docker_client)
+    try:
+        report = evaluation.run_all(scenarios)
+    finally:
+        evaluation.close()
+    assert len(report.results) == len(scenarios)
+    _meets_the_bar(report)
+    leftovers = docker_client.containers.list(all=True, filters={"name": "uici-eval-"})
+    assert not leftovers, [c.name for c in leftovers]
+
+
+@pytest.mark.timeout(600)
+def test_the_live_kubernetes_and_oci_parts_score_as_their_replay() -> None:
+    """Every Kubernetes and OCI scenario seeded into its API double and diagnosed through the
+    official SDK; the diagnosis matches the recording's (the recording is true to the double)."""
+    from tests.eval_doubles import seeded_kubernetes, seeded_oci
+
+    def cloud_setup(scenario: Any) -> Any:
+        if scenario.environment == "kubernetes":
+            return seeded_kubernetes(scenario.kubernetes, scenario.service)
+        return seeded_oci(scenario.oci, scenario.service)
+
+    scenarios = [s for s in load_corpus() if s.environment != "docker"]
+    assert scenarios
+    config = load_config()
+    live = Evaluation(config, "live", cloud_setup=cloud_setup)
+    replay = Evaluation(config, "replay")
+    try:
+        live_report = live.run_all(scenarios)
+        replay_report = replay.run_all(scenarios)
+    finally:
+        live.close()
+        replay.close()
+    _meets_the_bar(live_report)
+    for seen, replayed in zip(live_report.results, replay_report.results, strict=True):
+        assert (seen.rule, seen.diagnosed_class, seen.root_cause) == (
+            replayed.rule,
+            replayed.diagnosed_class,
+            replayed.root_cause,
+        ), seen.name
