@@ -333,7 +333,8 @@ def diagnose_command(
     if as_json:
         _print_json(report.model_dump(mode="json"))
         return
-    stdout.print(Markdown(report_markdown(report)))
+    # Wrapped to the terminal, not cut (the shared console soft-wraps plain text).
+    stdout.print(Markdown(report_markdown(report)), soft_wrap=False)
     if report.diagnosis is None:  # the investigation failed; its report says why
         raise typer.Exit(EXIT_FAILED)
 

@@ -342,6 +342,10 @@ class Evaluation:
                     llm.save(self.corpus / scenario.name)
                 if isinstance(llm, ReplayLLMClient):
                     missing += llm.drift
+                    if llm.served < len(llm.exchanges):
+                        missing.append(
+                            f"{len(llm.exchanges) - llm.served} recorded LLM exchanges unused"
+                        )
         except SetupFailed as exc:
             return ScenarioResult(
                 **base,

@@ -83,7 +83,8 @@ class IncidentMemory:
         )
         mine = signature(context.service, diagnosis)
         found = []
-        following = time.time()  # this incident follows the newest
+        # This incident follows the newest: from its own diagnosis, or now while it runs.
+        following = self.store.diagnosis_time(context.incident_id) or time.time()
         for row in rows[: self.settings.similar_limit]:
             found.append(
                 SimilarIncident(

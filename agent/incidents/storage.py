@@ -740,6 +740,13 @@ class IncidentStore:
                 ),
             )
 
+    def diagnosis_time(self, incident_id: str) -> float | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT at FROM diagnoses WHERE incident_id = ?", (incident_id,)
+            ).fetchone()
+        return None if row is None else float(row["at"])
+
     def past_diagnoses(
         self,
         environment: str,
@@ -748,13 +755,23 @@ class IncidentStore:
         limit: int = 20,
         exclude_incident: str | None = None,
         since: float = 0.0,
+        until: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Earlier diagnoses of the service (of one class), newest first."""
+        """Earlier diagnoses of the service (of one class), newest first; before `until` when
+        given, and before the excluded incident's own diagnosis when it has one."""
         query = (
             "SELECT * FROM diagnoses WHERE environment = ? AND service = ? AND at >= ?"
-            " AND incident_id != ?"
+            " AND incident_id != ? AND at < COALESCE(?, (SELECT at FROM diagnoses"
+            " WHERE incident_id = ?), 1e300)"
         )
-        arguments: list[Any] = [environment, service, since, exclude_incident or ""]
+        arguments: list[Any] = [
+            environment,
+            service,
+            since,
+            exclude_incident or "",
+            until,
+            exclude_incident or "",
+        ]
         if failure_class is not None:
             query += " AND failure_class = ?"
             arguments.append(failure_class)

@@ -153,8 +153,17 @@ def log_lines(observation: Observation) -> list[str]:
 
 
 def _lookup(item: Any, dotted: str) -> Any:
+    """A dotted field; through a list, the first element that has it (containers.limits)."""
     current = item
-    for part in dotted.split("."):
+    parts = dotted.split(".")
+    for index, part in enumerate(parts):
+        if isinstance(current, list):
+            rest = ".".join(parts[index:])
+            for element in current:
+                found = _lookup(element, rest)
+                if found is not _MISSING:
+                    return found
+            return _MISSING
         if isinstance(current, dict) and part in current:
             current = current[part]
         else:

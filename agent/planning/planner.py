@@ -56,7 +56,10 @@ class DiagnosticPlanner:
         self.llm: LLMPlanner | None = None
         self.llm_unavailable = ""
         if self.mode != "runbook":
-            if llm_configured:
+            if llm_client is not None:  # e.g. the evaluation's replayed exchanges
+                cache = PlanCache(config.platform.llm.plan_cache_ttl_seconds)
+                self.llm = LLMPlanner(config, llm_client, cache)
+            elif llm_configured:
                 client, cache = shared_llm(config, store)
                 self.llm = LLMPlanner(config, llm_client or client, cache)
             else:

@@ -632,7 +632,7 @@ def _status(container: Container) -> dict[str, Any]:
     failing = [c for c in (health or {}).get("last_checks", []) if c["exit_code"] != 0]
     verdict = (health or {}).get("status")
     exit_code, oom_killed = state.get("ExitCode"), bool(state.get("OOMKilled"))
-    if state.get("Running") and attrs.get("RestartCount", 0) and not exit_code:
+    if state.get("Running") and (attrs.get("RestartCount", 0) or oom_killed) and not exit_code:
         # The engine resets ExitCode when it restarts a container; a crash loop caught while
         # running still ended its last instance somehow, and the engine's events say how.
         exit_code, oom_killed = _last_exit(container, exit_code, oom_killed)

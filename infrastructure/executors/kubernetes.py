@@ -967,6 +967,9 @@ def _container_statuses(
         oom = any(t and t.get("reason") == "OOMKilled" for t in (terminated, last))
         waiting_reason = state.get("reason") if state_name == "waiting" else None
         message = state.get("message") or (last or {}).get("message")
+        if waiting_reason == "CrashLoopBackOff" and (last or {}).get("message"):
+            # "back-off 5m0s restarting failed container" says nothing; how it ended does.
+            message = (last or {})["message"]
         if unschedulable and not current:
             waiting_reason = scheduled.get("reason")
             message = scheduled.get("message")
@@ -1005,6 +1008,7 @@ def _container_statuses(
                 else {
                     "reason": last.get("reason"),
                     "exit_code": last.get("exitCode"),
+                    "message": last.get("message"),
                     "finished_at": last.get("finishedAt"),
                 },
                 "image": current.get("image") or container.get("image"),

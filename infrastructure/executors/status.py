@@ -33,6 +33,7 @@ _EXIT_MEANINGS = {
     125: "the container runtime could not run the command (code 125)",
     126: "the command was found but could not be executed (code 126: permission or format)",
     127: "the command was not found (code 127)",
+    128: "the container runtime could not start the command (code 128: a start error)",
 }
 
 _SIGNAL_MEANINGS = {
