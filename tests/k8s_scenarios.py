@@ -986,6 +986,8 @@ def _setup_status(container: KubernetesContainer, image: str, seed: str, kubelet
     if container.last_reason is not None and container.last_exit_code is not None:
         ended = container.started_seconds_ago + 1 if container.state == "running" else 40
         last = _terminated(seed, container.last_reason, container.last_exit_code, ended + 60, ended)
+        if container.last_message:
+            last["message"] = container.last_message
     state: Obj
     if container.state == "running":
         state = {"running": {"startedAt": _ago(container.started_seconds_ago)}}
@@ -1162,8 +1164,12 @@ def from_setup(double: KubeDouble, name: str, setup: KubernetesSetup) -> Scenari
             if event.on != "pod":
                 continue
             scheduler = event.reason in _SCHEDULER_REASONS
+            # The kubelet names the pod as name_namespace(uid) in its messages.
+            message = event.message.replace(
+                "{pod}", f"{pod_name}_{namespace}({pod['metadata']['uid']})"
+            )
             added = _event(
-                pod, event.reason, event.message, kind=event.type, count=event.count,
+                pod, event.reason, message, kind=event.type, count=event.count,
                 first_seconds_ago=event.seconds_ago + 10 * (event.count - 1),
                 last_seconds_ago=event.seconds_ago,
                 component="default-scheduler" if scheduler else "kubelet",

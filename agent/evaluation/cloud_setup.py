@@ -60,6 +60,8 @@ class KubernetesContainer(_Strict):
     # The previous instance's end (lastState.terminated), e.g. Error / 1 or OOMKilled / 137.
     last_reason: str | None = None
     last_exit_code: int | None = None
+    # lastState.terminated.message: what the runtime said, e.g. containerd's StartError text.
+    last_message: str | None = None
     restart_count: int = Field(default=0, ge=0)
     ready: bool | None = None  # default: running
     liveness_probe: bool = False  # an HTTP GET /healthz probe on port 8080
@@ -83,6 +85,8 @@ class KubernetesContainer(_Strict):
             raise ValueError("a terminated container needs exit_code")
         if (self.last_reason is None) != (self.last_exit_code is None):
             raise ValueError("last_reason and last_exit_code go together (e.g. Error and 1)")
+        if self.last_message and self.last_reason is None:
+            raise ValueError("last_message needs a previous instance: set last_reason")
         if self.previous_log and self.last_reason is None:
             raise ValueError("previous_log needs a previous instance: set last_reason")
         return self
@@ -93,7 +97,10 @@ class KubernetesEvent(_Strict):
 
     type: Literal["Normal", "Warning"] = "Warning"
     reason: str  # BackOff, Unhealthy, FailedScheduling, Failed, Killing...
-    message: str  # e.g. "Liveness probe failed: HTTP probe failed with statuscode: 500"
+    # e.g. "Liveness probe failed: HTTP probe failed with statuscode: 500"; {pod} becomes the
+    # pod as the kubelet names it (name_namespace(uid)), e.g. "Back-off restarting failed
+    # container app in pod {pod}".
+    message: str
     count: int = Field(default=1, ge=1)
     seconds_ago: float = Field(default=20, ge=0)  # lastTimestamp
     on: Literal["pod", "workload"] = "pod"
