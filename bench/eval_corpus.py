@@ -79,9 +79,7 @@ def main() -> None:
             live_docker_scores=scores,
             live_over_replay_per_scenario=round((live / docker_count) / (replay / count), 1),
         )
-        print(
-            f"  uici eval --live, Docker part ({docker_count}) {live:8.1f} s  scores {scores}"
-        )
+        print(f"  uici eval --live, Docker part ({docker_count}) {live:8.1f} s  scores {scores}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["eval_corpus"] = figures

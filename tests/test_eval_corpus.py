@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.evaluation.harness import Evaluation, EvalReport
+from agent.evaluation.harness import EvalReport, Evaluation
 from agent.evaluation.scenarios import NO_FAILURE, load_corpus, load_recording
 from infrastructure.configuration.loader import load_config
 
