@@ -42,7 +42,17 @@ def render_table(report: EvalReport) -> Table:
         f" planner {report.planner}",
         title_justify="left",
     )
-    for column in ("scenario", "class", "env", "status", "cause", "fact", "safe", "rule"):
+    for column in (
+        "scenario",
+        "class",
+        "env",
+        "status",
+        "cause",
+        "fact",
+        "safe",
+        "rule",
+        "planner",
+    ):
         table.add_column(column, no_wrap=column in ("status", "cause", "fact", "safe"))
     table.add_column("s", justify="right")
     table.add_column("tokens", justify="right")
@@ -57,6 +67,7 @@ def render_table(report: EvalReport) -> Table:
             _mark(r.facts_named) if scored else "",
             _mark(r.safe) if scored else "",
             r.rule or ("-" if scored else ""),
+            r.planner,
             f"{r.duration_seconds:.2f}",
             str(r.prompt_tokens + r.completion_tokens) if r.prompt_tokens else "",
         )
