@@ -134,7 +134,7 @@ def test_a_third_remediation_of_the_same_cause_is_escalated(
         assert refused.outcome == "not executed"
         assert refused.needs_person is True
         assert refused.detail.startswith(
-            f"{ESCALATE}: oom_killed on {service} was already remediated 2 times within"
+            f"{ESCALATE}: oom_killed on {service} was already remediated in 2 incidents within"
         ), refused.detail
         assert "inc-oom-1" in refused.detail and "inc-oom-2" in refused.detail
         assert started_at(lab, service) == before  # nothing was sent
@@ -251,15 +251,21 @@ def test_a_host_named_in_connection_errors_is_read_never_written(
             proposed_by="llm",
         )
 
-    read, write = planner.policy.review(
-        [step("get_status", "root_cause"), step("start_service", "resolution")],
+    read, logs, write = planner.policy.review(
+        [
+            step("get_status", "root_cause"),
+            step("get_logs", "root_cause"),
+            step("start_service", "resolution"),
+        ],
         context,
         runbook,
         observations=observations,
     )
     assert read.decision == "accepted", read
+    # Its state, not its logs: what a discovered service logs is not this incident's to read.
+    assert logs.decision == "rejected", logs
     assert write.decision == "rejected", write
-    assert "a dependency discovered in the log may be read, never written" in write.reasons[0]
+    assert "a dependency discovered in the log may only have its state read" in write.reasons[0]
 
     # Declared by the alert, the same host may be written (with a person's approval).
     declared = context.model_copy(update={"dependencies": ["orders-db"], "discovered": []})

@@ -4,6 +4,7 @@ with the run, an answer for another step approves nothing, and the final status 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,58 @@ def test_the_final_status(run: Investigation) -> None:
     )  # fmt: skip
     run.report.healthy = True
     assert run.final_status() == "escalated", "nothing more happens until a person looks"
+
+
+def test_a_run_without_a_person_asks_nobody_and_sends_nothing(tmp_path: Path, lab: Any) -> None:
+    """`uici diagnose` and `uici eval` (DirectRunner): a write that needs approval is reported
+    as needing a person; no approval is requested, nothing is sent, the incident escalates."""
+    import asyncio
+
+    from agent.incidents.phases import DirectRunner
+
+    container = lab.run("asks-nobody", ["sleep", "300"])
+    config = load_config(SHIPPED_CONFIG, environ={"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/u.db"})
+    store = IncidentStore.from_config(config)
+    planner = DiagnosticPlanner(config, store)
+    context = IncidentContext(
+        incident_id="inc-nobody",
+        alert=AlertInfo(labels={"alertname": "Manual", "service": container.name}),
+        environment="local-docker",
+        service=container.name,
+    )
+    run = Investigation(
+        config, store, planner, ExecutionGate(config, store, planner.policy), context, "uici"
+    )
+    run.open(None)
+    step = PlanStep(
+        phase="resolution", operation="restart_service", environment="local-docker",
+        target=container.name, proposed_by="llm",
+    )  # fmt: skip
+    decision = StepDecision(step=step, decision="needs_approval", risk="write", command=["docker"])
+    container.reload()
+    started = container.attrs["State"]["StartedAt"]
+    asyncio.run(DirectRunner().write(run, decision))
+    assert store.approvals("inc-nobody") == []
+    [action] = run.report.actions
+    assert action.outcome == "not executed" and action.needs_person, action
+    assert "needs a person's approval" in action.detail
+    assert store.writes(incident_id="inc-nobody") == []
+    container.reload()
+    assert container.attrs["State"]["StartedAt"] == started
+    assert run.final_status() == "escalated"
+
+
+def test_the_diagnosis_reads_the_evidence_before_the_first_write(run: Investigation) -> None:
+    """After a remediation the service looks fine; the diagnosis is of the failure."""
+    from agent.incidents.models import Observation
+    from agent.safety.gate import GateOutcome
+
+    failing = Observation(id="obs-1", operation="get_status", target="api", success=True)
+    run.report.observations.append(failing)
+    step = restart().step
+    outcome = GateOutcome(decision=restart(), outcome="executed")
+    run.record_write(step, outcome)
+    run.report.observations.append(
+        Observation(id="obs-2", operation="get_status", target="api", success=True)
+    )
+    assert [o.id for o in run.diagnosis_evidence()] == ["obs-1"]

@@ -335,12 +335,18 @@ def diagnose_command(
         labels["uici_env"] = env
     if dependency:
         labels["uici_dependencies"] = ",".join(dependency)
+    from agent.incidents.context import LabelConventions, context_from_alert
+
+    try:  # the alert must name a service and a configured environment before anything runs
+        context = context_from_alert(body, LabelConventions.from_config(config))
+    except ValueError as exc:
+        _fail(f"bad input: {exc}")
+    if context.environment not in config.environments.environments:
+        _fail(f"bad input: the alert maps to unknown environment {context.environment!r}")
     store = IncidentStore.from_config(config)
     incident = f"inc-{uuid.uuid4().hex[:10]}"
-    try:
-        report, _ = asyncio.run(investigate(config, store, body, incident, writes=allow_writes))
-    except ValueError as exc:  # an alert that names no service, an unknown environment
-        _fail(f"bad input: {exc}")
+    # A failure during the run ends the incident `failed` with its report; it is raised here.
+    report, _ = asyncio.run(investigate(config, store, body, incident, writes=allow_writes))
     if as_json:
         _print_json(report.model_dump(mode="json"))
         return

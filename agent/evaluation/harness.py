@@ -201,8 +201,17 @@ def score(scenario: Scenario, report: IncidentReport, config: UICIConfig) -> dic
     diagnosis = report.diagnosis
     diagnosed = diagnosis.category if diagnosis else ""
     expected = scenario.failure_class
-    cause_found = diagnosed == "unknown" if expected == NO_FAILURE else diagnosed == expected
-    text = " ".join([diagnosis.root_cause, *diagnosis.facts]) if diagnosis else ""
+    if expected == NO_FAILURE:
+        # An honest unknown counts only if the service was looked at: its status and its log
+        # were read (an unknown because nothing could be read is no verdict).
+        looked = {
+            o.operation for o in report.observations if o.target == report.service and o.success
+        }
+        cause_found = diagnosed == "unknown" and {"get_status", "get_logs"} <= looked
+    else:
+        cause_found = diagnosed == expected
+    # Facts are what the diagnosis extracted from the evidence, not the rule's own words.
+    text = " ".join(diagnosis.facts) if diagnosis else ""
     missing = [
         e.pattern if isinstance(e, FactPattern) else e
         for e in scenario.expect.facts
@@ -396,13 +405,18 @@ class Evaluation:
                 return
             replays: list[ReplayExecutor] = []
 
+            parameters = {
+                operation: set(spec.parameters)
+                for operation, spec in config.operations.operations.items()
+            }
+
             def replay_factory(name: str, model: Any) -> EnvironmentExecutor:
-                executor = ReplayExecutor(name, model, recording.results)
+                executor = ReplayExecutor(name, model, recording.results, parameters)
                 replays.append(executor)
                 return executor
 
             def replay_finish(service: str, dependencies: list[str]) -> list[str]:
-                return [m for r in replays for m in r.missing]
+                return [m for r in replays for m in (*r.missing, *r.unused())]
 
             yield (
                 config,
@@ -429,9 +443,7 @@ class Evaluation:
                             service=service,
                             dependencies=dependencies,
                             recorded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                            results=[
-                                r.model_dump(mode="json") for rec in recorders for r in rec.results
-                            ],
+                            results=[r for rec in recorders for r in rec.results],
                         ),
                         self.corpus,
                     )

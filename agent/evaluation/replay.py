@@ -7,6 +7,7 @@ validated, translated, authorised and recorded exactly as a live one.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +23,8 @@ from infrastructure.executors.base import (
 )
 from infrastructure.translator import CommandSpec
 
+_Key = tuple[str, str | None, tuple[tuple[str, str], ...]]
+
 
 class RecordingExecutor(EnvironmentExecutor):
     """Passes every call to the live executor and keeps each result, in order."""
@@ -32,11 +35,17 @@ class RecordingExecutor(EnvironmentExecutor):
         super().__init__(live.name, live.environment)
         self.live = live
         self.environment_type = live.environment_type  # type: ignore[misc]
-        self.results: list[OperationResult] = []
+        self.results: list[dict[str, Any]] = []
 
     def execute(self, spec: CommandSpec) -> OperationResult:
         result = self.live.execute(spec)
-        self.results.append(result)
+        # With the executor call's arguments: a replay answers only the same call.
+        self.results.append(
+            {
+                **result.model_dump(mode="json"),
+                "arguments": json.loads(json.dumps(spec.arguments, default=str)),
+            }
+        )
         return result
 
     def effect_observed(
@@ -61,24 +70,56 @@ class ReplayExecutor(EnvironmentExecutor):
 
     environment_type = EnvironmentType.DOCKER  # overridden per instance
 
-    def __init__(self, name: str, environment: Any, results: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        environment: Any,
+        results: list[dict[str, Any]],
+        parameters: dict[str, set[str]] | None = None,
+    ) -> None:
         super().__init__(name, environment)
         self.environment_type = EnvironmentType(  # type: ignore[misc]
             getattr(environment.type, "value", environment.type)
         )
-        self._recorded: dict[tuple[str, str | None], list[OperationResult]] = defaultdict(list)
+        # Keyed by the operation's own parameters too (lines, level, since: operations.yml),
+        # not by what the environment adds: a changed parameter is a call the live run never
+        # made.
+        self._parameters = parameters or {}
+        self._recorded: dict[_Key, list[OperationResult]] = defaultdict(list)
         for raw in results:
             result = OperationResult.model_validate(raw)
-            self._recorded[(result.operation, result.target)].append(result)
-        self._served: dict[tuple[str, str | None], int] = defaultdict(int)
+            key = self._key(result.operation, result.target, raw.get("arguments") or {})
+            self._recorded[key].append(result)
+        self._served: dict[_Key, int] = defaultdict(int)
         self.missing: list[str] = []
 
+    def _key(self, operation: str, target: str | None, arguments: dict[str, Any]) -> _Key:
+        names = self._parameters.get(operation, set())
+        shown = tuple(
+            sorted(
+                (name, json.dumps(value, sort_keys=True, default=str))
+                for name, value in arguments.items()
+                if name in names
+            )
+        )
+        return operation, target, shown
+
+    def unused(self) -> list[str]:
+        """Recorded calls this replay never made: the diagnosis no longer asks for them."""
+        return [
+            f"recorded {operation} {target or '-'} {dict(shown)} not asked for"
+            for operation, target, shown in self._recorded
+            if (operation, target, shown) not in self._served
+        ]
+
     def execute(self, spec: CommandSpec) -> OperationResult:
-        key = (spec.operation, spec.target)
+        key = self._key(
+            spec.operation, spec.target, json.loads(json.dumps(spec.arguments, default=str))
+        )
         recorded = self._recorded.get(key)
         now = datetime.now(UTC)
         if not recorded:
-            self.missing.append(f"{spec.operation} {spec.target or '-'}")
+            self.missing.append(f"{spec.operation} {spec.target or '-'} {dict(key[2])}")
             return OperationResult(
                 operation=spec.operation,
                 environment=spec.environment,

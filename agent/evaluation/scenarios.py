@@ -163,6 +163,17 @@ class Scenario(_Strict):
             raise ValueError(f"service {self.service!r} names none of the docker containers")
         return self
 
+    @model_validator(mode="after")
+    def _facts_for_failures(self) -> Scenario:
+        if self.expect.failure_class != NO_FAILURE and not self.expect.facts:
+            raise ValueError(
+                "expect.facts is empty: name at least one fact the evidence shows (the"
+                " variable, module, port, path, host, signal...) that the diagnosis must name"
+            )
+        if self.expect.failure_class == NO_FAILURE and self.expect.facts:
+            raise ValueError("a scenario where nothing is wrong expects no facts")
+        return self
+
     @property
     def failure_class(self) -> str:
         return self.expect.failure_class

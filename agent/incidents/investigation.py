@@ -124,6 +124,8 @@ class Investigation:
         self.events = gate.journal.events
         self.runbook: Runbook = planner.runbooks.match(context)
         self.memory = IncidentMemory(store, config.agents.incident_memory)
+        self._causes: dict[str, str] = {}  # step key -> the cause a write was decided for
+        self._evidence_until: int | None = None  # observations before the first write sent
         context.history = self.memory.summary(context)
         # Set by `validated` once a remediation was checked after settling.
         self.recovered: bool | None = None
@@ -214,15 +216,20 @@ class Investigation:
 
     # --- the approval state machine of one write --------------------------------------------
 
-    def next_for_write(self, decision: StepDecision) -> tuple[WriteNext, ApprovalAsk | None]:
-        """skip (recorded in the report with the reason), ask a person, or run now."""
+    def next_for_write(
+        self, decision: StepDecision, can_ask: bool = True
+    ) -> tuple[WriteNext, ApprovalAsk | None]:
+        """skip (recorded in the report with the reason), ask a person, or run now. A runner
+        with nobody to ask (`can_ask=False`) skips a write that needs a person, asking no one."""
         step = decision.step
         if self.store.alert_resolved(self.context.incident_id):
             self._not_executed(decision, decision.decision, "the alert resolved first")
             return "skip", None
-        # The cause as the rules read it now: a cause remediated too often is escalated.
+        # The cause as the rules read it now, before the write changes what they see: a cause
+        # remediated too often on this target is escalated.
         cause = self.planner.runbooks.diagnose(self.context, self.report.observations).category
-        repeated = self.memory.repeat_refusal(self.context, cause)
+        self._causes[step.key()] = cause
+        repeated = self.memory.repeat_refusal(self.context, step.target or "-", cause)
         if repeated is not None:
             self._not_executed(decision, "rejected", repeated, needs_person=True)
             return "skip", None
@@ -232,6 +239,15 @@ class Investigation:
             return "skip", None
         if decision.decision != "needs_approval":
             return "run", None
+        if not can_ask:
+            self._not_executed(
+                decision,
+                "needs_approval",
+                "needs a person's approval; nobody is asked in a run outside Prefect"
+                " (`uici diagnose`, `uici eval`): run it with `uici run ... --yes` after checking",
+                needs_person=True,
+            )
+            return "skip", None
         command = " ".join(decision.command)
         timeout = self.approval_timeout(step)
         self.store.request_approval(self.context.incident_id, step, command)
@@ -287,9 +303,27 @@ class Investigation:
             expires_at=self.planner.policy.approval_expiry(step),
         )
 
+    def diagnosis_evidence(self) -> list[Observation]:
+        """What the diagnosis reads: the observations of the failure, i.e. those made before
+        the first write that was sent (after it, reads show the remediation's effect, which
+        validation judges)."""
+        if self._evidence_until is None:
+            return list(self.report.observations)
+        return self.report.observations[: self._evidence_until]
+
     def record_write(self, step: PlanStep, outcome: GateOutcome) -> None:
+        if self._evidence_until is None and (
+            outcome.executed or outcome.outcome in ("recovered", "already_done")
+        ):
+            self._evidence_until = len(self.report.observations)
         if outcome.result is not None:
             self.observe(step, outcome.result)
+        if outcome.executed or outcome.outcome in ("recovered", "already_done"):
+            cause = (
+                self._causes.get(step.key())
+                or self.planner.runbooks.diagnose(self.context, self.report.observations).category
+            )
+            self.memory.remediated(self.context, step.target or "-", cause, step.describe())
         text = {
             "executed": "executed",
             "failed": "failed",

@@ -118,27 +118,24 @@ class IncidentMemory:
             for r in rows
         ]
 
-    def repeat_refusal(self, context: IncidentContext, failure_class: str) -> str | None:
-        """The escalation when this cause was already remediated on the service as often as
-        allowed within the window; None while another remediation may run."""
-        if failure_class == "unknown":
-            return None
+    def remediated(self, context: IncidentContext, target: str, cause: str, step: str) -> None:
+        """A remediation was sent on `target` for `cause` (the rules' reading when it was
+        decided): counted by the next incidents whatever this one ends as."""
+        self.store.record_remediation(context.incident_id, context.environment, target, cause, step)
+
+    def repeat_refusal(self, context: IncidentContext, target: str, cause: str) -> str | None:
+        """The escalation when `cause` was already remediated on `target` in as many earlier
+        incidents as allowed within the window (an unexplained cause counts as one cause,
+        `unknown`); None while another remediation may run."""
         window = self.settings.repeat_window_seconds
-        rows = self.store.past_diagnoses(
-            context.environment,
-            context.service,
-            failure_class,
-            limit=100,
-            exclude_incident=context.incident_id,
-            since=time.time() - window,
+        earlier = self.store.remediated_incidents(
+            context.environment, target, cause, time.time() - window, context.incident_id
         )
-        remediated = [r for r in rows if r["remediations"]]
         allowed = self.settings.max_remediations_per_cause
-        if len(remediated) < allowed:
+        if len(earlier) < allowed:
             return None
-        ids = ", ".join(r["incident_id"] for r in remediated[:allowed])
         return (
-            f"{ESCALATE}: {failure_class} on {context.service} was already remediated"
-            f" {len(remediated)} times within {window} s ({ids}); another remediation would"
-            " repeat what did not hold"
+            f"{ESCALATE}: {cause} on {target} was already remediated in {len(earlier)}"
+            f" incidents within {window} s ({', '.join(earlier[-allowed:])}); another"
+            " remediation would repeat what did not hold"
         )

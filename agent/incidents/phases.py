@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from agent.incidents.context import LabelConventions, context_from_alert
-from agent.incidents.investigation import ApprovalAnswer, Investigation
+from agent.incidents.investigation import Investigation
 from agent.incidents.models import (
     PHASES,
     Diagnosis,
@@ -32,7 +32,7 @@ from agent.planning.llm import CompletionClient
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.executors.base import EnvironmentExecutor
+from infrastructure.executors.base import EnvironmentExecutor, OperationResult
 from infrastructure.executors.factory import create_executor
 
 ExecutorFactory = Callable[[str, Any], EnvironmentExecutor]
@@ -107,42 +107,38 @@ class DirectRunner:
         )
 
     async def reads(self, run: Investigation, phase: Phase, steps: list[PlanStep]) -> None:
-        outcomes = await asyncio.gather(
-            *(asyncio.to_thread(run.gate.execute, run.request(step)) for step in steps)
-        )
-        for step, outcome in zip(steps, outcomes, strict=True):
-            if outcome.result is not None:
-                run.observe(step, outcome.result)
+        results = await asyncio.gather(*(self._read(run, step) for step in steps))
+        for step, result in zip(steps, results, strict=True):
+            run.observe(step, result)
+
+    async def _read(self, run: Investigation, step: PlanStep) -> OperationResult:
+        """One read through the gate, retried as operations.yml says for retryable errors
+        (as the flow's task does); a read the gate refuses ends the run, as in a flow."""
+        retry = run.planner.policy.registry.describe(step.operation).retry
+        for attempt in range(retry.attempts):
+            outcome = await asyncio.to_thread(run.gate.execute, run.request(step))
+            if outcome.result is None:
+                raise PermissionError(f"{step.describe()} refused: {outcome.note}")
+            if not outcome.result.retryable or attempt == retry.attempts - 1:
+                return outcome.result
+            await asyncio.sleep(retry.delay_seconds * retry.backoff_factor**attempt)
+        raise AssertionError("unreachable: the loop returns on its last attempt")
 
     async def write(self, run: Investigation, decision: StepDecision) -> None:
         if not self.writes:
             run.not_executed(decision, "this run sends no writes (read-only)")
             return
-        next_, ask = run.next_for_write(decision)
-        if next_ == "skip":
+        next_, _ = run.next_for_write(decision, can_ask=False)
+        if next_ != "run":
             return
-        approval = None
-        if ask is not None:
-            nobody = ApprovalAnswer(
-                approve=False,
-                approver="uici",
-                reason="nobody to ask in a run outside Prefect",
-                step_key=decision.step.key(),
-            )
-            approval = run.answered(decision, nobody)
-            if approval is None:
-                return
-        outcome = await asyncio.to_thread(run.gate.execute, run.request(decision.step, approval))
+        outcome = await asyncio.to_thread(run.gate.execute, run.request(decision.step))
         run.record_write(decision.step, outcome)
 
     async def status_check(self, run: Investigation, step: PlanStep) -> Observation:
-        outcome = await asyncio.to_thread(run.gate.execute, run.request(step))
-        if outcome.result is None:
-            raise RuntimeError(f"the validation read was refused: {outcome.note}")
-        return run.observe(step, outcome.result)
+        return run.observe(step, await self._read(run, step))
 
     async def diagnose(self, run: Investigation) -> Diagnosis:
-        return run.planner.diagnose(run.context, run.report.observations)
+        return run.planner.diagnose(run.context, run.diagnosis_evidence())
 
     async def progress(self, run: Investigation, fraction: float) -> None:
         return None

@@ -175,6 +175,16 @@ CREATE TABLE IF NOT EXISTS diagnoses (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS diagnoses_service ON diagnoses (environment, service, failure_class, at);
+-- Each remediation sent, with the cause the rules named when it was decided.
+CREATE TABLE IF NOT EXISTS remediations (
+    incident_id TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    target TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    step TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS remediations_target ON remediations (environment, target, cause, at);
 -- One row the readiness probe rewrites: the store takes writes.
 CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL);
 """
@@ -739,6 +749,29 @@ class IncidentStore:
                     time.time() if at is None else at,
                 ),
             )
+
+    def record_remediation(
+        self, incident_id: str, environment: str, target: str, cause: str, step: str
+    ) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO remediations (incident_id, environment, target, cause, step, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (incident_id, environment, target, cause, step, time.time()),
+            )
+
+    def remediated_incidents(
+        self, environment: str, target: str, cause: str, since: float, exclude_incident: str
+    ) -> list[str]:
+        """The incidents that remediated `cause` on `target` since `since`, oldest first."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT incident_id, MIN(at) AS first FROM remediations WHERE environment = ?"
+                " AND target = ? AND cause = ? AND at >= ? AND incident_id != ?"
+                " GROUP BY incident_id ORDER BY first",
+                (environment, target, cause, since, exclude_incident),
+            ).fetchall()
+        return [row["incident_id"] for row in rows]
 
     def diagnosis_time(self, incident_id: str) -> float | None:
         with self._db() as db:

@@ -28,21 +28,27 @@ def latest(
 
 
 def evaluate(
-    when: WhenClause, observations: Sequence[Observation], context: IncidentContext
+    when: WhenClause,
+    observations: Sequence[Observation],
+    context: IncidentContext,
+    max_line_chars: int | None = None,
 ) -> tuple[bool, list[str]]:
     """Whether the clause holds, and the ids of the observations that made it hold."""
-    holds, evidence, _ = evaluate_with_facts(when, observations, context)
+    holds, evidence, _ = evaluate_with_facts(when, observations, context, max_line_chars)
     return holds, evidence
 
 
 def evaluate_with_facts(
-    when: WhenClause, observations: Sequence[Observation], context: IncidentContext
+    when: WhenClause,
+    observations: Sequence[Observation],
+    context: IncidentContext,
+    max_line_chars: int | None = None,
 ) -> tuple[bool, list[str], list[str]]:
     """As `evaluate`, and the facts the conditions that held name (see `Condition.facts`)."""
     evidence: list[str] = []
     facts: list[str] = []
     for condition in when.all:
-        holds, ids, named = check(condition, observations, context)
+        holds, ids, named = check(condition, observations, context, max_line_chars)
         if not holds:
             return False, [], []
         evidence.extend(ids)
@@ -50,7 +56,7 @@ def evaluate_with_facts(
     if when.any:
         any_ids: list[str] = []
         for condition in when.any:
-            holds, ids, named = check(condition, observations, context)
+            holds, ids, named = check(condition, observations, context, max_line_chars)
             if holds:
                 any_ids.extend(ids)
                 facts.extend(named)
@@ -61,7 +67,10 @@ def evaluate_with_facts(
 
 
 def check(
-    condition: Condition, observations: Sequence[Observation], context: IncidentContext
+    condition: Condition,
+    observations: Sequence[Observation],
+    context: IncidentContext,
+    max_line_chars: int | None = None,
 ) -> tuple[bool, list[str], list[str]]:
     """Whether the condition holds on the newest observation of its scope, the ids of those it
     holds on, and the facts they name."""
@@ -85,7 +94,7 @@ def check(
                 if o.operation == condition.observation and o.target == target and o.success
             ]
             for observation in reversed(reads):
-                holds, named = _holds(condition, observation)
+                holds, named = _holds(condition, observation, max_line_chars)
                 if holds:
                     matched.append(observation.id)
                     facts.extend(named)
@@ -101,10 +110,13 @@ def check(
     return bool(matched), matched, facts
 
 
-def _holds(condition: Condition, observation: Observation) -> tuple[bool, list[str]]:
+def _holds(
+    condition: Condition, observation: Observation, max_line_chars: int | None = None
+) -> tuple[bool, list[str]]:
     if condition.log_pattern is not None:
         pattern = re.compile(condition.log_pattern)
-        found = [m for m in (pattern.search(line) for line in log_lines(observation)) if m]
+        lines = log_lines(observation, max_line_chars)
+        found = [m for m in (pattern.search(line) for line in lines) if m]
         if len(found) < condition.min_matches:
             return False, []
         # The newest line names the fact: in a crash loop it is the last attempt's reason.
@@ -144,12 +156,17 @@ def items(observation: Observation) -> list[Any]:
     return [data] if data is not None else []
 
 
-def log_lines(observation: Observation) -> list[str]:
+def log_lines(observation: Observation, max_chars: int | None = None) -> list[str]:
+    """The observation's log lines; each cut to `max_chars` (agents.yml log_matching), so a
+    pattern never scans a megabyte-long line."""
     lines: list[str] = []
     for item in items(observation):
         if isinstance(item, dict) and isinstance(item.get("lines"), list):
             lines.extend(str(line) for line in item["lines"])
-    return lines or observation.output.splitlines()
+    lines = lines or observation.output.splitlines()
+    if max_chars is not None:
+        lines = [line[:max_chars] for line in lines]
+    return lines
 
 
 def _lookup(item: Any, dotted: str) -> Any:

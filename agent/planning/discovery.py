@@ -30,6 +30,7 @@ def candidate_hosts(
     observations: Sequence[Observation],
     context: IncidentContext,
     settings: DependencyDiscoverySettings,
+    max_line_chars: int | None = None,
 ) -> list[str]:
     """The host names the service's log reads name in their error lines, most frequent first,
     with the first label of a dotted name (db.default.svc.cluster.local -> db) after it."""
@@ -41,7 +42,7 @@ def candidate_hosts(
         if o.operation == "get_logs" and o.target == context.service and o.success
     ]
     for observation in reads:
-        for line in log_lines(observation):
+        for line in log_lines(observation, max_line_chars):
             for pattern in patterns:
                 for match in pattern.finditer(line):
                     host = (match.group("host") or "").strip(".").lower()

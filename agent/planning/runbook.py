@@ -33,6 +33,7 @@ from infrastructure.configuration.models import AgentsConfig, Runbook
 class RunbookPlanner:
     def __init__(self, agents: AgentsConfig) -> None:
         self.agents = agents
+        self._line_cap = agents.log_matching.max_line_chars
 
     def match(self, context: IncidentContext) -> Runbook:
         labels = context.alert.labels
@@ -62,7 +63,7 @@ class RunbookPlanner:
         steps: list[PlanStep] = []
         for index, step in enumerate(runbook.phases.get(phase, [])):
             if step.when is not None:
-                holds, evidence = evaluate(step.when, observations, context)
+                holds, evidence = evaluate(step.when, observations, context, self._line_cap)
                 if not holds:
                     notes.append(
                         f"step {index + 1} ({step.operation}) skipped: its condition does not hold"
@@ -75,7 +76,9 @@ class RunbookPlanner:
             if step.target == "service":
                 targets = [context.service]
             elif step.target == "dependencies":
-                found = candidate_hosts(observations, context, self.agents.dependency_discovery)
+                found = candidate_hosts(
+                    observations, context, self.agents.dependency_discovery, self._line_cap
+                )
                 new = [h for h in found if h not in context.discovered]
                 if new:
                     # Read scope only: policy.validate refuses a write on a discovered name.
@@ -109,11 +112,13 @@ class RunbookPlanner:
     def diagnose(self, context: IncidentContext, observations: Sequence[Observation]) -> Diagnosis:
         matches: list[tuple[float, str, Diagnosis]] = []
         for rule in self.agents.diagnosis_rules:
-            holds, evidence, facts = evaluate_with_facts(rule.when, observations, context)
+            holds, evidence, facts = evaluate_with_facts(
+                rule.when, observations, context, self._line_cap
+            )
             if not holds:
                 continue
             for condition in rule.facts:
-                named, _, more = check(condition, observations, context)
+                named, _, more = check(condition, observations, context, self._line_cap)
                 if named:
                     facts = list(dict.fromkeys([*facts, *more]))
             by_id = {o.id: o for o in observations}
@@ -171,7 +176,7 @@ class RunbookPlanner:
         for observation in latest(observations, "get_logs", [context.service]):
             if not observation.success:
                 continue
-            logged = [line for line in log_lines(observation) if line.strip()]
+            logged = [line for line in log_lines(observation, self._line_cap) if line.strip()]
             chosen = [line for line in logged if telling.search(line)]
             tail = (
                 logged[-settings.last_lines_before_exit :]

@@ -308,7 +308,12 @@ class SafetyPolicy:
             where = f"{step.phase} step {index + 1}"
             if candidate.when is None:
                 return f"{where} ({step.operation}, no condition)"
-            holds, evidence = evaluate(candidate.when, observations, context)
+            holds, evidence = evaluate(
+                candidate.when,
+                observations,
+                context,
+                self.config.agents.log_matching.max_line_chars,
+            )
             if holds:
                 return f"{where} ({step.operation}), its condition holds on {', '.join(evidence)}"
         return None
@@ -328,14 +333,20 @@ class SafetyPolicy:
             reasons.extend(str(p) for p in exc.problems)
             return reasons
         spec = self.registry.describe(call.operation)
-        # A dependency discovered in the log may be read; a write needs the declared scope.
-        scope = context.read_scope if spec.risk is RiskLevel.READ else context.scope
+        # A dependency discovered in the log may have its state read (dependency_discovery.
+        # read_operations); anything else needs the declared scope.
+        discovered_ok = (
+            spec.risk is RiskLevel.READ
+            and call.operation in self.config.agents.dependency_discovery.read_operations
+        )
+        scope = context.read_scope if discovered_ok else context.scope
         if spec.target != "none" and step.target not in scope:
             reasons.append(
                 f"target {step.target!r} is outside this incident's scope "
                 f"({', '.join(scope)})"
                 + (
-                    "; a dependency discovered in the log may be read, never written"
+                    "; a dependency discovered in the log may only have its state read"
+                    " (dependency_discovery.read_operations), never be written"
                     if step.target in context.discovered
                     else ""
                 )

@@ -353,6 +353,9 @@ class KubernetesConnection(ClientRetrySettings):
     # scale_service stays within these bounds in this environment.
     min_replicas: Annotated[int, Field(ge=0)]
     max_replicas: Annotated[int, Field(ge=1)]
+    # A probe failure event counts as current for this long (a crash loop's longest back-off
+    # is 300 s; the kubelet repeats a failing probe's event within it).
+    probe_event_window_seconds: PositiveSeconds
 
     @model_validator(mode="after")
     def _namespace_allowed(self) -> KubernetesConnection:
@@ -741,6 +744,8 @@ class DependencyDiscoverySettings(StrictModel):
     host_patterns: list[str] = Field(min_length=1)
     ignore_hosts: list[str] = Field(default_factory=list)
     max_candidates: int = Field(ge=0, le=20)
+    # What may be run on a discovered name: reads of its state, not its logs or a command.
+    read_operations: list[OperationName] = Field(min_length=1)
 
     @field_validator("host_patterns")
     @classmethod
@@ -761,6 +766,13 @@ class IncidentMemorySettings(StrictModel):
     # ran in this many earlier incidents within repeat_window_seconds.
     max_remediations_per_cause: int = Field(ge=1)
     repeat_window_seconds: int = Field(ge=0)
+
+
+class LogMatchingSettings(StrictModel):
+    """How log lines are matched by conditions and rules."""
+
+    # Longer lines are cut before matching: a pattern's cost grows with a line's length.
+    max_line_chars: int = Field(ge=80, le=100_000)
 
 
 class EvaluationThresholds(StrictModel):
@@ -861,6 +873,7 @@ class AgentsConfig(StrictModel):
     unknown_diagnosis: UnknownDiagnosisSettings
     dependency_discovery: DependencyDiscoverySettings
     incident_memory: IncidentMemorySettings
+    log_matching: LogMatchingSettings
     evaluation: EvaluationSettings
 
     @model_validator(mode="after")

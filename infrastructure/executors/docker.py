@@ -670,10 +670,13 @@ def _last_exit(container: Container, exit_code: Any, oom_killed: bool) -> tuple[
     """The exit code of the container's last `die` event (and whether an `oom` event came
     just before it), from the engine's event log since the container was created."""
     created = _timestamp(container.attrs.get("Created"))
-    since = int(_parse_time(created).timestamp()) if created else int(time.time()) - 3600
+    started = _timestamp(container.attrs["State"].get("StartedAt"))
+    since = int(_parse_time(created).timestamp()) if created else 0
+    # The death just before the current start: an older one says nothing about now.
+    until = _parse_time(started).timestamp() + 1 if started else time.time()
     stream = container.client.api.events(
         since=since,
-        until=f"{time.time():.6f}",
+        until=f"{until:.6f}",
         filters={"container": container.id, "event": ["die", "oom"]},
         decode=True,
     )

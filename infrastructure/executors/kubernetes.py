@@ -67,9 +67,6 @@ REVISION = "deployment.kubernetes.io/revision"
 _WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 _SCALABLE = ("Deployment", "StatefulSet")
 _UNPROCESSED = (429,)  # the server refused before acting: safe to send again
-# A probe failure counts while the kubelet reported it this recently (its `Unhealthy` event's
-# lastTimestamp): long enough to span a crash loop's longest back-off (5 minutes).
-_PROBE_EVENT_SECONDS = 600
 _PROBE_FAILURE = re.compile(r"^(Liveness|Readiness|Startup) probe (?:failed|errored)\b")
 _FIELD_PATH = re.compile(r"spec\.containers\{([^}]+)\}")
 _ONE_CORE_MILLICORES = 1000
@@ -449,7 +446,7 @@ class KubernetesExecutor(EnvironmentExecutor):
             if exc.kind is ErrorKind.DENIED or exc.message.startswith("not found"):
                 return {}
             raise
-        cutoff = time.time() - _PROBE_EVENT_SECONDS
+        cutoff = time.time() - self.environment.connection.probe_event_window_seconds
         found: dict[tuple[str, str | None], list[Probe]] = {}
         for event in listed.get("items") or []:
             obj = event.get("involvedObject") or {}

@@ -5,6 +5,8 @@ and meanings on Docker, Kubernetes and OCI:
 
   state           the backend's state word (`running` means running on all of them)
   up_seconds      seconds since the current instance started; 0 when it does not run
+  seconds_since_crash  0 while down, the uptime of a restarted instance, None if it never
+                  stopped (rules about crashes read this one)
   exit_code       the last termination's exit code, or None
   signal          the signal that ended it (an exit code above 128), e.g. SIGKILL
   exit_meaning    the exit code explained: 137 with and without an OOM kill, 139, 143, 127...
@@ -48,6 +50,9 @@ _SIGNAL_MEANINGS = {
     "SIGHUP": "ended by SIGHUP",
     "SIGPIPE": "ended by SIGPIPE (wrote to a closed pipe or socket)",
 }
+
+
+_RUNNING = ("running", "Running", None)
 
 
 def exit_signal(exit_code: int | None) -> str | None:
@@ -96,7 +101,12 @@ def normalised(
         # 0 when it does not run: "up less than N seconds" then covers "down" too.
         "up_seconds": round(up_seconds)
         if up_seconds is not None
-        else (None if state in ("running", "Running", None) else 0),
+        else (None if state in _RUNNING else 0),
+        # How long it has run since it last crashed: 0 while down, its uptime once restarted,
+        # None for a running service that never stopped (a new, healthy instance is no crash).
+        "seconds_since_crash": 0
+        if state not in _RUNNING
+        else (round(up_seconds) if up_seconds is not None and restart_count else None),
         "exit_code": exit_code,
         "signal": exit_signal(exit_code),
         "exit_meaning": exit_meaning(exit_code, oom_killed),

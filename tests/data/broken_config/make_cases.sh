@@ -33,6 +33,7 @@ cat >> environment-type-without-translations/environments.yml <<'YAML'
       connect_retries: 2
       min_replicas: 1
       max_replicas: 10
+      probe_event_window_seconds: 600
 YAML
 mk runbook-unknown-operation; sed 's/        - operation: get_logs/        - operation: get_logz/' $B/agents.yml > runbook-unknown-operation/agents.yml
 mk runbook-invalid-params; sed 's/          params: {lines: 50}/          params: {lines: 0, colour: red, level: fatal}/' $B/agents.yml > runbook-invalid-params/agents.yml
