@@ -122,7 +122,7 @@ class PrefectRunner:
 
     async def diagnose(self, run: Investigation) -> Any:
         # A sync task called from an async flow runs inline and returns its value.
-        return diagnose(run, run.report.observations)
+        return diagnose(run, run.diagnosis_evidence())
 
     async def progress(self, run: Investigation, fraction: float) -> None:
         if self.progress_artifact is not None:

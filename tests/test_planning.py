@@ -211,7 +211,8 @@ def test_auto_approval_is_bound_to_the_runbook_step_and_its_evidence(
     runbook = next(r for r in config.agents.runbooks if r.name == "service-down")
     oom = Observation(
         id="obs-1", phase="triage", operation="get_status", environment="local-docker",
-        target="api", success=True, data=[{"state": "exited", "oom_killed": True}],
+        target="api", success=True,
+        data=[{"state": "exited", "oom_killed": True, "seconds_since_crash": 0}],
     )  # fmt: skip
     calm = oom.model_copy(update={"data": [{"state": "running", "oom_killed": False}]})
 

@@ -345,8 +345,17 @@ def diagnose_command(
         _fail(f"bad input: the alert maps to unknown environment {context.environment!r}")
     store = IncidentStore.from_config(config)
     incident = f"inc-{uuid.uuid4().hex[:10]}"
-    # A failure during the run ends the incident `failed` with its report; it is raised here.
-    report, _ = asyncio.run(investigate(config, store, body, incident, writes=allow_writes))
+    try:
+        report, _ = asyncio.run(investigate(config, store, body, incident, writes=allow_writes))
+    except Exception as exc:  # the incident ended `failed` with the error in its report
+        stderr.print(
+            Text(
+                f"the diagnosis failed: {type(exc).__name__}: {exc}; incident {incident} is"
+                f" stored as failed (`uici incidents show {incident}`)",
+                style="red",
+            )
+        )
+        raise typer.Exit(EXIT_FAILED) from None
     if as_json:
         _print_json(report.model_dump(mode="json"))
         return

@@ -119,7 +119,8 @@ class ReplayExecutor(EnvironmentExecutor):
         recorded = self._recorded.get(key)
         now = datetime.now(UTC)
         if not recorded:
-            self.missing.append(f"{spec.operation} {spec.target or '-'} {dict(key[2])}")
+            shown = {k: v for k, v in key[2] if v != "null"}
+            self.missing.append(f"{spec.operation} {spec.target or '-'} {shown}")
             return OperationResult(
                 operation=spec.operation,
                 environment=spec.environment,

@@ -96,15 +96,19 @@ def normalised(
     probe_output: str | None = None,
 ) -> dict[str, Any]:
     """The normalised fields of one status item (see the module's docstring)."""
+    # Down after it ran and ended (an exit, a kill, a restart), not merely not started yet
+    # (a pod being created or pulled, a container created but never run).
+    ended = bool(restart_count) or oom_killed or (exit_code is not None and exit_code != 0)
+    ended = ended or (exit_code == 0 and state in ("exited", "terminated", "dead", "inactive"))
     return {
         "state": state,
         # 0 when it does not run: "up less than N seconds" then covers "down" too.
         "up_seconds": round(up_seconds)
         if up_seconds is not None
         else (None if state in _RUNNING else 0),
-        # How long it has run since it last crashed: 0 while down, its uptime once restarted,
-        # None for a running service that never stopped (a new, healthy instance is no crash).
-        "seconds_since_crash": 0
+        # How long it has run since it last ended: 0 while down after it ran, its uptime once
+        # restarted, None if it never ended (still starting, or running since it started).
+        "seconds_since_crash": (0 if ended else None)
         if state not in _RUNNING
         else (round(up_seconds) if up_seconds is not None and restart_count else None),
         "exit_code": exit_code,
