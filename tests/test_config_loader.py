@@ -200,6 +200,41 @@ def test_a_secret_value_is_not_echoed_in_an_error(test_config_dir: Path) -> None
     assert "llm.api_key: invalid value '**********'" in str(raised.value)
 
 
+def test_discovery_may_only_name_read_operations_and_fact_conditions_are_checked(
+    shipped_config_dir: Path,
+) -> None:
+    """A name read from a log may only be read: a write or an unknown operation in
+    dependency_discovery.read_operations, or a rule's fact condition on an unknown
+    observation, is a located error."""
+    path = shipped_config_dir / "agents.yml"
+    text = path.read_text()
+    text = text.replace(
+        "  read_operations: [get_status]",
+        "  read_operations: [get_status, restart_service, get_state]",
+    )
+    text = text.replace(
+        "      - observation: describe\n        field: limits.memory_bytes",
+        "      - observation: describe_it\n        field: limits.memory_bytes",
+        1,
+    )
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(shipped_config_dir)
+    problems = [str(p) for p in raised.value.problems]
+    assert any(
+        "dependency_discovery.read_operations[1]: operation 'restart_service' has risk 'write'" in p
+        for p in problems
+    ), problems
+    assert any(
+        "dependency_discovery.read_operations[2]: unknown operation 'get_state'" in p
+        for p in problems
+    ), problems
+    assert any("facts[0].observation: unknown operation 'describe_it'" in p for p in problems), (
+        problems
+    )
+    assert all(":" in p.split("agents.yml", 1)[1][:8] for p in problems), "each names its line"
+
+
 # --- where the directory comes from ---------------------------------------------------------
 
 

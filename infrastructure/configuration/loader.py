@@ -594,8 +594,35 @@ def cross_check(
     for d_index, rule in enumerate(agents.diagnosis_rules):
         where = ("diagnosis_rules", d_index)
         _check_conditions(rule.when, (*where, "when"), operations, problem)
+        for f_index, condition in enumerate(rule.facts):
+            if condition.observation not in operations.operations:
+                problem(
+                    "agents",
+                    (*where, "facts", f_index, "observation"),
+                    f"unknown operation {condition.observation!r}",
+                    f"one of: {', '.join(sorted(operations.operations))}",
+                )
         for a_index, action in enumerate(rule.recommended_actions):
             check_call((*where, "recommended_actions", a_index), action.operation, action.params)
+    # What a dependency named only by a log may have run on it: reads, nothing else.
+    for o_index, op_name in enumerate(agents.dependency_discovery.read_operations):
+        spec = operations.operations.get(op_name)
+        where = ("dependency_discovery", "read_operations", o_index)
+        if spec is None:
+            problem(
+                "agents",
+                where,
+                f"unknown operation {op_name!r}",
+                f"one of: {', '.join(operation_names)}",
+            )
+        elif spec.risk is not RiskLevel.READ:
+            problem(
+                "agents",
+                where,
+                f"operation {op_name!r} has risk {spec.risk.value!r}; a dependency discovered"
+                " in a log may only be read",
+                "list read operations only, e.g. get_status",
+            )
     return problems
 
 
