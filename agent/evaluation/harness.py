@@ -253,9 +253,6 @@ def score(scenario: Scenario, report: IncidentReport, config: UICIConfig) -> dic
     }
 
 
-ExecutorFactory = Callable[[str, Any], EnvironmentExecutor]
-
-
 class Evaluation:
     """Runs scenarios in one mode with one planner, in a store of its own."""
 
