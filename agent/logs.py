@@ -1,6 +1,13 @@
 """Structured logs: every record of the `uici` loggers carries the request id and the incident
 id of the work it belongs to (from context variables), as JSON when platform.yml says
-`logging.format: json`. The service sets them per request; flow runs set them per incident."""
+`logging.format: json`. The service sets them per request; flow runs set them per incident.
+
+Every record is redacted before any handler writes it: `configure_logging` puts a
+`RedactingFilter` on its handler, first among the `uici` logger's handlers, and
+`install_redaction` puts one on other loggers (the flows: the Prefect run loggers). The filter
+rewrites the record in place (its formatted message, exception text, stack and string extras),
+so `log.warning("... %s", output)` is covered, and so is every handler after it and every
+logger the record propagates to (a Prefect API handler, pytest's caplog)."""
 
 from __future__ import annotations
 
@@ -11,6 +18,8 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+
+from infrastructure.redaction import Redactor, configured_redactor
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "uici_request_id", default=None
@@ -48,6 +57,55 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class RedactingFilter(logging.Filter):
+    """Redacts a record in place and lets it through (infrastructure/redaction.py: the given
+    redactor, else the one of the configuration this process runs with)."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self._redactor = redactor
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            self._redactor = configured_redactor()
+        return self._redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact = self.redactor
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: keep what there is, redacted
+            message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), None
+        if record.exc_info:
+            # The traceback as text, redacted; no formatter can render the raw exception again.
+            record.exc_text = record.exc_text or _TRACEBACKS.formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            extra = key not in _STANDARD and not key.startswith("_")
+            if extra and isinstance(value, str | dict | list | tuple):
+                record.__dict__[key] = redact.data(value)
+        return True
+
+
+_TRACEBACKS = logging.Formatter()
+
+
+def install_redaction(*logger_names: str, redactor: Redactor | None = None) -> None:
+    """A RedactingFilter on each named logger (replacing one installed before): every record
+    made on that logger is redacted before any of its handlers sees it."""
+    for name in logger_names:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, RedactingFilter)]:
+            logger.removeFilter(old)
+        logger.addFilter(RedactingFilter(redactor))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -62,6 +120,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text  # already redacted by RedactingFilter
         return json.dumps(entry, default=str)
 
 
@@ -76,21 +136,28 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{ids}]" if ids else line
 
 
-def configure_logging(level: str, fmt: str, stream: object = None) -> logging.Handler:
-    """One handler on the `uici` logger (idempotent: a second call replaces the first)."""
+def configure_logging(
+    level: str, fmt: str, stream: object = None, redactor: Redactor | None = None
+) -> logging.Handler:
+    """One handler on the `uici` logger (idempotent: a second call replaces the first), first
+    among its handlers, whose filter redacts every record of the `uici` loggers before any
+    handler writes it."""
     logger = logging.getLogger("uici")
     for handler in list(logger.handlers):
         if getattr(handler, "_uici", False):
             logger.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler._uici = True  # type: ignore[attr-defined]
+    handler.addFilter(RedactingFilter(redactor))
     handler.addFilter(ContextFilter())
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
         else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
-    logger.addHandler(handler)
+    # First: a record reaches this logger's handlers in order, and the filter rewrites it for
+    # those after (e.g. a Prefect API handler when `uici` is one of its extra loggers).
+    logger.handlers.insert(0, handler)
     logger.setLevel(level)
     return handler
 

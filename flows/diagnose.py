@@ -5,6 +5,10 @@ a subflow per environment whose operations are one task run each. Later phases s
 observations. A write that needs approval pauses the flow with a typed input; no answer within
 the environment's approval timeout means not executed. Every operation passes the execution
 gate; the decisions, the approval state machine and the report live in agent/.
+
+What the run hands to Prefect is redacted with the configuration's patterns
+(infrastructure/redaction.py): the report and operations artifacts, the run's return value,
+and every record of the `uici` loggers and of the Prefect run loggers.
 """
 
 from __future__ import annotations
@@ -24,11 +28,21 @@ from agent.incidents.investigation import Investigation, fail_unopened, run_cont
 from agent.incidents.phases import run_phases
 from agent.incidents.report import artifact_key, operations_table, render_markdown
 from agent.incidents.storage import IncidentStore
-from agent.logs import configure_logging, incident_id_var, log_context, request_id_var
+from agent.logs import (
+    configure_logging,
+    incident_id_var,
+    install_redaction,
+    log_context,
+    request_id_var,
+)
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate
 from flows.steps import PrefectRunner
 from infrastructure.configuration.loader import UICIConfig, load_config
+from infrastructure.redaction import Redactor
+
+# The loggers of Prefect's run logger (get_run_logger) and of its engine's messages about runs.
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 
 
 class Services:
@@ -36,10 +50,13 @@ class Services:
 
     def __init__(self, config: UICIConfig) -> None:
         self.config = config
+        self.redactor = Redactor.from_config(config)
         self.store = IncidentStore.from_config(config)
         self.planner = DiagnosticPlanner(config, self.store)
         self.gate = ExecutionGate(config, self.store, self.planner.policy)
         self.actor = f"flow-run:{flow_run.id}" if flow_run.id else "flow"
+        # Every record of the run's loggers is redacted before Prefect (or anything) keeps it.
+        install_redaction(*PREFECT_RUN_LOGGERS, redactor=self.redactor)
 
 
 def flow_run_url(flow_run_id: str | None) -> str | None:
@@ -81,7 +98,11 @@ async def diagnose_incident(
     the request id of the webhook call, which this run's `uici` logs carry."""
     with log_context(request_id=request_id, incident_id=incident_id):
         config = load_config()
-        configure_logging(config.platform.logging.level, config.platform.logging.format)
+        configure_logging(
+            config.platform.logging.level,
+            config.platform.logging.format,
+            redactor=Redactor.from_config(config),
+        )
         services = Services(config)
         try:
             context = run_context(config, alert, service, environment, dependencies, incident_id)
@@ -104,12 +125,12 @@ async def diagnose_incident(
         finally:
             services.gate.close()
         await acreate_markdown_artifact(
-            markdown=render_markdown(run.report),
+            markdown=render_markdown(run.report, redactor=services.redactor),
             key=artifact_key(context.incident_id),
             description=f"incident report {context.incident_id}",
         )
         await acreate_table_artifact(
-            table=operations_table(run.report),
+            table=operations_table(run.report, redactor=services.redactor),
             key=artifact_key(context.incident_id, "-ops"),
             description="operations of the incident",
         )
@@ -117,4 +138,4 @@ async def diagnose_incident(
         get_run_logger().info(
             "incident %s: %s", context.incident_id, diagnosis.root_cause if diagnosis else "-"
         )
-        return data
+        return services.redactor.data(data)  # Prefect may persist it as the run's result

@@ -121,8 +121,8 @@ def test_no_log_pattern_stalls_on_a_long_line() -> None:
                 walk(inner)
 
     walk(config.agents.model_dump())
-    # The redaction of what an LLM is sent runs over whole bodies, uncut: 20 KB lines here.
-    patterns += [p.pattern for p in config.agents.llm_safety.redaction_patterns]
+    # Redaction runs over whole bodies, uncut, at every exit: 20 KB lines here.
+    patterns += [p.pattern for p in config.agents.redaction.patterns]
     assert len(patterns) > 30
     units = ("a", "a-", "aA0_-.", "x" * 50 + " ", "a.", ":", "a:1 ", "/a", "'", '"a', "x://a:")
     lines = [unit * (max(cap, 20_000) // len(unit)) for unit in units]

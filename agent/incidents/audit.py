@@ -1,8 +1,10 @@
 """The audit trail: every state-changing request and every executed operation, append-only.
 
 SQLite triggers refuse UPDATE and DELETE on the table, so a bug cannot rewrite history.
-Parameters are masked before they are written (secret-looking keys, and the configuration's
-redaction patterns on values).
+Everything is redacted before it is written: parameters (the values of secret-looking keys
+masked, the configuration's redaction patterns on every value), the result text (whole, before
+it is cut to its column's length), the target and the action (infrastructure/redaction.py: the
+given redactor, else the one of the configuration this process runs with).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.incidents.storage import audit_rows, insert_audit
-from infrastructure.redaction import mask_secrets
+from infrastructure.redaction import Redactor, configured_redactor, mask_secrets
+
+# The result column keeps this much of the redacted text.
+MAX_RESULT_CHARS = 2000
 
 
 class AuditRecord(BaseModel):
@@ -32,8 +37,15 @@ class AuditRecord(BaseModel):
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
+        self._redactor = redactor
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            self._redactor = configured_redactor()
+        return self._redactor
 
     def record(
         self,
@@ -46,14 +58,16 @@ class AuditLog:
         request_id: str | None = None,
         db: sqlite3.Connection | None = None,
     ) -> None:
+        redact = self.redactor
+        masked = mask_secrets(json.loads(json.dumps(parameters or {}, default=str)))
         insert_audit(
             self.path,
             time.time(),
-            actor,
-            action,
-            target,
-            json.dumps(mask_secrets(parameters or {}), default=str),
-            result[:2000],
+            redact(actor),
+            redact(action),
+            None if target is None else redact(target),
+            json.dumps(redact.data(masked)),
+            redact.cut(result, MAX_RESULT_CHARS),
             incident_id,
             request_id,
             db,

@@ -1,4 +1,10 @@
-"""An incident's context from an alert, and observations from operation results."""
+"""An incident's context from an alert, and observations from operation results.
+
+An observation is redacted when it is made (its output, data and error, each whole): every
+report, artifact, rule fact, telling line and prompt built from it, and every cut made of it
+later, starts from redacted text, whatever executor produced the result (a live one redacts
+already; a replayed recording may not).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from agent.incidents.models import AlertInfo, IncidentContext, Observation, Plan
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import AlertMapping, EnvironmentType
 from infrastructure.executors.base import OperationResult
+from infrastructure.redaction import Redactor, configured_redactor
 
 
 class AlertTarget(BaseModel):
@@ -167,8 +174,12 @@ def load_observations(path: Path) -> list[Observation]:
 
 
 def observation_from_result(
-    observation_id: str, step: PlanStep, result: OperationResult
+    observation_id: str,
+    step: PlanStep,
+    result: OperationResult,
+    redactor: Redactor | None = None,
 ) -> Observation:
+    redact = redactor or configured_redactor()
     return Observation(
         id=observation_id,
         phase=step.phase,
@@ -176,9 +187,9 @@ def observation_from_result(
         environment=step.environment,
         target=step.target,
         success=result.success,
-        output=result.output,
-        data=result.data,
+        output=redact(result.output),
+        data=redact.data(result.data),
         error=None
         if result.error is None
-        else f"{result.error.kind.value}: {result.error.message}",
+        else redact(f"{result.error.kind.value}: {result.error.message}"),
     )

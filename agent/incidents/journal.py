@@ -55,7 +55,7 @@ class Journal:
             phase=phase,
             outcome=outcome,
             duration_seconds=round(result.duration_seconds, 4),
-            error=result.error.message[:300] if result.error else None,
+            error=self.events.redactor.cut(result.error.message, 300) if result.error else None,
         )
         self.audit.record(
             actor,

@@ -1,6 +1,11 @@
 """The incident report: evidence, root cause, actions and their outcomes, what was rejected and
 why, usage, and whether the service is healthy again. One model, rendered as markdown for the
 Prefect UI and the terminal, and stored as JSON in the incident store.
+
+Whatever is rendered is redacted first, the whole report before any cut (the evidence shows
+only the last lines of each output): `render_markdown` and `operations_table` redact with the
+given redactor, else with the one of the configuration this process runs with
+(infrastructure/redaction.py); the store redacts what it keeps (IncidentStore.save_report).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from agent.incidents.models import Diagnosis, Observation, PhasePlan, StepDecision, Usage
 from agent.planning.conditions import items
+from infrastructure.redaction import Redactor, configured_redactor
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>!])")
 
@@ -152,7 +158,15 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
 
 
-def render_markdown(report: IncidentReport, max_output_lines: int = 15) -> str:
+def redacted(report: IncidentReport, redactor: Redactor | None = None) -> IncidentReport:
+    """A copy of the report with every text in it redacted (outputs whole, before any cut)."""
+    return (redactor or configured_redactor()).model(report)
+
+
+def render_markdown(
+    report: IncidentReport, max_output_lines: int = 15, redactor: Redactor | None = None
+) -> str:
+    report = redacted(report, redactor)  # before the evidence is cut to its last lines
     e = escape_markdown
     alertname = report.alert.get("labels", {}).get("alertname", "manual")
     lines = [
@@ -253,7 +267,13 @@ def render_markdown(report: IncidentReport, max_output_lines: int = 15) -> str:
     return "\n".join(lines) + "\n"
 
 
-def operations_table(report: IncidentReport) -> list[dict[str, Any]]:
+def operations_table(
+    report: IncidentReport, redactor: Redactor | None = None
+) -> list[dict[str, Any]]:
+    return (redactor or configured_redactor()).data(_operations(report))
+
+
+def _operations(report: IncidentReport) -> list[dict[str, Any]]:
     return [
         {
             "id": o.id,

@@ -108,7 +108,7 @@ class LLMPlanner:
         self.client = client
         self.registry = OperationRegistry.from_config(config)
         self.safety = config.agents.llm_safety
-        self.redact = Redactor(self.safety)
+        self.redact = Redactor.from_config(config)
         self.cache = cache or PlanCache(config.platform.llm.plan_cache_ttl_seconds)
 
     # --- planning ---------------------------------------------------------------------
@@ -279,7 +279,8 @@ class LLMPlanner:
         notes: list[str] = []
         parts = [self._header(context, task, reply_model)]
         for observation in observations:
-            text = observation.output or ""
+            # Redacted whole, before the reduction cuts it: a cut never keeps half a secret.
+            text = self.redact(observation.output or "")
             reduction = reduce_lines(text.splitlines(), max_lines)
             if reduction.notes:
                 notes.append(f"{observation.id}: " + "; ".join(reduction.notes))
@@ -320,7 +321,7 @@ class LLMPlanner:
 
     def _observation(self, observation: Observation, body: str) -> str:
         status = "ok" if observation.success else f"failed: {observation.error or 'unknown error'}"
-        data = _compact(observation.data)
+        data = _compact(self.redact.data(observation.data))  # redacted before it is cut
         return (
             f"{observation.id}: {observation.operation} on {self.redact(str(observation.target))} "
             f"({self.redact(status)})\n"

@@ -1,10 +1,12 @@
 """Untrusted data on its way to an LLM: redacted, reduced to a budget, and fenced.
 
 Logs, events, labels, annotations and command output are written by whoever controls a
-service or an alert. Before any of it is sent: secrets are redacted (patterns from
-agents.yml), long logs are reduced (repeats collapsed with counts, error lines kept, head and
-tail kept), and each piece is wrapped in a delimited block whose delimiter cannot appear
-inside it (`<`, `>` and `&` are escaped), so data can never close its own block.
+service or an alert. Before any of it is sent: secrets are redacted (the one Redactor of
+infrastructure/redaction.py, patterns from agents.yml `redaction`), whole texts first and
+before any cut, so a reduction never keeps half a secret; long logs are reduced (repeats
+collapsed with counts, error lines kept, head and tail kept), and each piece is wrapped in a
+delimited block whose delimiter cannot appear inside it (`<`, `>` and `&` are escaped), so data
+can never close its own block.
 """
 
 from __future__ import annotations
@@ -13,25 +15,23 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from infrastructure.configuration.models import LLMSafetySettings
+from infrastructure.redaction import Redactor
+
+__all__ = [
+    "BLOCK_TAG",
+    "Redactor",
+    "Reduction",
+    "data_block",
+    "escape",
+    "estimate_tokens",
+    "reduce_lines",
+]
 
 BLOCK_TAG = "untrusted_data"
 _ERRORISH = re.compile(
     r"(?i)\b(error|err|fatal|panic|critical|exception|traceback|refused|timeout|timed out"
     r"|killed|oom)\b"
 )
-
-
-class Redactor:
-    def __init__(self, settings: LLMSafetySettings) -> None:
-        self._patterns = [
-            (re.compile(p.pattern), p.replacement) for p in settings.redaction_patterns
-        ]
-
-    def __call__(self, text: str) -> str:
-        for pattern, replacement in self._patterns:
-            text = pattern.sub(replacement, text)
-        return text
 
 
 def escape(text: str) -> str:

@@ -4,6 +4,10 @@ An executor receives a CommandSpec (already validated and translated), calls the
 the translation names with the translated arguments, and returns an OperationResult.
 Errors never escape as exceptions: they are classified into an ErrorKind so that callers
 (retries, the planner, reports) can decide what to do without knowing the backend.
+
+Every result leaves `execute` redacted (its output, data, error and command: the executor's
+`redactor`, else the one of the configuration this process runs with; see
+infrastructure/redaction.py), and a method that cuts text redacts the whole text first.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from infrastructure.configuration.models import EnvironmentType
+from infrastructure.redaction import Redactor, configured_redactor
 from infrastructure.translator import CommandSpec
 
 
@@ -146,9 +151,21 @@ class EnvironmentExecutor(ABC):
 
     environment_type: ClassVar[EnvironmentType]
 
-    def __init__(self, name: str, environment: Any) -> None:
+    def __init__(self, name: str, environment: Any, redactor: Redactor | None = None) -> None:
         self.name = name
         self.environment = environment
+        self._redactor = redactor
+
+    @property
+    def redactor(self) -> Redactor:
+        """Redacts what this executor returns, whole texts before any cut."""
+        if self._redactor is None:
+            self._redactor = configured_redactor()
+        return self._redactor
+
+    @redactor.setter
+    def redactor(self, redactor: Redactor) -> None:
+        self._redactor = redactor
 
     @classmethod
     def methods(cls) -> set[str]:
@@ -188,7 +205,7 @@ class EnvironmentExecutor(ABC):
                     message=f"unexpected {type(exc).__name__}: {exc}",
                     hint="this is a UICI defect if it repeats; please report it with the command",
                 )
-        return OperationResult(
+        result = OperationResult(
             operation=spec.operation,
             environment=spec.environment,
             environment_type=spec.environment_type,
@@ -201,6 +218,7 @@ class EnvironmentExecutor(ABC):
             started_at=started_at,
             command=spec.command,
         )
+        return self.redactor.model(result)
 
     def effect_observed(
         self, operation: str, target: str, since: float, intent: str | None = None

@@ -40,7 +40,7 @@ from infrastructure.executors.base import (
 )
 from infrastructure.executors.logtext import kept_lines, line_filter
 from infrastructure.executors.status import normalised
-from infrastructure.redaction import REDACTED, is_secret_key
+from infrastructure.redaction import REDACTED, Redactor, is_secret_key
 from infrastructure.registry import duration_seconds
 
 # How far the engine's clock may be behind UICI's when a write's effect is looked for.
@@ -238,7 +238,7 @@ class DockerExecutor(EnvironmentExecutor):
             containers = client.containers.list(
                 all=include_stopped, filters={"label": selector} if selector else None
             )
-        items = [_summary(c) for c in sorted(containers, key=lambda c: c.name)]
+        items = [_summary(c, self.redactor) for c in sorted(containers, key=lambda c: c.name)]
         lines = [
             f"{i['container']}: {i['state']}"
             + (f" ({i['health']})" if i["health"] else "")
@@ -249,7 +249,7 @@ class DockerExecutor(EnvironmentExecutor):
 
     @executor_method
     def get_status(self, target: str) -> MethodOutput:
-        items = self._each(target, _status)
+        items = self._each(target, lambda container: _status(container, self.redactor))
         lines = []
         for item in items:
             health = item["health"]
@@ -291,7 +291,8 @@ class DockerExecutor(EnvironmentExecutor):
                 **({"since": since_at} if since_at is not None else {}),
                 **({"until": until_at} if until_at is not None else {}),
             )
-            kept = kept_lines(raw.decode("utf-8", errors="replace").splitlines(), keep, max_bytes)
+            text = raw.decode("utf-8", errors="replace")
+            kept = kept_lines(text.splitlines(), keep, max_bytes, self.redactor)
             return {"container": container.name, **kept, "returned_lines": len(kept["lines"])}
 
         items = self._each(target, read)
@@ -390,12 +391,14 @@ class DockerExecutor(EnvironmentExecutor):
                 }
             result = container.exec_run(argv, stdout=True, stderr=True, tty=False)
             raw: bytes = result.output or b""
+            # Redacted whole, then cut to max_bytes: the cut never keeps half a secret.
+            text = self.redactor(raw.decode("utf-8", errors="replace")).encode("utf-8")
             return {
                 "container": container.name,
                 "argv": argv,
                 "exit_code": result.exit_code,
-                "output": raw[:max_bytes].decode("utf-8", errors="replace"),
-                "truncated_bytes": max(0, len(raw) - max_bytes),
+                "output": text[:max_bytes].decode("utf-8", errors="ignore"),
+                "truncated_bytes": max(0, len(text) - max_bytes),
                 "error": None,
             }
 
@@ -461,7 +464,7 @@ class DockerExecutor(EnvironmentExecutor):
                 ok=response.status_code == expected_status,
                 status=response.status_code,
                 latency_ms=round((time.perf_counter() - start) * 1000, 1),
-                body_excerpt=response.text[:200],
+                body_excerpt=self.redactor.cut(response.text, 200),
                 error=None
                 if response.status_code == expected_status
                 else f"GET {url} returned {response.status_code} (expected {expected_status})",
@@ -581,14 +584,15 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _health(state: dict[str, Any]) -> dict[str, Any] | None:
+def _health(state: dict[str, Any], redactor: Redactor) -> dict[str, Any] | None:
     health = state.get("Health")
     if not health:
         return None
     checks = [
         {
             "exit_code": entry.get("ExitCode"),
-            "output": (entry.get("Output") or "")[:_HEALTH_OUTPUT_CHARS],
+            # Redacted whole before the cut (and so every shorter cut made of it later).
+            "output": redactor.cut(entry.get("Output") or "", _HEALTH_OUTPUT_CHARS),
             "end": entry.get("End"),
         }
         for entry in (health.get("Log") or [])[-3:]
@@ -600,10 +604,10 @@ def _health(state: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _summary(container: Container) -> dict[str, Any]:
+def _summary(container: Container, redactor: Redactor) -> dict[str, Any]:
     attrs = container.attrs
     state = attrs["State"]
-    health = _health(state)
+    health = _health(state, redactor)
     started = _timestamp(state.get("StartedAt"))
     uptime = None
     if state.get("Running") and started:
@@ -623,11 +627,11 @@ def _summary(container: Container) -> dict[str, Any]:
     }
 
 
-def _status(container: Container) -> dict[str, Any]:
+def _status(container: Container, redactor: Redactor) -> dict[str, Any]:
     attrs = container.attrs
     state = attrs["State"]
     policy = attrs["HostConfig"].get("RestartPolicy") or {}
-    health = _health(state)
+    health = _health(state, redactor)
     started = _timestamp(state.get("StartedAt"))
     failing = [c for c in (health or {}).get("last_checks", []) if c["exit_code"] != 0]
     verdict = (health or {}).get("status")

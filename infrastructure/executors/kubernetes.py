@@ -58,7 +58,7 @@ from infrastructure.executors.logtext import (
     render_logs,
 )
 from infrastructure.executors.status import normalised, percent
-from infrastructure.redaction import REDACTED
+from infrastructure.redaction import REDACTED, Redactor
 from infrastructure.registry import duration_seconds
 from infrastructure.retry import parse_retry_after, retry_delay
 
@@ -213,7 +213,7 @@ class KubernetesExecutor(EnvironmentExecutor):
 
     def _error(self, response: urllib3.BaseHTTPResponse, path: str, write: bool) -> ExecutorError:
         status = response.status
-        message = _status_message(response)
+        message = _status_message(response, self.redactor)
         retry_after = response.headers.get("Retry-After")
         if status in (401, 403):
             return ExecutorError(
@@ -516,7 +516,7 @@ class KubernetesExecutor(EnvironmentExecutor):
             "pod": status["pod"],
             "container": status["container"],
             "previous": previous,
-            **kept_lines([], bool, max_bytes),
+            **kept_lines([], bool, max_bytes, self.redactor),
             "error": None,
         }
         # The API keeps the *first* limitBytes of the tail; ask for twice the cap so that
@@ -546,7 +546,7 @@ class KubernetesExecutor(EnvironmentExecutor):
                 f"the API cut the log at limitBytes={api_limit}; the newest lines may be"
                 " missing: ask for fewer lines"
             )
-        item.update(kept_lines(all_lines, keep, max_bytes))
+        item.update(kept_lines(all_lines, keep, max_bytes, self.redactor))
         return item
 
     @executor_method
@@ -878,14 +878,15 @@ def _as_response(exc: ApiException) -> Any:
     return Answer()
 
 
-def _status_message(response: Any) -> str:
+def _status_message(response: Any, redactor: Redactor) -> str:
+    """What the API said, redacted whole before it is cut to 300 characters."""
     try:
         body = json.loads(response.data or b"{}")
     except ValueError:
-        return (response.data or b"").decode("utf-8", errors="replace")[:300]
+        return redactor.cut((response.data or b"").decode("utf-8", errors="replace"), 300)
     if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(body)[:300]
+        return redactor(str(body["message"]))
+    return redactor.cut(str(body), 300)
 
 
 def _workload_path(kind: str, namespace: str, name: str | None) -> str:

@@ -1,5 +1,6 @@
 """Log text shared by the executors: level and pattern filters, a byte cap that keeps the
-newest lines, which instances of a container to read, and one rendering of several logs."""
+newest lines, which instances of a container to read, and one rendering of several logs.
+A log is redacted whole (its lines as one text) before it is filtered or capped."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from infrastructure.executors.base import ErrorKind, ExecutorError
+from infrastructure.redaction import Redactor
 
 
 def line_filter(
@@ -66,8 +68,13 @@ def byte_share(max_bytes: int, reads: int) -> int:
     return max(1, max_bytes // max(1, reads))
 
 
-def kept_lines(all_lines: list[str], keep: Callable[[str], bool], max_bytes: int) -> dict[str, Any]:
-    """The lines `keep` accepts, the newest that fit in max_bytes, and the counts to report."""
+def kept_lines(
+    all_lines: list[str], keep: Callable[[str], bool], max_bytes: int, redactor: Redactor
+) -> dict[str, Any]:
+    """The lines `keep` accepts, the newest that fit in max_bytes, and the counts to report;
+    the lines are redacted as one text first, so the cap never keeps half a secret (a key
+    block becomes one line)."""
+    all_lines = redactor.lines(all_lines)
     kept = [line for line in all_lines if keep(line)]
     kept, cut = cap_tail(kept, max_bytes)
     return {

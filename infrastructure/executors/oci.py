@@ -47,7 +47,7 @@ from infrastructure.executors.logtext import (
     render_logs,
 )
 from infrastructure.executors.status import normalised
-from infrastructure.redaction import REDACTED
+from infrastructure.redaction import REDACTED, Redactor
 from infrastructure.registry import duration_seconds
 from infrastructure.retry import parse_retry_after, retry_delay
 
@@ -416,16 +416,20 @@ class OCIExecutor(EnvironmentExecutor):
                 if exc.kind is not ErrorKind.PERMANENT:
                     raise
                 # e.g. no previous run kept: say so for this one, keep the others
-                item = _log_item(c.display_name, earlier, [], lines, share, keep)
+                item = _log_item(c.display_name, earlier, [], lines, share, keep, self.redactor)
                 items.append({**item, "error": exc.message})
                 continue
             text = response.data.content.decode("utf-8", errors="replace")
-            items.append(_log_item(c.display_name, earlier, text.splitlines(), lines, share, keep))
+            items.append(
+                _log_item(
+                    c.display_name, earlier, text.splitlines(), lines, share, keep, self.redactor
+                )
+            )
         if scope:
             try:
                 items.append(self._search(scope, since or "1h", lines, share, keep, pattern))
             except ExecutorError as exc:  # the container logs above still stand
-                item = _log_item("logging-search", False, [], lines, share, keep)
+                item = _log_item("logging-search", False, [], lines, share, keep, self.redactor)
                 items.append({**item, "error": f"{exc.message} ({exc.hint})"})
         several = len(items) > 1
         output = render_logs(items, lambda i: i["source"] if several or i["previous"] else "")
@@ -463,7 +467,7 @@ class OCIExecutor(EnvironmentExecutor):
             message = payload.get("message") if isinstance(payload, dict) else payload
             messages.append(str(message if message is not None else result.data))
         messages.reverse()  # oldest first, like a log
-        return _log_item("logging-search", False, messages, lines, max_bytes, keep)
+        return _log_item("logging-search", False, messages, lines, max_bytes, keep, self.redactor)
 
     @executor_method
     def get_metrics(self, target: str, window: str, compartment_id: str) -> MethodOutput:
@@ -702,12 +706,15 @@ def _log_item(
     lines: int,
     max_bytes: int,
     keep: Callable[[str], bool],
+    redactor: Redactor,
 ) -> dict[str, Any]:
+    # Redacted whole before the newest `lines` are taken (kept_lines redacts again: a no-op).
+    newest = redactor.lines(all_lines)[-lines:]
     return {
         "source": source,
         "container": source,
         "previous": previous,
-        **kept_lines(all_lines[-lines:], keep, max_bytes),
+        **kept_lines(newest, keep, max_bytes, redactor),
         "error": None,
     }
 
