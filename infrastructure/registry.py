@@ -146,8 +146,15 @@ class OperationRegistry:
         environment: str,
         parameters: dict[str, Any] | None = None,
         target: str | None = None,
+        *,
+        allow_disabled: bool = False,
     ) -> ValidatedCall:
-        """Validate a whole call; raise CallValidationError listing every problem."""
+        """Validate a whole call; raise CallValidationError listing every problem.
+
+        `allow_disabled=True` is for dry runs only (they touch nothing, so a disabled
+        environment can still be validated and translated against); never pass it on a path
+        that executes. The gate validates again without it before anything is sent.
+        """
         parameters = dict(parameters or {})
         spec = self._operations.operations.get(operation)
         if spec is None:
@@ -161,7 +168,7 @@ class OperationRegistry:
             problems.append(self._unknown_environment(environment))
         else:
             env_type = env_config.type
-            if not env_config.enabled:
+            if not env_config.enabled and not allow_disabled:
                 problems.append(
                     CallProblem(
                         ("environment",),

@@ -429,7 +429,9 @@ def test_uici_incidents_list_show_and_bad_ids(
     listed = runner.invoke(app, ["incidents", "list", "--json"], env=planning_env)
     assert [i["id"] for i in json.loads(listed.stdout)] == ["inc-show"]
     shown = runner.invoke(app, ["incidents", "show", "inc-show"], env=planning_env)
-    assert "# Incident inc-show: ServiceDown on api" in shown.stdout
+    assert (
+        "Incident inc-show: ServiceDown on api" in shown.stdout and "# Incident" not in shown.stdout
+    )
     assert "healthy at the end: no (api is exited)" in shown.stdout
     missing = runner.invoke(app, ["incidents", "show", "nope"], env=planning_env)
     assert missing.exit_code == 2 and "no incident 'nope'" in missing.stderr

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from agent.cli.main import (
     EXIT_FAILED,
+    ConfigDirOption,
     JsonOption,
     _fail,
     _load,
@@ -178,6 +179,7 @@ def eval_command(
         bool, typer.Option("--list", help="List the scenarios; run nothing.")
     ] = False,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Score the diagnosis on the scenario corpus: cause found, specific fact named, safe.
 
@@ -298,6 +300,7 @@ def diagnose_command(
         ),
     ] = False,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Run the four-phase diagnosis of one service from a shell and print its report.
 
@@ -370,6 +373,7 @@ def incidents_similar(
     ctx: typer.Context,
     incident_id: Annotated[str, typer.Argument(help="The incident id.")],
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Past incidents of the same service and failure class (incident memory): when, what was
     done, whether it recovered, and after how long it came back."""

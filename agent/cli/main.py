@@ -8,12 +8,15 @@ when an operation really runs (`uici ops list` must start fast; see bench/cli_st
 from __future__ import annotations
 
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import yaml
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -57,6 +60,39 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
+GLOBAL_OPTIONS_PANEL = "Global options (also accepted before the command)"
+
+
+def _config_dir_after_command(ctx: typer.Context, value: Path | None) -> Path | None:
+    # Parsed after main_callback, so a value given after the command wins over one given
+    # before it or in UICI_CONFIG_DIR, as the last of two repeated options does.
+    if value is not None:
+        ctx.ensure_object(dict)["config_dir"] = value
+        _use_config_dir(value)
+    return value
+
+
+def _use_config_dir(value: Path) -> None:
+    # Parts built from a store path alone (event log, audit trail, executors) redact with the
+    # process's configuration, UICI_CONFIG_DIR: make it the one the command was given.
+    os.environ["UICI_CONFIG_DIR"] = str(value)
+
+
+# Every command declares this so that `uici config validate --config-dir DIR` works like
+# `uici --config-dir DIR config validate`: click parses it as an option of the command, so
+# its value is never taken for a command name. The value reaches the command through ctx.obj
+# (the callback), like the global option's; the parameter itself is unused.
+ConfigDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config-dir",
+        callback=_config_dir_after_command,
+        help="Directory of the configuration files (default: UICI_CONFIG_DIR, else the shipped "
+        "configuration).",
+        rich_help_panel=GLOBAL_OPTIONS_PANEL,
+    ),
+]
+
 
 @app.callback()
 def main_callback(
@@ -66,11 +102,14 @@ def main_callback(
         typer.Option(
             "--config-dir",
             envvar="UICI_CONFIG_DIR",
-            help="Directory of the configuration files (default: the shipped configuration).",
+            help="Directory of the configuration files (default: the shipped configuration). "
+            "Also accepted after the command.",
         ),
     ] = None,
 ) -> None:
     ctx.obj = {"config_dir": config_dir}
+    if config_dir is not None:
+        _use_config_dir(config_dir)
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -89,11 +128,117 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
+# How a table column may be laid out: "id" (ids, states, times, short fixed words) is never
+# wrapped; "name" (services, environments, operations) stays whole while the terminal has
+# room and folds when it has not; "text" (root causes, descriptions) wraps at word boundaries
+# into the room left. Long words fold: nothing is cut to "…".
+ColumnKind = Literal["id", "name", "text"]
+_NAME_MIN_WIDTH = 8
+_TEXT_MIN_WIDTH = 12  # narrower, prose reads a word a line: the rows are listed as records
+
+
+def _fitted_table(
+    title: str | None,
+    columns: Sequence[tuple[str, ColumnKind]],
+    rows: Sequence[Sequence[str | Text]],
+) -> Table:
+    """A table that fits the terminal's width (COLUMNS when stdout is not a terminal).
+
+    Rich alone shrinks every wrappable column alike, to a few letters each when the table is
+    wide, and cuts words to "…". Here ids stay whole, then names while there is room, and the
+    text wraps into the rest; on a terminal too narrow even for folded names beside a
+    readable text column, the rows are listed one field a line instead."""
+    table = Table(title=title, title_justify="left")
+    _, right, _, left = table.padding
+    room = stdout.width - (len(columns) + 1) - len(columns) * (left + right)  # borders, padding
+    natural = [
+        max([cell_len(header), *(_cell_width(row[index]) for row in rows)])
+        for index, (header, _) in enumerate(columns)
+    ]
+    widths = _column_widths(room, [kind for _, kind in columns], natural)
+    if widths is None:
+        return _records(title, columns, rows)
+    for (header, kind), width, wanted in zip(columns, widths, natural, strict=True):
+        if kind == "text":
+            table.add_column(header, overflow="fold")  # Rich wraps it into what is left
+        elif width < wanted:
+            table.add_column(header, width=width, overflow="fold")
+        else:
+            table.add_column(header, no_wrap=True)
+    for row in rows:
+        table.add_row(*map(_plain, row))
+    return table
+
+
+def _column_widths(
+    room: int, kinds: Sequence[ColumnKind], natural: Sequence[int]
+) -> list[int] | None:
+    """The widths of the id and name columns (text columns share what is left), or None when
+    the ids whole, the names at _NAME_MIN_WIDTH and the text at _TEXT_MIN_WIDTH do not fit."""
+    least = {"name": _NAME_MIN_WIDTH, "text": _TEXT_MIN_WIDTH}
+    widths = [
+        wanted if kind == "id" else min(wanted, least[kind])
+        for wanted, kind in zip(natural, kinds, strict=True)
+    ]
+    if sum(widths) > room:
+        return None
+    # Names are made whole before text gets wider than its least (they are what one copies
+    # into the next command); when not all can be, each gets a fair share.
+    names = [index for index, kind in enumerate(kinds) if kind == "name"]
+    spare = room - sum(widths) + sum(widths[i] for i in names)
+    shares = _fair_shares(spare, [natural[i] for i in names])
+    for index, width in zip(names, shares, strict=True):
+        widths[index] = width
+    return widths
+
+
+def _fair_shares(room: int, wants: list[int]) -> list[int]:
+    """Split `room` among columns wanting `wants`: none gets more than it wants, none less
+    than _NAME_MIN_WIDTH (unless it wants less), what a narrow one leaves goes to the others."""
+    shares = [0] * len(wants)
+    order = sorted(range(len(wants)), key=wants.__getitem__)
+    for position, index in enumerate(order):
+        fair = room // (len(order) - position)
+        shares[index] = min(wants[index], max(_NAME_MIN_WIDTH, fair))
+        room -= shares[index]
+    return shares
+
+
+def _records(
+    title: str | None,
+    columns: Sequence[tuple[str, ColumnKind]],
+    rows: Sequence[Sequence[str | Text]],
+) -> Table:
+    """The rows one under another, a field a line, for a terminal too narrow for the table."""
+    table = Table(
+        title=title, title_justify="left", show_header=False, box=None, padding=(0, 2, 0, 0)
+    )
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for number, row in enumerate(rows):
+        if number:
+            table.add_row()  # a blank line between two records
+        for (header, _), cell in zip(columns, row, strict=True):
+            table.add_row(header, _plain(cell))
+    return table
+
+
+def _plain(cell: str | Text) -> Text:
+    # A str cell would be read as console markup: "[x]" in a root cause or a log vanishes and
+    # "[/x]" raises. What the cells show comes from alerts, logs and LLMs; it is shown as is.
+    return Text(cell) if isinstance(cell, str) else cell
+
+
+def _cell_width(cell: str | Text) -> int:
+    plain = cell.plain if isinstance(cell, Text) else cell
+    return max((cell_len(line) for line in plain.splitlines()), default=0)
+
+
 # --- config -----------------------------------------------------------------------------
 
 
 @config_app.command("validate")
-def config_validate(ctx: typer.Context) -> None:
+def config_validate(ctx: typer.Context, _config_dir: ConfigDirOption = None) -> None:
     """Check every configuration file and the references between them."""
     config = _load(ctx)
     environments = config.environments.environments
@@ -118,6 +263,7 @@ def config_show(
         ),
     ] = None,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Print the effective configuration (environment variables applied, secrets masked)."""
     config = _load(ctx)
@@ -151,6 +297,7 @@ def ops_list(
         str | None, typer.Option("--env", help="Only operations this environment supports.")
     ] = None,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """List the universal operations."""
     config = _load(ctx)
@@ -163,20 +310,24 @@ def ops_list(
         _print_json([_operation_json(registry, name, spec) for name, spec in operations])
         return
     title = f"Operations on {env}" if env else "Operations"
-    table = Table(title=title, title_justify="left")
-    for column in ("operation", "risk", "target"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("environments", min_width=12)
-    table.add_column("description", min_width=28)
-    for name, spec in operations:
-        table.add_row(
+    columns: list[tuple[str, ColumnKind]] = [
+        ("operation", "name"),
+        ("risk", "id"),
+        ("target", "id"),
+        ("environments", "text"),
+        ("description", "text"),
+    ]
+    rows = [
+        (
             name,
             _risk_text(spec.risk),
             spec.target,
             ", ".join(t.value for t in spec.environments),
             spec.description,
         )
-    stdout.print(table)
+        for name, spec in operations
+    ]
+    stdout.print(_fitted_table(title, columns, rows))
 
 
 def _risk_text(risk: RiskLevel) -> Text:
@@ -189,6 +340,7 @@ def ops_describe(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The operation, e.g. get_logs.")],
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Show one operation: parameters, risk, retries and its command in each environment type."""
     config = _load(ctx)
@@ -219,9 +371,7 @@ def ops_describe(
         )
     )
     if spec.parameters:
-        table = Table(title="parameters", title_justify="left")
-        for column in ("name", "type", "required", "default", "allowed", "description"):
-            table.add_column(column)
+        rows: list[tuple[str, ...]] = []
         for parameter_name, parameter in spec.parameters.items():
             allowed = []
             if parameter.minimum is not None or parameter.maximum is not None:
@@ -232,15 +382,25 @@ def ops_describe(
                 allowed.append(f"/{parameter.pattern}/")
             if parameter.max_length:
                 allowed.append(f"<= {parameter.max_length} chars")
-            table.add_row(
-                parameter_name,
-                parameter.type.value,
-                "yes" if parameter.required else "",
-                "" if parameter.default is None else str(parameter.default),
-                ", ".join(allowed),
-                parameter.description,
+            rows.append(
+                (
+                    parameter_name,
+                    parameter.type.value,
+                    "yes" if parameter.required else "",
+                    "" if parameter.default is None else str(parameter.default),
+                    ", ".join(allowed),
+                    parameter.description,
+                )
             )
-        stdout.print(table)
+        columns: list[tuple[str, ColumnKind]] = [
+            ("name", "name"),
+            ("type", "id"),
+            ("required", "id"),
+            ("default", "name"),
+            ("allowed", "text"),
+            ("description", "text"),
+        ]
+        stdout.print(_fitted_table("parameters", columns, rows))
     for env_type, argv in commands.items():
         stdout.print(Text(f"{env_type}: {' '.join(argv)}"))
     for env_type, reason in spec.unsupported.items():
@@ -257,7 +417,9 @@ def _num(value: float | None) -> str:
 
 
 @envs_app.command("list")
-def envs_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+def envs_list(
+    ctx: typer.Context, as_json: JsonOption = False, _config_dir: ConfigDirOption = None
+) -> None:
     """List the environments with their type, state and safety policy."""
     config = _load(ctx)
     environments = config.environments.environments
@@ -274,23 +436,26 @@ def envs_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
             ]
         )
         return
-    table = Table(title="Environments", title_justify="left")
-    for column in ("environment", "type", "enabled"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("runs")
-    table.add_column("approval")
-    table.add_column("description", min_width=20)
-    for name, environment in environments.items():
-        policy = environment.policy
-        table.add_row(
+    columns: list[tuple[str, ColumnKind]] = [
+        ("environment", "name"),
+        ("type", "id"),
+        ("enabled", "id"),
+        ("runs", "text"),
+        ("approval", "text"),
+        ("description", "text"),
+    ]
+    rows = [
+        (
             f"{name} (default)" if name == default else name,
             environment.type.value,
             "yes" if environment.enabled else "no",
-            ", ".join(r.value for r in policy.allowed_risks),
-            ", ".join(r.value for r in policy.approval_required) or "-",
+            ", ".join(r.value for r in environment.policy.allowed_risks),
+            ", ".join(r.value for r in environment.policy.approval_required) or "-",
             environment.description,
         )
-    stdout.print(table)
+        for name, environment in environments.items()
+    ]
+    stdout.print(_fitted_table("Environments", columns, rows))
 
 
 # --- run --------------------------------------------------------------------------------
@@ -313,7 +478,10 @@ def run(
     ctx: typer.Context,
     operation: Annotated[str, typer.Argument(help="The universal operation, e.g. get_logs.")],
     env: Annotated[
-        str | None, typer.Option("--env", "-e", help="Environment (default from platform.yml).")
+        str | None,
+        typer.Option(
+            "--env", "--environment", "-e", help="Environment (default from platform.yml)."
+        ),
     ] = None,
     target: Annotated[
         str | None, typer.Option("--target", "-t", help="Service, container or workload.")
@@ -322,7 +490,11 @@ def run(
         list[str] | None, typer.Option("--param", "-p", help="Parameter as key=value; repeatable.")
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the translated command; touch nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the translated command; touch nothing (also on a disabled environment).",
+        ),
     ] = False,
     yes: Annotated[
         bool,
@@ -335,13 +507,18 @@ def run(
         typer.Option("--incident", help="Count a write against this incident's budget."),
     ] = None,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Validate, translate and run one universal operation through the execution gate."""
     config = _load(ctx)
     environment = env or config.platform.platform.default_environment
     registry = OperationRegistry.from_config(config)
     try:
-        call = registry.validate(operation, environment, _parse_params(param or []), target)
+        # A dry run touches nothing, so it may show what a disabled environment would run; a
+        # real run is refused there (and the gate validates again, without the allowance).
+        call = registry.validate(
+            operation, environment, _parse_params(param or []), target, allow_disabled=dry_run
+        )
         spec = CommandTranslator.from_config(config).translate(call)
     except CallValidationError as exc:
         _fail("\n".join(str(p) for p in exc.problems))
@@ -349,6 +526,14 @@ def run(
         _fail(str(exc))
 
     if dry_run:
+        environment_config = config.environments.environments[environment]
+        if not environment_config.enabled:
+            stderr.print(
+                Text(
+                    f"note: environment {environment!r} is disabled: only a dry run works there "
+                    f"(environments.{environment}.enabled in environments.yml)"
+                )
+            )
         if as_json:
             _print_json({**spec.model_dump(mode="json"), "command_line": spec.command_line()})
         else:
@@ -446,13 +631,12 @@ def _print_result(result: Any) -> None:
         if len(rows) == 1:
             table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
             table.add_column(style="bold", no_wrap=True)
-            table.add_column()
+            table.add_column(overflow="fold")
             for key, value in rows[0].items():
                 if key not in bulky:
-                    table.add_row(key, _cell(value))
+                    table.add_row(Text(key), Text(_cell(value)))
             stdout.print(table)
         else:
-            table = Table(show_header=True)
             columns: list[str] = []
             for row in rows:
                 columns.extend(
@@ -462,11 +646,10 @@ def _print_result(result: Any) -> None:
                     and key not in bulky
                     and not isinstance(value, dict | list)
                 )
-            for column in columns:
-                table.add_column(column)
-            for row in rows:
-                table.add_row(*(_cell(row.get(column)) for column in columns))
-            stdout.print(table)
+            # Whatever the executor reports: names of things, kept whole while they fit.
+            kinds: list[tuple[str, ColumnKind]] = [(column, "name") for column in columns]
+            cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+            stdout.print(_fitted_table(None, kinds, cells))
     if result.output:
         stdout.print(Text(result.output))
 
@@ -494,6 +677,7 @@ def plan(
         list[str] | None, typer.Option("--dependency", "-d", help="A declared dependency.")
     ] = None,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Plan the four phases for an alert (and diagnose, given observations). Runs nothing."""
     from agent.incidents.context import LabelConventions, context_from_alert, load_observations
@@ -610,6 +794,7 @@ def writes_list(
     incident: Annotated[str | None, typer.Option("--incident")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Every write, newest first, with what it really touched and how it ended."""
     if state not in (None, "pending", "done", "failed", "unknown"):
@@ -618,11 +803,17 @@ def writes_list(
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
         return
-    table = Table(title="Writes", title_justify="left")
-    for column in ("key", "state", "operation", "targets", "actor", "entry", "incident"):
-        table.add_column(column)
-    for record in records:
-        table.add_row(
+    columns: list[tuple[str, ColumnKind]] = [
+        ("key", "id"),
+        ("state", "id"),
+        ("operation", "text"),
+        ("targets", "text"),
+        ("actor", "name"),
+        ("entry", "id"),
+        ("incident", "id"),
+    ]
+    rows = [
+        (
             record.key,
             record.state,
             record.step.describe(),
@@ -631,7 +822,9 @@ def writes_list(
             record.entry,
             record.incident_id or "",
         )
-    stdout.print(table)
+        for record in records
+    ]
+    stdout.print(_fitted_table("Writes", columns, rows))
 
 
 @writes_app.command("resolve")
@@ -644,6 +837,7 @@ def writes_resolve(
     force: Annotated[
         bool, typer.Option("--force", help="Also a pending write whose process still runs.")
     ] = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Settle a write whose outcome is unknown (or left pending by a dead process) after
     checking the target yourself: until then nothing more is sent to its targets."""
@@ -684,35 +878,49 @@ def incidents_list(
     service: Annotated[str | None, typer.Option("--service")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 50,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Recent incidents, newest first."""
     records = _store(ctx).incidents(status=status, service=service, limit=limit)
     if as_json:
         _print_json([r.model_dump(mode="json", exclude={"report"}) for r in records])
         return
-    table = Table(title="Incidents", title_justify="left")
-    for column in ("incident", "status", "environment", "service", "alert", "root cause"):
-        table.add_column(column, no_wrap=column in ("incident", "status"))
-    for record in records:
-        diagnosis = (record.report or {}).get("diagnosis") or {}
-        table.add_row(
+    columns: list[tuple[str, ColumnKind]] = [
+        ("incident", "id"),
+        ("status", "id"),
+        ("environment", "name"),
+        ("service", "name"),
+        ("alert", "name"),
+        ("root cause", "text"),
+    ]
+    rows = [
+        (
             record.id,
             record.status,
             record.environment,
             record.service,
             record.context.alert.alertname,
-            diagnosis.get("root_cause", ""),
+            ((record.report or {}).get("diagnosis") or {}).get("root_cause", ""),
         )
-    stdout.print(table)
+        for record in records
+    ]
+    stdout.print(_fitted_table("Incidents", columns, rows))
 
 
 @incidents_app.command("show")
 def incidents_show(
     ctx: typer.Context,
     incident_id: Annotated[str, typer.Argument(help="The incident id.")],
+    markdown: Annotated[
+        bool,
+        typer.Option("--markdown", help="Print the report's Markdown source (to pipe or save)."),
+    ] = False,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """The incident's report: evidence, root cause, actions, health."""
+    from rich.markdown import Markdown
+
     from agent.incidents.report import IncidentReport, render_markdown
 
     record = _store(ctx).get(incident_id)
@@ -726,30 +934,68 @@ def incidents_show(
             Text(f"{record.id}: {record.status}; no report yet (flow run {record.flow_run_id})")
         )
         return
-    typer.echo(render_markdown(IncidentReport.model_validate(record.report)))
+    source = render_markdown(IncidentReport.model_validate(record.report))
+    if markdown:
+        typer.echo(source, nl=False)
+        return
+    # Rendered, not shown as source: its escapes (web\_api) and markup (##, **) disappear,
+    # in a terminal and in a pipe alike; wrapped to the width, not cut (soft_wrap=False).
+    stdout.print(Markdown(source), soft_wrap=False)
 
 
-def _decide(
-    ctx: typer.Context, incident_id: str, approve: bool, reason: str, approver: str
-) -> None:
+def _decide(ctx: typer.Context, incident_id: str, approve: bool, reason: str) -> None:
+    """A person at a shell with access to the store answers as their OS user (`user@host`,
+    via cli): recorded first, then the paused run is woken up; it acts on the record."""
+    import getpass
+    import socket
+
+    from agent.incidents.approvals import ApprovalDesk, ApprovalRefused
+
     store = _store(ctx)
     record = store.get(incident_id)
     if record is None:
         _fail(f"no incident {incident_id!r}")
-    pending = store.approvals(incident_id, "pending")
-    if not pending or record.status != "awaiting_approval" or not record.flow_run_id:
+    waiting = [a for a in store.approvals(incident_id, "pending") if a.runner == "flow"]
+    if not waiting and store.approvals(incident_id, "pending"):
+        _fail(
+            f"incident {incident_id} is an operation request: answer it over the API "
+            f"(POST /incidents/{incident_id}/approve), which runs the write once approved"
+        )
+    if not waiting or record.status != "awaiting_approval" or not record.flow_run_id:
         _fail(f"incident {incident_id} is {record.status}; nothing waits for approval")
     from prefect.flow_runs import resume_flow_run
 
-    step = pending[0]
-    answer = {"approve": approve, "approver": approver, "reason": reason, "step_key": step.step_key}
+    request = waiting[0]
+    desk = ApprovalDesk(store)
+    approver = f"{getpass.getuser()}@{socket.gethostname()}"
+    try:
+        result = desk.answer(incident_id, request.step_key, approver, approve, "cli", "cli", reason)
+    except ApprovalRefused as refused:
+        _fail(str(refused))
+    if result.decision == "pending":
+        stdout.print(
+            Text(
+                f"approved by {approver}: {len(result.approvers)} of {result.required} approvers;"
+                f" waiting for another person ({result.step})"
+            )
+        )
+        return
+    answer = {
+        "approve": approve,
+        "approver": approver,
+        "reason": reason,
+        "step_key": result.step_key,
+        "token": request.nonce or "",
+    }
     try:
         resume_flow_run(record.flow_run_id, run_input=answer)
     except Exception as exc:
-        _fail(f"could not resume flow run {record.flow_run_id}: {exc}", EXIT_FAILED)
+        if desk.undo(result, str(exc)):
+            _fail(f"could not resume flow run {record.flow_run_id}: {exc}", EXIT_FAILED)
+        # else: the run's pause had ended and it acted on the recorded decision, which stands
     verb = "approved" if approve else "rejected"
     stdout.print(
-        Text(f"{verb}: {step.step.describe()} ($ {step.command}) for incident {incident_id}")
+        Text(f"{verb} by {approver}: {result.step} ($ {result.command}) for incident {incident_id}")
     )
 
 
@@ -758,10 +1004,10 @@ def incidents_approve(
     ctx: typer.Context,
     incident_id: Annotated[str, typer.Argument()],
     reason: Annotated[str, typer.Option("--reason")] = "",
-    approver: Annotated[str, typer.Option("--as", help="Who approves.")] = "cli",
+    _config_dir: ConfigDirOption = None,
 ) -> None:
-    """Approve the write step the incident's flow run is paused for."""
-    _decide(ctx, incident_id, True, reason, approver)
+    """Approve the write step the incident's flow run is paused for, as your OS user."""
+    _decide(ctx, incident_id, True, reason)
 
 
 @incidents_app.command("reject")
@@ -769,10 +1015,10 @@ def incidents_reject(
     ctx: typer.Context,
     incident_id: Annotated[str, typer.Argument()],
     reason: Annotated[str, typer.Option("--reason")] = "",
-    approver: Annotated[str, typer.Option("--as", help="Who rejects.")] = "cli",
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Reject the write step the incident's flow run is paused for: it is not executed."""
-    _decide(ctx, incident_id, False, reason, approver)
+    _decide(ctx, incident_id, False, reason)
 
 
 # --- the agent service -------------------------------------------------------------------
@@ -790,6 +1036,7 @@ def serve(
     no_dispatch: Annotated[
         bool, typer.Option("--no-dispatch", help="Store alerts but start no diagnoses.")
     ] = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """Run the agent service: Alertmanager webhook, incidents API, events, health, metrics."""
     from infrastructure.configuration.cache import ConfigCache
@@ -822,6 +1069,7 @@ def serve(
 @keys_app.command("new")
 def keys_new(
     name: Annotated[str, typer.Argument(help="The key's name, as in platform.yml api.api_keys.")],
+    _config_dir: ConfigDirOption = None,  # unused here, accepted like everywhere
 ) -> None:
     """Print a fresh API key and the SHA-256 to put in the configuration."""
     from agent.service.auth import key_hash, new_key
@@ -832,7 +1080,7 @@ def keys_new(
 
 
 @keys_app.command("hash")
-def keys_hash() -> None:
+def keys_hash(_config_dir: ConfigDirOption = None) -> None:  # accepted like everywhere
     """Read a key on standard input and print its SHA-256 (for an existing secret)."""
     from agent.service.auth import key_hash
 
@@ -852,6 +1100,7 @@ def audit(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=10000)] = 50,
     as_json: JsonOption = False,
+    _config_dir: ConfigDirOption = None,
 ) -> None:
     """The audit trail: requests that changed something and every executed operation."""
     from agent.incidents.audit import AuditLog
@@ -864,13 +1113,19 @@ def audit(
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
         return
-    table = Table(title="Audit trail", title_justify="left")
-    for column in ("id", "time", "actor", "action", "target", "result", "incident"):
-        table.add_column(column, no_wrap=column in ("id", "time"))
     import datetime as _dt
 
-    for record in records:
-        table.add_row(
+    columns: list[tuple[str, ColumnKind]] = [
+        ("id", "id"),
+        ("time", "id"),
+        ("actor", "name"),
+        ("action", "name"),
+        ("target", "name"),
+        ("result", "text"),
+        ("incident", "id"),
+    ]
+    rows = [
+        (
             str(record.id),
             _dt.datetime.fromtimestamp(record.at, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
             record.actor,
@@ -879,7 +1134,9 @@ def audit(
             record.result,
             record.incident_id or "",
         )
-    stdout.print(table)
+        for record in records
+    ]
+    stdout.print(_fitted_table("Audit trail", columns, rows))
 
 
 def main() -> None:
