@@ -12,6 +12,7 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.states import Crashed
 
+from agent.incidents.events import EventLog
 from agent.incidents.storage import IncidentStore, WriteRecord
 from agent.safety.gate import ExecutionGate
 from infrastructure.configuration.loader import UICIConfig
@@ -77,6 +78,10 @@ async def reconcile_incidents(config: UICIConfig, now: float | None = None) -> l
                 ]
                 notes = [_resolve(gate, write) for write in unfinished]
                 store.set_status(incident.id, "escalated")
+                # People are told (notifications): the run is gone, a person must look.
+                EventLog(store.path).emit(
+                    "incident.escalated", incident.id, reason=reason, intents=notes
+                )
                 findings.append({"incident": incident.id, "reason": reason, "intents": notes})
     gate.close()
     return findings

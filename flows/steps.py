@@ -5,6 +5,7 @@ go through the execution gate."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -33,6 +34,9 @@ class ApprovalInput(RunInput):
     approver: str = "prefect-ui"
     reason: str = ""
     step_key: str = ""  # filled in with the step asked about; an answer for another is a no
+    # Left empty by a person in the form; the service and the CLI send the request's secret
+    # when they wake the run for an answer they recorded (the answer that counts).
+    token: str = ""
 
 
 @flow(name="environment-steps", flow_run_name="{phase} · {environment}")
@@ -69,22 +73,31 @@ async def remediate(decision: Any, run: Investigation) -> None:
     approval = None
     if ask is not None:
         get_run_logger().warning("approval needed for %s: %s", step.describe(), ask.command)
-        try:
-            answer = await apause_flow_run(
-                wait_for_input=ApprovalInput.with_initial_data(
-                    description=ask.description, approve=False, step_key=step.key()
-                ),
-                timeout=ask.timeout_seconds,
-                poll_interval=run.config.platform.prefect.approval_poll_seconds,
-                key=ask.key,
-            )
-        except FlowPauseTimeout:
+        # An answer that does not count (a Prefect UI form where those are not allowed) means
+        # waiting on for the rest of the time; each wait needs a pause key of its own.
+        for attempt in itertools.count():
+            wait = run.approval_wait(step) if attempt else ask.timeout_seconds
             answer = None
-        approval = run.answered(
-            decision, None if answer is None else ApprovalAnswer(**answer.model_dump())
-        )
-        if approval is None:
+            if wait > 0:
+                try:
+                    answer = await apause_flow_run(
+                        wait_for_input=ApprovalInput.with_initial_data(
+                            description=ask.description, approve=False, step_key=step.key()
+                        ),
+                        timeout=max(1, int(wait)),
+                        poll_interval=run.config.platform.prefect.approval_poll_seconds,
+                        key=ask.key if not attempt else f"{ask.key}-{attempt}",
+                    )
+                except FlowPauseTimeout:
+                    answer = None
+            answered = run.answered(
+                decision, None if answer is None else ApprovalAnswer(**answer.model_dump())
+            )
+            if answered != "again":
+                break
+        if answered is None or answered == "again":
             return
+        approval = answered
     outcome = await run_write_step(
         step.phase, step.environment, step.operation, step.target or "-",
         run.request(step, approval), run.gate,

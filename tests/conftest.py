@@ -31,8 +31,10 @@ def shipped_config_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tests choose their configuration explicitly; a developer's UICI_CONFIG_DIR must not leak in.
-    monkeypatch.delenv("UICI_CONFIG_DIR", raising=False)
+    # Tests choose their configuration explicitly; a developer's UICI_CONFIG_DIR must not leak in,
+    # nor one a `uici --config-dir` run in-process set (recorded first, so undone at teardown).
+    monkeypatch.setenv("UICI_CONFIG_DIR", "")
+    monkeypatch.delenv("UICI_CONFIG_DIR")
 
 
 # --- Docker: a real engine ------------------------------------------------------------------

@@ -88,23 +88,14 @@ def test_the_webhook_refuses_missing_wrong_and_foreign_credentials(
     ("body", "status", "needle"),
     [
         (b"{not json", 400, "malformed JSON body"),
-        (json.dumps({**notification(alert()), "version": "3"}).encode(), 422, "body.version"),
+        (b"\xff\xfe not text", 400, "malformed JSON body"),
         (json.dumps({"version": "4", "status": "firing"}).encode(), 422, "body.alerts: Field"),
-        (
-            json.dumps(notification({**alert(), "startsAt": "yesterday"})).encode(),
-            422,
-            "body.alerts.0.startsAt",
-        ),
-        (
-            json.dumps(notification({**alert(), "status": "exploded"})).encode(),
-            422,
-            "body.alerts.0.status",
-        ),
-        (json.dumps([1, 2]).encode(), 422, "body"),
+        (json.dumps({"version": "4", "alerts": {"a": 1}}).encode(), 422, "body.alerts"),
+        (json.dumps([1, 2]).encode(), 422, "body: a list"),
     ],
-    ids=["malformed", "wrong-version", "missing-alerts", "bad-time", "bad-status", "not-object"],
+    ids=["malformed", "not-utf8", "missing-alerts", "alerts-not-a-list", "not-object"],
 )
-def test_a_malformed_body_gets_a_precise_4xx_and_stores_nothing(
+def test_a_body_that_is_no_notification_gets_a_precise_4xx_and_stores_nothing(
     client: TestClient, tmp_path: Path, body: bytes, status: int, needle: str
 ) -> None:
     response = client.post(
@@ -118,17 +109,104 @@ def test_a_malformed_body_gets_a_precise_4xx_and_stores_nothing(
     assert response.json()["request_id"]
     with db(tmp_path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM invalid_alerts").fetchone()[0] == 0
 
 
-def test_an_oversized_body_is_refused_before_parsing(client: TestClient) -> None:
-    huge = notification(*(alert(f"svc-{i}") for i in range(600)))  # > 64 KiB in the test config
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        ({**alert("x"), "startsAt": "yesterday"}, "startsAt"),
+        ({**alert("x"), "status": "exploded"}, "status"),
+        ({**alert("x"), "labels": {}}, "labels"),
+        ({**alert("x"), "labels": {"alertname": 7}}, "labels.alertname"),
+        ({**alert("x"), "labels": {"a" * 300: "v"}}, "longer than 256"),
+        ("just a string", "not an object"),
+    ],
+    ids=["bad-time", "bad-status", "no-labels", "label-not-text", "long-label-name", "not-object"],
+)
+def test_one_invalid_alert_is_stored_and_reported_while_the_valid_ones_proceed(
+    client: TestClient, tmp_path: Path, bad: Any, needle: str
+) -> None:
+    body = notification(alert("web"), alert("api"))
+    body["alerts"].insert(1, bad)
+    body["version"] = "3"  # an unexpected version is no reason to drop alerts either
+    response = post(client, body)
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert answer["received"] == 3 and answer["invalid"] == 1
+    assert [a["outcome"] for a in answer["alerts"]] == ["new_incident", "invalid", "new_incident"]
+    assert answer["alerts"][1]["index"] == 1 and needle in answer["alerts"][1]["reason"]
+    assert len(answer["new_incidents"]) == 2
+    with db(tmp_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0] == 2
+        [row] = conn.execute("SELECT * FROM invalid_alerts").fetchall()
+        assert row["position"] == 1 and needle in row["reason"]
+        assert json.loads(row["body"]) == bad  # kept as it came, to look at later
+        [event] = conn.execute("SELECT * FROM events WHERE type = 'alert.invalid'").fetchall()
+        assert json.loads(event["data"])["index"] == 1
+
+
+def test_the_diagnosis_is_queued_with_the_alert_redacted(
+    client: TestClient, tmp_path: Path
+) -> None:
+    leaky = alert("web")
+    leaky["annotations"]["description"] = "connect with password hunter2 failed"
+    assert post(client, notification(leaky)).status_code == 202
+    with db(tmp_path) as conn:
+        [payload] = conn.execute("SELECT payload FROM dispatch").fetchall()
+    # The flow run's parameters (which Prefect keeps and shows) carry no secret.
+    assert "hunter2" not in payload["payload"]
+    assert "[REDACTED]" in json.loads(payload["payload"])["alert"]["annotations"]["description"]
+
+
+def test_an_oversized_value_is_cut_with_a_marker_and_the_alert_kept(
+    client: TestClient, tmp_path: Path
+) -> None:
+    big = {**alert("web"), "annotations": {"description": "é" * 6144, "summary": "web is down"}}
+    big["labels"]["pod_template"] = "x" * 5000
+    response = post(client, notification(big, alert("api")))
+    assert response.status_code == 202, response.text
+    answer = response.json()
+    assert len(answer["new_incidents"]) == 2
+    assert answer["alerts"][0]["truncated"] == {
+        "annotations.description": 6144,
+        "labels.pod_template": 5000,
+    }
+    with db(tmp_path) as conn:
+        row = conn.execute(
+            "SELECT annotations, labels, truncated FROM alerts WHERE incident_id = ?",
+            (answer["new_incidents"][0],),
+        ).fetchone()
+        description = json.loads(row["annotations"])["description"]
+        assert len(description) == 4096 and description.endswith("[cut by UICI: 6144 characters]")
+        assert len(json.loads(row["labels"])["pod_template"]) == 4096
+        assert json.loads(row["truncated"])["annotations.description"] == 6144
+        incident = conn.execute(
+            "SELECT context FROM incidents WHERE id = ?", (answer["new_incidents"][0],)
+        ).fetchone()
+        assert (
+            "cut by UICI" in json.loads(incident["context"])["alert"]["annotations"]["description"]
+        )
+
+
+def test_an_oversized_body_is_refused_before_parsing(make_client: MakeClient) -> None:
+    client = make_client(UICI_TEST_WEBHOOK_BODY_BYTES="131072")
+    group = notification(*(alert(f"svc-{i}") for i in range(300)))  # > 64 KiB, < 128 KiB
+    assert 65536 < len(json.dumps(group)) < 131072
+    # The webhook has its own limit (api.webhook.max_body_bytes), above the API's 64 KiB.
+    assert post(client, group).status_code == 202
+    too_big = client.post(
+        "/incidents", content=b"{" + b" " * 70_000 + b"}", headers=auth("operator")
+    )
+    assert too_big.status_code == 413 and "larger than 65536 bytes" in too_big.json()["error"]
+    huge = notification(*(alert(f"svc-{i}") for i in range(600)))  # > 128 KiB
     response = post(client, huge)
     assert response.status_code == 413
-    assert "larger than 65536 bytes" in response.json()["error"]
+    assert "larger than 131072 bytes" in response.json()["error"]
 
     def chunks() -> Iterator[bytes]:
         yield b'{"version": "4", "status": "firing", "alerts": ['
-        for _ in range(100):
+        for _ in range(200):
             yield b'{"x": "' + b"a" * 1000 + b'"},'
         yield b"{}]}"
 
@@ -304,8 +382,9 @@ def test_a_store_failure_answers_503_so_alertmanager_retries(
 
 def test_the_webhook_credential_is_never_answered_429(make_client: MakeClient) -> None:
     client = make_client(
-        UICI_TEST_WEBHOOK_RATE="1", UICI_TEST_WEBHOOK_BURST="3",
-        UICI_TEST_KEY_RATE="1", UICI_TEST_KEY_BURST="3",
+        # Slow refills (one token per 100 s): the counts cannot depend on how fast this runs.
+        UICI_TEST_WEBHOOK_RATE="0.01", UICI_TEST_WEBHOOK_BURST="3",
+        UICI_TEST_KEY_RATE="0.01", UICI_TEST_KEY_BURST="3",
     )  # fmt: skip
     webhook_codes = [post(client, notification(alert("web"))).status_code for _ in range(6)]
     assert webhook_codes[:3] == [202] * 3
@@ -376,6 +455,14 @@ def test_operations_need_the_right_scope_and_pass_the_policy(
         headers=auth("reader"),
     )
     assert dry.status_code == 200 and dry.json()["command"][:4] == ["docker", "logs", "--tail", "5"]
+    # A dry run touches nothing: it works on a disabled environment; a real run does not.
+    off = {"target": "web", "environment": "off-docker", "parameters": {"lines": 5}}
+    dry_off = client.post(
+        "/operations/get_logs/run", json={**off, "dry_run": True}, headers=auth("reader")
+    )
+    assert dry_off.status_code == 200 and dry_off.json()["environment"] == "off-docker"
+    real_off = client.post("/operations/get_logs/run", json=off, headers=auth("reader"))
+    assert real_off.status_code == 422 and "disabled" in real_off.json()["error"]
     bad = client.post(
         "/operations/get_logs/run",
         json={"target": "web", "parameters": {"lines": "lots"}},
@@ -387,15 +474,17 @@ def test_operations_need_the_right_scope_and_pass_the_policy(
     write = {"target": "web"}
     read_key = client.post("/operations/restart_service/run", json=write, headers=auth("reader"))
     assert read_key.status_code == 403 and "operate" in read_key.json()["error"]
-    unapproved = client.post(
-        "/operations/restart_service/run", json=write, headers=auth("operator")
+    # Nobody approves their own write: approve: true from the requester is refused.
+    own = client.post(
+        "/operations/restart_service/run", json={**write, "approve": True}, headers=auth("operator")
     )
-    assert unapproved.status_code == 409 and "approval needed" in unapproved.json()["error"]
+    assert own.status_code == 403 and "cannot approve its own write" in own.json()["error"]
     with db(tmp_path) as conn:
         refused = conn.execute(
             "SELECT actor, result FROM audit WHERE action = 'operation.restart_service'"
         ).fetchall()
-    assert [r["actor"] for r in refused] == ["reader", "operator"]
+        assert conn.execute("SELECT COUNT(*) FROM writes").fetchone()[0] == 0
+    assert [r["actor"] for r in refused][:2] == ["reader", "operator"]
     assert all(r["result"].startswith("refused") for r in refused)
 
 
@@ -422,6 +511,61 @@ def test_a_read_operation_runs_and_is_journaled(
         "/audit", params={"action": "operation.list_services"}, headers=auth("admin")
     )
     assert audit.json()[0]["actor"] == "reader"
+
+
+@pytest.mark.usefixtures("docker_client")
+def test_a_write_that_needs_approval_becomes_a_request_another_person_approves(
+    client: TestClient, lab: Any, tmp_path: Path
+) -> None:
+    lab.get("healthy_web")
+    target = lab.name("web")
+    started = lab.container("web").attrs["State"]["StartedAt"]
+    body = {"target": target, "parameters": {}}
+    headers = {**auth("operator"), "X-Request-ID": "req-restart-1"}
+    asked = client.post("/operations/restart_service/run", json=body, headers=headers)
+    assert asked.status_code == 202, asked.text
+    request = asked.json()
+    assert request["status"] == "pending" and request["requested_by"] == "operator"
+    assert request["incident_id"].startswith("op-") and request["required_approvers"] == 1
+    # The same request sent again (a client's retry) is the same request.
+    again = client.post("/operations/restart_service/run", json=body, headers=headers)
+    assert again.status_code == 202 and again.json()["incident_id"] == request["incident_id"]
+    incident = request["incident_id"]
+    detail = client.get(f"/incidents/{incident}", headers=auth("reader")).json()
+    assert detail["status"] == "awaiting_approval"
+    assert detail["approvals"][0]["requested_by"] == "operator"
+    url = f"/incidents/{incident}/approve"
+    own = client.post(url, json={}, headers=auth("operator"))
+    assert own.status_code == 403 and "cannot approve" in own.json()["error"]
+    lab.container("web").reload()
+    assert lab.container("web").attrs["State"]["StartedAt"] == started, "nothing ran yet"
+    approved = client.post(url, json={"reason": "go"}, headers=auth("admin"))
+    assert approved.status_code == 200, approved.text
+    answer = approved.json()
+    assert answer["decision"] == "approved" and answer["approvers"] == ["admin"]
+    assert answer["outcome"] == "executed" and answer["result"]["success"] is True, json.dumps(
+        answer
+    )[:3000]
+    lab.container("web").reload()
+    assert lab.container("web").attrs["State"]["StartedAt"] != started, "restarted once"
+    detail = client.get(f"/incidents/{incident}", headers=auth("reader")).json()
+    assert detail["status"] == "resolved"
+    assert detail["report"]["operation_request"]["approved_by"] == ["admin"]
+    assert client.post(url, json={}, headers=auth("admin")).status_code == 409
+    with db(tmp_path) as conn:
+        [write_row] = conn.execute("SELECT actor, state FROM writes").fetchall()
+        assert write_row["actor"] == "operator" and write_row["state"] == "done"
+        trail = conn.execute(
+            "SELECT actor, action, result, parameters FROM audit WHERE incident_id = ? ORDER BY id",
+            (incident,),
+        ).fetchall()
+    actions = [(r["actor"], r["action"]) for r in trail]
+    assert ("operator", "approval.approve") in actions and ("admin", "approval.approve") in actions
+    admin_vote = next(
+        r for r in trail if r["actor"] == "admin" and r["action"] == "approval.approve"
+    )
+    assert json.loads(admin_vote["parameters"])["via"] == "api"
+    assert json.loads(admin_vote["parameters"])["address"] == "testclient"
 
 
 # --- audit, events, health, metrics, logs ---------------------------------------------------
@@ -462,10 +606,15 @@ def test_events_stream_live_and_replay_from_an_id(client: TestClient) -> None:
 
 def test_health_readiness_and_metrics(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
+    # Readiness is what the webhook needs: Prefect being down (the test configuration points
+    # it at a port nothing listens on) keeps the service ready; the outbox covers Prefect.
     ready = client.get("/health/ready")
-    checks = {c["name"]: c for c in ready.json()["checks"]}
-    # The test configuration points Prefect at a port nothing listens on.
-    assert ready.status_code == 503 and checks["prefect"]["ok"] is False
+    assert ready.status_code == 200, ready.text
+    assert {c["name"] for c in ready.json()["checks"]} == {"configuration", "store"}
+    assert client.get("/health/deep").status_code == 401  # the deep check needs a key
+    deep = client.get("/health/deep", headers=auth("reader"))
+    checks = {c["name"]: c for c in deep.json()["checks"]}
+    assert deep.status_code == 503 and checks["prefect"]["ok"] is False
     assert checks["configuration"]["ok"] and checks["store"]["ok"]
     assert "environment:test-docker" in checks
     assert all(c["latency_ms"] >= 0 for c in checks.values())
@@ -533,3 +682,121 @@ def test_no_configured_secret_leaks_anywhere(
     for secret in (llm_key, *KEYS.values()):
         assert secret not in haystack
     assert os.environ.get("UICI_TEST_LLM_KEY") is None
+
+
+# --- keys, limits and CORS follow the configuration; addresses behind a proxy -----------------
+
+
+def test_keys_and_cors_follow_a_configuration_reload_without_a_restart(
+    test_config_dir: Path, tmp_path: Path
+) -> None:
+    import time
+
+    configs = ConfigCache(test_config_dir, environ=key_env(tmp_path), ttl_seconds=0.2)
+    with TestClient(create_app(configs, run_dispatcher=False)) as client:
+        assert client.get("/incidents", headers=auth("reader")).status_code == 200
+        preflight = {"Origin": "https://ops.example", "Access-Control-Request-Method": "GET"}
+        assert (
+            "access-control-allow-origin"
+            not in client.options("/incidents", headers=preflight).headers
+        )
+        platform = test_config_dir / "platform.yml"
+        text = platform.read_text()
+        assert '- {name: reader, sha256: "${UICI_TEST_READER_SHA256:-}", scopes: [read]}\n' in text
+        text = text.replace(
+            '    - {name: reader, sha256: "${UICI_TEST_READER_SHA256:-}", scopes: [read]}\n', ""
+        ).replace("cors_origins: []", 'cors_origins: ["https://ops.example"]')
+        platform.write_text(text)
+        time.sleep(0.3)
+        assert client.get("/incidents", headers=auth("reader")).status_code == 401
+        assert client.get("/incidents", headers=auth("operator")).status_code == 200
+        allowed = client.options("/incidents", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "https://ops.example"
+
+
+def test_a_flood_of_bad_keys_behind_the_ingress_cannot_lock_operators_out(
+    test_config_dir: Path, tmp_path: Path
+) -> None:
+    env = key_env(tmp_path, UICI_TEST_ADDRESS_RATE="0.001", UICI_TEST_ADDRESS_BURST="5")
+    app = create_app(ConfigCache(test_config_dir, environ=env), run_dispatcher=False)
+    # The ingress (a trusted proxy in the test configuration) forwards everybody's requests.
+    with TestClient(app, client=("10.255.255.254", 4000)) as ingress:
+        attacker = {"Authorization": "Bearer uici_guess", "X-Forwarded-For": "203.0.113.9"}
+        codes = [ingress.get("/incidents", headers=attacker).status_code for _ in range(8)]
+        assert codes == [401] * 5 + [429] * 3
+        operator = {**auth("operator"), "X-Forwarded-For": "198.51.100.7"}
+        assert ingress.get("/incidents", headers=operator).status_code == 200
+        # Even from the flooding address: a valid key is limited by its own bucket only.
+        same = {**auth("operator"), "X-Forwarded-For": "203.0.113.9"}
+        assert ingress.get("/incidents", headers=same).status_code == 200
+        # Another client behind the ingress has a bucket of its own.
+        other = {"X-Forwarded-For": "198.51.100.8"}
+        assert ingress.get("/incidents", headers=other).status_code == 401
+        # A line of its own in front of the proxy's is no way out of the flooder's bucket.
+        spoofed = [
+            ("Authorization", "Bearer uici_guess"),
+            ("X-Forwarded-For", "192.0.2.77"),
+            ("X-Forwarded-For", "203.0.113.9"),
+        ]
+        assert ingress.get("/incidents", headers=spoofed).status_code == 429
+    # From a peer that is no trusted proxy, X-Forwarded-For is ignored: no spoofing out of it.
+    with TestClient(app, client=("192.0.2.1", 4000)) as direct:
+        codes = [
+            direct.get("/incidents", headers={"X-Forwarded-For": f"198.51.100.{i}"}).status_code
+            for i in range(7)
+        ]
+        assert codes == [401] * 5 + [429] * 2
+
+
+def test_the_client_address_is_read_from_the_right_of_x_forwarded_for() -> None:
+    from agent.service.auth import client_address
+
+    trusted = ["10.0.0.0/8", "192.168.1.1"]
+    assert client_address("10.1.1.1", "203.0.113.9", trusted) == "203.0.113.9"
+    # The client may write anything on the left; the nearest untrusted hop is the client.
+    assert client_address("10.1.1.1", "1.2.3.4, 203.0.113.9, 10.2.2.2", trusted) == "203.0.113.9"
+    assert client_address("10.1.1.1", "garbage, 192.168.1.1", trusted) == "192.168.1.1"
+    assert client_address("198.51.100.1", "203.0.113.9", trusted) == "198.51.100.1"
+    assert client_address("10.1.1.1", None, trusted) == "10.1.1.1"
+    assert client_address("testclient", "203.0.113.9", trusted) == "testclient"
+    # As proxies write addresses: with ports, bracketed v6, v4-mapped v6 peers.
+    assert client_address("::ffff:10.1.1.1", "203.0.113.9:5555", trusted) == "203.0.113.9"
+    assert client_address("10.1.1.1", "[2001:db8::1]:443", trusted) == "2001:db8::1"
+
+
+def test_a_removed_key_ends_the_event_stream_it_opened(
+    test_config_dir: Path, tmp_path: Path
+) -> None:
+    import time
+
+    from starlette.websockets import WebSocketDisconnect
+
+    configs = ConfigCache(test_config_dir, environ=key_env(tmp_path), ttl_seconds=0.2)
+    app = create_app(configs, run_dispatcher=False, run_notifier=False)
+    with (
+        TestClient(app) as client,
+        client.websocket_connect("/ws/events", headers=auth("reader")) as ws,
+    ):
+        platform = test_config_dir / "platform.yml"
+        reader = '    - {name: reader, sha256: "${UICI_TEST_READER_SHA256:-}", scopes: [read]}\n'
+        platform.write_text(platform.read_text().replace(reader, ""))
+        time.sleep(0.3)
+        post(client, notification(alert("web")))  # an event arrives
+        with pytest.raises(WebSocketDisconnect) as closed:
+            for _ in range(50):
+                ws.receive_text()
+        assert closed.value.code == 1008
+
+
+def test_the_deep_check_is_cached_between_calls(test_config_dir: Path, tmp_path: Path) -> None:
+    platform = test_config_dir / "platform.yml"
+    platform.write_text(
+        platform.read_text().replace(
+            "deep_health: {cache_seconds: 0}", "deep_health: {cache_seconds: 60}"
+        )
+    )
+    configs = ConfigCache(test_config_dir, environ=key_env(tmp_path))
+    with TestClient(create_app(configs, run_dispatcher=False, run_notifier=False)) as client:
+        first = client.get("/health/deep", headers=auth("reader")).json()
+        second = client.get("/health/deep", headers=auth("reader")).json()
+        assert first == second, "the second caller got the first run's answer, latencies and all"

@@ -1,7 +1,7 @@
-"""End to end, every part real: a Prometheus rule fires, Alertmanager delivers the webhook to
-`uici serve`, the service opens an incident and starts the diagnose-incident deployment, a
-Prefect worker runs it against a real crash-looping Docker container, and the report names
-the cause."""
+"""End to end, every part real: a Prometheus rule fires (with a 6 KiB annotation), Alertmanager
+delivers the webhook to `uici serve`, the service opens an incident and starts the
+diagnose-incident deployment, a Prefect worker runs it against a real crash-looping Docker
+container, and the report names the cause."""
 
 from __future__ import annotations
 
@@ -53,7 +53,12 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
             "expr": "vector(1) > 0",
             "for": "0s",
             "labels": {"severity": "critical", "service": target, "uici_env": "local-docker"},
-            "annotations": {"summary": f"{target} keeps restarting"},
+            # 6 KiB: over api.webhook.max_value_chars, which used to make the whole
+            # notification a 422 that Alertmanager never retries.
+            "annotations": {
+                "summary": f"{target} keeps restarting",
+                "description": ("The runbook says: " + "check the logs. " * 384).strip(),
+            },
         }
         with PromStack(
             tmp_path / "prom",
@@ -74,6 +79,9 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
         detail = httpx.get(f"{service.url}/incidents/{incident['id']}", headers=reader).json()
         assert detail["service"] == target and detail["environment"] == "local-docker"
         assert detail["alerts"][0]["labels"]["alertname"] == "ContainerCrashLooping"
+        description = detail["context"]["alert"]["annotations"]["description"]
+        assert len(description) == 4096
+        assert description.endswith("[cut by UICI: 6161 characters]")
         report = detail["report"]
         assert report["diagnosis"]["rules_matched"][:1] == ["missing-configuration"], report
         events = [e["event"] for e in detail["timeline"]]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from agent.evaluation.failures import FailureLab
+from agent.incidents.audit import AuditLog
 from agent.incidents.storage import IncidentStore
 from flows.diagnose import artifact_key, diagnose_incident
 from tests.data.capture_observations import alert_for
@@ -25,6 +28,10 @@ FAILURES = {
     "lost_dependency": "dependency-down",
     "cpu_burn": "cpu-saturation",
 }
+
+
+# `uici incidents approve` answers as the OS user at the shell.
+CLI_USER = f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 def restarts(lab: FailureLab, name: str, since: float) -> int:
@@ -125,12 +132,13 @@ def resume(incident_id: str, store: IncidentStore, approve: bool, env: dict[str,
 
     from agent.cli.main import app
 
-    command = ["incidents", "approve" if approve else "reject", incident_id, "--as", "alice"]
+    command = ["incidents", "approve" if approve else "reject", incident_id]
     deadline = time.monotonic() + 30
     while True:  # the pause becomes visible to the API a moment after the approval row
         result = CliRunner().invoke(app, command, env=env)
         if result.exit_code == 0:
-            assert ("approved: " if approve else "rejected: ") + "restart_service" in result.stdout
+            verb = "approved" if approve else "rejected"
+            assert f"{verb} by {CLI_USER}: restart_service" in result.stdout
             return
         if time.monotonic() > deadline:
             raise AssertionError(result.stderr)
@@ -179,13 +187,104 @@ def test_a_write_step_pauses_for_approval(
     report = box["report"]
     [action] = report["actions"]
     if approve:
-        assert action["outcome"] == "executed" and "approved by alice" in action["policy"]
+        assert action["outcome"] == "executed" and f"approved by {CLI_USER}" in action["policy"]
         assert restarts(lab, target, start) == 1
         assert store.approvals(incident, "approved")
     else:
-        assert action["outcome"] == "not executed" and "rejected by alice" in action["detail"]
+        assert action["outcome"] == "not executed" and f"rejected by {CLI_USER}" in action["detail"]
         assert restarts(lab, target, start) == 0
         assert store.approvals(incident, "rejected")
+
+
+def test_two_people_approve_over_the_api_and_the_prefect_form_counts_for_nothing(
+    lab: FailureLab,
+    flow_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    shipped_config_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """The two-person rule on a real paused run: a Resume from the Prefect UI's form is no
+    approval (the run waits on under a new pause), one key is not enough, two keys are."""
+    import os
+
+    from fastapi.testclient import TestClient
+    from prefect.flow_runs import resume_flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    from agent.evaluation.failures import wait_for
+    from agent.service.app import create_app
+    from agent.service.auth import key_hash
+    from infrastructure.configuration.cache import ConfigCache
+    from tests.api_support import KEYS, auth
+
+    _strict(
+        flow_env, monkeypatch, shipped_config_dir,
+        **{"  required_approvers: 1\n": "  required_approvers: 2\n"},
+    )  # fmt: skip
+    lab.run("pair", ["sh", "-c", "echo INFO loading; tail /dev/zero"], mem_limit="16m",
+            memswap_limit="16m")  # fmt: skip
+    target = lab.name("pair")
+    wait_for(
+        lambda: (lab.container("pair").reload() or lab.container("pair").status) == "exited",
+        30,
+        "OOM kill",
+    )
+    start = time.time() - 1
+    incident = "two-person"
+    thread, box = run_in_thread(
+        alert={"labels": {"alertname": "WorkerExited", "service": target}, "fingerprint": incident},
+        incident_id=incident,
+    )
+    store = IncidentStore(flow_env / "uici.db")
+    pending = wait_for_pending_approval(store, incident)
+    assert pending.required == 2 and pending.expires_at is not None
+    record = store.get(incident)
+    assert record is not None and record.flow_run_id
+    # Someone in the Prefect UI answers the form, naming anybody.
+    form = {"approve": True, "approver": "alice", "reason": "", "step_key": pending.step_key}
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            resume_flow_run(record.flow_run_id, run_input=form)
+            break
+        except Exception:  # the pause becomes visible a moment after the approval row
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    environ = {
+        **{k: v for k, v in os.environ.items() if k.startswith("UICI_")},
+        "UICI_OPERATOR_KEY_SHA256": key_hash(KEYS["operator"]),
+        "UICI_ADMIN_KEY_SHA256": key_hash(KEYS["admin"]),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
+    app = create_app(
+        ConfigCache(shipped_config_dir, environ=environ), run_dispatcher=False, run_notifier=False
+    )
+    with TestClient(app) as client:
+        url = f"/incidents/{incident}/approve"
+        first = client.post(url, json={"reason": "checked"}, headers=auth("operator"))
+        assert first.status_code == 200 and first.json()["decision"] == "pending", first.text
+        time.sleep(3)
+        assert restarts(lab, target, start) == 0, "neither the form nor one key ran it"
+        assert store.approvals(incident, "pending")
+        deadline = time.monotonic() + 30
+        while True:  # the run re-pauses after ignoring the form: wait for it
+            second = client.post(url, json={"reason": "agreed"}, headers=auth("admin"))
+            if second.status_code == 200:
+                break
+            assert second.status_code == 502 and time.monotonic() < deadline, second.text
+            time.sleep(0.5)
+        assert second.json()["decision"] == "approved"
+        assert second.json()["approvers"] == ["operator", "admin"]
+    thread.join(120)
+    assert "error" not in box, box.get("error")
+    [action] = box["report"]["actions"]
+    assert action["outcome"] == "executed" and "approved by operator, admin" in action["policy"]
+    assert restarts(lab, target, start) == 1
+    trail = [
+        (a.actor, a.action) for a in AuditLog(store.path).query(incident, None, None, None, 100)
+    ]
+    assert ("alice (Prefect UI, unauthenticated)", "approval.ignored") in trail
+    assert ("operator", "approval.approve") in trail and ("admin", "approval.approve") in trail
 
 
 def test_no_answer_in_time_means_not_executed(

@@ -277,12 +277,11 @@ def test_the_api_refuses_a_write_in_cooldown_and_over_budget_and_audits_it(
             " description: s, default: 0, minimum: 0, maximum: 60}\n  scale_service:",
         )
     )
-    translations = test_config_dir / "command_translations.yml"
-    translations.write_text(
-        translations.read_text().replace(
-            "method: restart_service\n      args: {target: target}",
-            "method: restart_service\n      args: {target: target, stop_timeout: stop_timeout}",
-        )
+    # Writes need no approval here (one that does becomes an operation request another
+    # person approves: tests/test_api.py), so the cool-down and budgets are what refuse.
+    environments = test_config_dir / "environments.yml"
+    environments.write_text(
+        environments.read_text().replace("approval_required: [write]", "approval_required: []")
     )
     configs = ConfigCache(test_config_dir, environ=key_env(tmp_path))
     with TestClient(create_app(configs, run_dispatcher=False)) as client:
@@ -298,13 +297,11 @@ def test_the_api_refuses_a_write_in_cooldown_and_over_budget_and_audits_it(
         )
 
         def restart(target: str, **extra: Any) -> Any:
-            body = {"environment": "test-docker", "target": target, "approve": True, **extra}
+            body = {"environment": "test-docker", "target": target, **extra}
             return client.post(
                 "/operations/restart_service/run", json=body, headers=auth("operator")
             )
 
-        unapproved = restart(a.name, approve=False)
-        assert unapproved.status_code == 409 and "approve: true" in unapproved.json()["error"]
         assert restart(a.name).status_code == 200
         again = restart(a.name)
         assert again.status_code == 409 and "cool-down" in again.json()["error"]
@@ -323,7 +320,7 @@ def test_the_api_refuses_a_write_in_cooldown_and_over_budget_and_audits_it(
         # A client that retries the same request (same X-Request-ID) writes once.
         c = lab.run("api-c", ["sleep", "600"])
         same = {**auth("operator"), "X-Request-ID": "retry-0001"}
-        body = {"environment": "test-docker", "target": c.name, "approve": True}
+        body = {"environment": "test-docker", "target": c.name}
         replies = [
             client.post("/operations/restart_service/run", json=body, headers=same)
             for _ in range(2)

@@ -61,15 +61,23 @@ def test_an_exception_leaves_the_incident_failed_with_what_was_done(run: Investi
 
 def test_an_answer_for_another_step_approves_nothing(run: Investigation) -> None:
     decision = restart()
+    run.store.request_approval("inc-sm", decision.step, "docker restart api")
     answer = ApprovalAnswer(approve=True, approver="alice", step_key="0123456789abcdef")
     assert run.answered(decision, answer) is None
     [action] = run.report.actions
-    assert action.outcome == "not executed" and action.detail == "rejected by alice"
-    unnamed = ApprovalAnswer(approve=True, approver="bob")  # an answer that names no step
-    assert run.answered(decision, unnamed) is None
-    right = ApprovalAnswer(approve=True, approver="alice", step_key=decision.step.key())
-    approval = run.answered(decision, right)
-    assert approval is not None and approval.approved_by == "alice"
+    assert action.outcome == "not executed"
+    assert action.detail == "rejected by alice (Prefect UI, unauthenticated)"
+    for answer in (
+        ApprovalAnswer(approve=True, approver="bob"),  # an answer that names no step
+        ApprovalAnswer(approve=True, approver="alice", step_key=decision.step.key()),
+    ):
+        run.store.request_approval("inc-sm", decision.step, "docker restart api")
+        approval = run.answered(decision, answer)
+        if answer.step_key:
+            assert approval is not None and approval != "again"
+            assert approval.approved_by == "alice (Prefect UI, unauthenticated)"
+        else:
+            assert approval is None
 
 
 def test_the_final_status(run: Investigation) -> None:

@@ -3,7 +3,9 @@ the metrics and the incident timeline.
 
 Events are rows in the store, written by whichever process did the work (the service, a flow
 run in a worker, the CLI), so one stream shows them all and a client that connects late can
-replay from an id.
+replay from an id. Every payload is redacted before it is written (infrastructure/redaction.py:
+the given redactor, else the one of the configuration this process runs with), so the stream,
+the timeline and the API show no secret, whoever emitted the event.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agent.incidents.storage import events_after, insert_event, last_event_id
+from infrastructure.redaction import Redactor, configured_redactor
 
 EventType = Literal[
     "incident.created",
@@ -24,7 +27,9 @@ EventType = Literal[
     "incident.resolved",
     "incident.diagnosed",
     "incident.failed",
+    "incident.escalated",
     "alert.unmapped",
+    "alert.invalid",
     "alert.ignored",
     "dispatch.started",
     "dispatch.failed",
@@ -33,6 +38,9 @@ EventType = Literal[
     "operation.finished",
     "approval.needed",
     "approval.decided",
+    "approval.vote",
+    "approval.expiring",
+    "notification.failed",
     "llm.call",
 ]
 
@@ -48,8 +56,15 @@ class Event(BaseModel):
 
 
 class EventLog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
+        self._redactor = redactor
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            self._redactor = configured_redactor()
+        return self._redactor
 
     def emit(
         self,
@@ -58,8 +73,10 @@ class EventLog:
         db: sqlite3.Connection | None = None,
         **data: Any,
     ) -> None:
-        """Record an event; inside `db`'s transaction when given (so it commits with the change)."""
-        insert_event(self.path, time.time(), type_, incident_id, json.dumps(data, default=str), db)
+        """Record an event, its data redacted; inside `db`'s transaction when given (so it
+        commits with the change)."""
+        payload = json.dumps(self.redactor.json_data(data))
+        insert_event(self.path, time.time(), type_, incident_id, payload, db)
 
     def since(
         self, after_id: int = 0, limit: int = 1000, incident_id: str | None = None

@@ -8,10 +8,13 @@ agent/safety), so it is tested without Prefect.
 
 from __future__ import annotations
 
+import hmac
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from agent.incidents.approvals import unauthenticated
 from agent.incidents.context import observation_from_result
 from agent.incidents.events import EventLog
 from agent.incidents.memory import IncidentMemory
@@ -32,7 +35,7 @@ from agent.incidents.report import (
     recovery,
     service_health,
 )
-from agent.incidents.storage import ApprovalStatus, IncidentStatus, IncidentStore
+from agent.incidents.storage import ApprovalRecord, ApprovalStatus, IncidentStatus, IncidentStore
 from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
 from agent.safety.policy import Approval
@@ -74,7 +77,7 @@ def fail_unopened(
     incident the service already stored for it ends `failed` with the error."""
     if incident_id is None or store.get(incident_id) is None:
         return
-    message = f"{type(error).__name__}: {error}"[:2000]
+    message = store.redactor.cut(f"{type(error).__name__}: {error}", 2000)
     store.save_report(incident_id, {"incident_id": incident_id, "error": message}, "failed")
     events.emit("incident.failed", incident_id, error=message)
 
@@ -93,6 +96,7 @@ class ApprovalAnswer(BaseModel):
     approver: str = "prefect-ui"
     reason: str = ""
     step_key: str = ""  # the step the answer is for; another step's answer approves nothing
+    token: str = ""  # the request's nonce: the service's or the CLI's wake-up, not a form
 
 
 WriteNext = Literal["skip", "ask", "run"]
@@ -145,7 +149,9 @@ class Investigation:
     # --- opening and planning -------------------------------------------------------------
 
     def open(self, flow_run_id: str | None) -> None:
-        self.store.open_incident(self.context, flow_run_id)
+        record = self.store.open_incident(self.context, flow_run_id)
+        # Who asked for the incident (stored by the service that opened it) never approves.
+        self.context.requested_by = self.context.requested_by or record.context.requested_by
         self.store.set_status(self.context.incident_id, "diagnosing", flow_run_id)
         self._timeline(f"incident opened (runbook {self.runbook.name})")
 
@@ -250,11 +256,19 @@ class Investigation:
             return "skip", None
         command = " ".join(decision.command)
         timeout = self.approval_timeout(step)
-        self.store.request_approval(self.context.incident_id, step, command)
+        expires_at = time.time() + timeout
+        required = self.required_approvers(step)
+        self.store.request_approval(
+            self.context.incident_id, step, command, expires_at, required,
+            self.context.requested_by,
+        )  # fmt: skip
         self.store.set_status(self.context.incident_id, "awaiting_approval")
         self.events.emit(
-            "approval.needed", self.context.incident_id, step=step.describe(), command=command
-        )
+            "approval.needed", self.context.incident_id, step=step.describe(), command=command,
+            step_key=step.key(), operation=step.operation, target=step.target,
+            environment=step.environment, risk=decision.risk, expires_at=expires_at,
+            required_approvers=required, flow_run_url=self.report.flow_run_url,
+        )  # fmt: skip
         self._timeline(f"approval requested: {step.describe()}")
         # The rationale may come from an LLM: shown as text, never as links, images or HTML.
         description = (
@@ -271,37 +285,129 @@ class Investigation:
         )
         return "ask", ask
 
-    def answered(self, decision: StepDecision, answer: ApprovalAnswer | None) -> Approval | None:
-        """Record a person's answer (None: no answer in time). Returns the approval to run
-        the write with, or None when it will not run."""
+    def answered(
+        self, decision: StepDecision, answer: ApprovalAnswer | None
+    ) -> Approval | Literal["again"] | None:
+        """What the run does after its pause ends: the approval to run the write with, None
+        when it will not run, or "again" to wait on (an answer that does not count).
+
+        The decision of record is the approvals row a person's authenticated answer wrote
+        (agent/incidents/approvals.py) before waking the run; a pause answered with no row
+        decided came from the Prefect UI's form, and counts only where the configuration
+        allows it."""
         step = decision.step
         incident = self.context.incident_id
-        self.store.set_status(incident, "diagnosing")
+        decided = self.store.claim_decision(incident, step.key())
+        if decided is not None:
+            return self._decided(decision, decided)
+        request = self.store.approval(incident, step.key())
         if answer is None:
-            self.store.decide_approval(incident, step.key(), "expired", "uici", "no answer")
-            self._not_executed(
-                decision, "needs_approval", f"no approval within {self.approval_timeout(step)} s"
-            )
-            return None
+            if self.store.decide_approval(incident, step.key(), "expired", "uici", "no answer"):
+                self.store.claim_decision(incident, step.key())
+                self.store.set_status(incident, "diagnosing")
+                waited = f"no approval within {self.approval_timeout(step)} s"
+                self.gate.journal.audit.record(
+                    "uici", "approval.expired", waited, step.describe(),
+                    {"step_key": step.key()}, incident, self.request_id,
+                )  # fmt: skip
+                self._not_executed(
+                    decision, "needs_approval",
+                    f"no approval within {self.approval_timeout(step)} s",
+                )  # fmt: skip
+                return None
+            request = self.store.claim_decision(incident, step.key())  # decided just now
+            if request is None:
+                self._not_executed(decision, "needs_approval", "the approval request is gone")
+                return None
+            return self._decided(decision, request)
+        ours = request is not None and bool(request.nonce and answer.token)
+        if ours and request is not None and hmac.compare_digest(answer.token, request.nonce or ""):
+            # Woken by the service or the CLI for an answer they took back (the wake-up
+            # looked failed to them): nothing was decided, wait on.
+            return "again"
+        return self._from_prefect_ui(decision, answer, request)
+
+    def _from_prefect_ui(
+        self, decision: StepDecision, answer: ApprovalAnswer, request: ApprovalRecord | None
+    ) -> Approval | Literal["again"] | None:
+        step = decision.step
+        incident = self.context.incident_id
+        who = unauthenticated(answer.approver)
+        required = request.required if request else self.required_approvers(step)
+        refusal = None
+        if self.config.platform.api.approvals.prefect_ui == "disabled":
+            refusal = "Prefect UI approvals are disabled (platform.yml api.approvals.prefect_ui)"
+        elif required > 1:
+            refusal = f"{required} approvers are required: answers are counted over the API only"
+        elif self.context.requested_by is not None:
+            # The form cannot tell whether the requester is the one answering.
+            refusal = f"requested by {self.context.requested_by}: answers over the API only"
+        elif request is not None and request.expires_at and time.time() > request.expires_at:
+            refusal = "the approval request expired"
+        # Neither a yes nor a no from the form counts then (the form's default is a no).
+        if refusal is not None:
+            self.gate.journal.audit.record(
+                who, "approval.ignored", refusal, step.describe(),
+                {"via": "prefect-ui", "step_key": step.key()}, incident, self.request_id,
+            )  # fmt: skip
+            self._timeline(f"answer from the Prefect UI ignored ({refusal}): {step.describe()}")
+            return "again"
         if answer.approve and answer.step_key != step.key():
             # An answer meant for another step (e.g. a stale form) approves nothing here.
             answer = answer.model_copy(
                 update={"approve": False, "reason": f"answer was for step {answer.step_key}"}
             )
         verdict: ApprovalStatus = "approved" if answer.approve else "rejected"
+        self.store.record_vote(
+            incident, step.key(), who, answer.approve, "prefect-ui", None, answer.reason
+        )
+        if not self.store.decide_approval(
+            incident, step.key(), verdict, who, answer.reason, "prefect-ui"
+        ):
+            request = self.store.claim_decision(incident, step.key())  # decided meanwhile
+            return self._decided(decision, request) if request else "again"
+        self.gate.journal.audit.record(
+            who, f"approval.{'approve' if answer.approve else 'reject'}", verdict,
+            step.describe(), {"via": "prefect-ui", "address": None, "step_key": step.key(),
+            "reason": answer.reason}, incident, self.request_id,
+        )  # fmt: skip
         self.events.emit(
-            "approval.decided", incident, step=step.describe(), decision=verdict, by=answer.approver
-        )
-        self.store.decide_approval(incident, step.key(), verdict, answer.approver, answer.reason)
-        self._timeline(f"{verdict} by {answer.approver}: {step.describe()}")
-        if not answer.approve:
-            self._not_executed(decision, "rejected", f"rejected by {answer.approver}")
-            return None
-        return Approval(
-            step_key=step.key(),
-            approved_by=answer.approver,
-            expires_at=self.planner.policy.approval_expiry(step),
-        )
+            "approval.decided", incident, step=step.describe(), decision=verdict, by=who,
+            via="prefect-ui",
+        )  # fmt: skip
+        request = self.store.claim_decision(incident, step.key())
+        return self._decided(decision, request) if request else None
+
+    def _decided(self, decision: StepDecision, request: ApprovalRecord) -> Approval | None:
+        """Act on the recorded decision of a request."""
+        step = decision.step
+        self.store.set_status(self.context.incident_id, "diagnosing")
+        who = request.actor or "someone"
+        if request.status == "approved":
+            votes = [
+                v for v in self.store.votes(request.incident_id, request.step_key) if v.approve
+            ]
+            if len({v.approver for v in votes}) < request.required:  # a second lock
+                self._not_executed(
+                    decision, "rejected",
+                    f"approved by {len(votes)} of the {request.required} people required",
+                )  # fmt: skip
+                return None
+            self._timeline(f"approved by {who} (via {request.via}): {step.describe()}")
+            return Approval(
+                step_key=step.key(),
+                approved_by=who,
+                expires_at=self.planner.policy.approval_expiry(step),
+            )
+        label = "rejected" if request.status in ("rejected", "cancelled") else "needs_approval"
+        detail = {
+            "rejected": f"rejected by {who}",
+            "cancelled": f"cancelled by {who}: {request.reason or ''}".rstrip(": "),
+            "expired": f"no approval within {self.approval_timeout(step)} s",
+        }.get(request.status, request.status)
+        self._timeline(f"{request.status} by {who}: {step.describe()}")
+        self._not_executed(decision, label, detail)
+        return None
 
     def diagnosis_evidence(self) -> list[Observation]:
         """What the diagnosis reads: the observations of the failure, i.e. those made before
@@ -346,6 +452,16 @@ class Investigation:
     def approval_timeout(self, step: PlanStep) -> int:
         policy = self.config.environments.environments[step.environment].policy
         return int(policy.approval_timeout_seconds)
+
+    def required_approvers(self, step: PlanStep) -> int:
+        return self.config.environments.environments[step.environment].policy.required_approvers
+
+    def approval_wait(self, step: PlanStep) -> float:
+        """Seconds left until the step's approval request expires (0 when it has)."""
+        request = self.store.approval(self.context.incident_id, step.key())
+        if request is None or request.expires_at is None:
+            return float(self.approval_timeout(step))
+        return max(0.0, request.expires_at - time.time())
 
     def validation_step(self) -> PlanStep | None:
         """After a remediation that ran: the service's status, to be checked once it settled
@@ -425,7 +541,7 @@ class Investigation:
     def fail(self, error: BaseException) -> dict[str, Any]:
         """Any exception in the run: the incident ends `failed`, with the error and what was
         done so far in its report, never left `diagnosing`."""
-        message = f"{type(error).__name__}: {error}"[:2000]
+        message = self.store.redactor.cut(f"{type(error).__name__}: {error}", 2000)
         self._timeline(f"failed: {message}")
         self.report.health_detail = f"the diagnosis failed: {message}"
         self._cancel_waiting(f"the run failed: {message[:200]}")

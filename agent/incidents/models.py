@@ -46,6 +46,12 @@ class IncidentContext(BaseModel):
     discovered: list[str] = Field(default_factory=list)
     # The service's recent incidents, one line each (incident memory), for the planner.
     history: list[str] = Field(default_factory=list)
+    # Who asked for this incident (an API key's name; None for an alert): it may not
+    # approve the incident's own writes.
+    requested_by: str | None = None
+    # An operation request made within another incident: that incident's scope and write
+    # budget apply to it.
+    parent_incident: str | None = None
 
     @property
     def scope(self) -> list[str]:

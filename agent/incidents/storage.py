@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -16,11 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agent.incidents.models import IncidentContext, PlanStep
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.executors.base import ResolvedTarget
+from infrastructure.redaction import Redactor, configured_redactor
 
 IncidentStatus = Literal[
     "open", "diagnosing", "awaiting_approval", "diagnosed", "resolved", "failed", "escalated"
@@ -57,7 +59,27 @@ CREATE TABLE IF NOT EXISTS approvals (
     reason TEXT,
     created_at REAL NOT NULL,
     decided_at REAL,
+    expires_at REAL,
+    required INTEGER NOT NULL DEFAULT 1,
+    requested_by TEXT,
+    via TEXT,
+    runner TEXT NOT NULL DEFAULT 'flow',
+    warned_at REAL,
+    acted_at REAL,
+    nonce TEXT,
     PRIMARY KEY (incident_id, step_key)
+);
+-- One row per person's answer to an approval request (the two-person rule counts them).
+CREATE TABLE IF NOT EXISTS approval_votes (
+    incident_id TEXT NOT NULL,
+    step_key TEXT NOT NULL,
+    approver TEXT NOT NULL,
+    approve INTEGER NOT NULL,
+    via TEXT NOT NULL,
+    address TEXT,
+    reason TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (incident_id, step_key, approver)
 );
 CREATE TABLE IF NOT EXISTS alerts (
     key TEXT PRIMARY KEY,
@@ -78,9 +100,19 @@ CREATE TABLE IF NOT EXISTS alerts (
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL,
     resolved_at REAL,
-    request_id TEXT
+    request_id TEXT,
+    truncated TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident_id);
+-- Alerts of a notification that could not be read: kept with the reason, never dropped.
+CREATE TABLE IF NOT EXISTS invalid_alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -185,13 +217,47 @@ CREATE TABLE IF NOT EXISTS remediations (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS remediations_target ON remediations (environment, target, cause, at);
+-- The notification outbox: one row per sink and (incident, event, discriminator), so a message
+-- is queued once however often its event is seen, and delivered with retries and back-off by
+-- the service, surviving its restarts. `cursors` remembers the last event turned into rows.
+CREATE TABLE IF NOT EXISTS notifications (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    event TEXT NOT NULL,
+    incident_id TEXT NOT NULL,
+    dedup TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    status_code INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (sink, incident_id, event, dedup)
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 -- One row the readiness probe rewrites: the store takes writes.
 CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL);
 """
 
 
 # Columns added to a table after it first shipped: a store made by an older UICI gets them.
-_ADDED_COLUMNS = {"writes": {"owner": "TEXT NOT NULL DEFAULT ''"}}
+_ADDED_COLUMNS = {
+    "writes": {"owner": "TEXT NOT NULL DEFAULT ''"},
+    "alerts": {"truncated": "TEXT"},
+    "approvals": {
+        "expires_at": "REAL",
+        "required": "INTEGER NOT NULL DEFAULT 1",
+        "requested_by": "TEXT",
+        "via": "TEXT",
+        "runner": "TEXT NOT NULL DEFAULT 'flow'",
+        "warned_at": "REAL",
+        "acted_at": "REAL",
+        "nonce": "TEXT",
+    },
+}
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -306,6 +372,24 @@ class ApprovalRecord(BaseModel):
     reason: str | None = None
     created_at: float
     decided_at: float | None = None
+    expires_at: float | None = None
+    required: int = 1  # distinct approvers needed
+    requested_by: str | None = None  # who asked for the write: never its approver
+    via: str | None = None  # where the decision came from: api, cli, prefect-ui, uici, ...
+    runner: str = "flow"  # flow: a paused run waits for it; service: the service runs it
+    acted_at: float | None = None  # when its runner took the decision up (it cannot be undone)
+    # A secret the service and the CLI send when they wake the paused run, so the run tells
+    # their wake-up from an answer typed into the Prefect UI's form (which never knows it).
+    nonce: str | None = Field(default=None, exclude=True, repr=False)
+
+
+class ApprovalVote(BaseModel):
+    approver: str
+    approve: bool
+    via: str
+    address: str | None = None
+    reason: str | None = None
+    at: float
 
 
 def insert_incident(
@@ -313,8 +397,10 @@ def insert_incident(
     context: IncidentContext,
     flow_run_id: str | None = None,
     now: float | None = None,
+    redactor: Redactor | None = None,
 ) -> None:
-    """Write a new incident inside the caller's transaction; an existing id is left as it is."""
+    """Write a new incident inside the caller's transaction; an existing id is left as it is.
+    The alert's labels and annotations are stored redacted (they may carry secrets)."""
     now = time.time() if now is None else now
     db.execute(
         "INSERT OR IGNORE INTO incidents VALUES (?, 'open', ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
@@ -324,11 +410,151 @@ def insert_incident(
             context.service,
             context.alert.fingerprint,
             context.alert.starts_at,
-            context.model_dump_json(),
+            _redacted_context(context, redactor or configured_redactor()),
             flow_run_id,
             now,
             now,
         ),
+    )
+
+
+# --- the notification outbox (agent.notifications.notifier) -------------------------------
+
+
+NotificationState = Literal["pending", "sent", "failed"]
+
+
+def read_cursor_in(db: sqlite3.Connection, name: str) -> int | None:
+    row = db.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def read_cursor(path: Path, name: str) -> int | None:
+    with connect(path) as db:
+        return read_cursor_in(db, name)
+
+
+def write_cursor(db: sqlite3.Connection, name: str, value: int) -> None:
+    db.execute(
+        "INSERT INTO cursors (name, value) VALUES (?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (name, value),
+    )
+
+
+def events_batch(path: Path, after_id: int, limit: int) -> list[sqlite3.Row]:
+    with connect(path) as db:
+        return db.execute(
+            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+        ).fetchall()
+
+
+def max_event_id_in(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+
+def max_event_id(path: Path) -> int:
+    with connect(path) as db:
+        return max_event_id_in(db)
+
+
+def insert_notification(
+    db: sqlite3.Connection,
+    sink: str,
+    event: str,
+    incident_id: str,
+    dedup: str,
+    payload: str,
+    now: float,
+) -> bool:
+    """Queue one message; False when the same one is already queued or sent."""
+    cursor = db.execute(
+        "INSERT OR IGNORE INTO notifications (sink, event, incident_id, dedup, payload, state,"
+        " attempts, next_attempt_at, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+        (sink, event, incident_id, dedup, payload, now, now, now),
+    )
+    return cursor.rowcount == 1
+
+
+def claim_notifications(
+    path: Path, sink: str, now: float, limit: int, lease_until: float
+) -> list[sqlite3.Row]:
+    """Due messages of a sink, leased to the caller until `lease_until` (another service on
+    the same store does not send them too; a caller that dies lets the lease run out)."""
+    with write_transaction(path) as db:
+        rows = db.execute(
+            "SELECT * FROM notifications WHERE sink = ? AND state = 'pending'"
+            " AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+            (sink, now, limit),
+        ).fetchall()
+        db.executemany(
+            "UPDATE notifications SET next_attempt_at = ? WHERE id = ?",
+            [(lease_until, row["id"]) for row in rows],
+        )
+        return rows
+
+
+def finish_notification(
+    path: Path,
+    notification_id: int,
+    state: NotificationState,
+    attempts: int,
+    next_attempt_at: float,
+    error: str | None,
+    status_code: int | None,
+    now: float,
+) -> None:
+    with write_transaction(path) as db:
+        db.execute(
+            "UPDATE notifications SET state = ?, attempts = ?, next_attempt_at = ?,"
+            " last_error = ?, status_code = ?, updated_at = ? WHERE id = ?",
+            (state, attempts, next_attempt_at, error, status_code, now, notification_id),
+        )
+
+
+def notification_summary(path: Path) -> list[sqlite3.Row]:
+    """Per sink and state: how many, the oldest pending, the last error and when."""
+    with connect(path) as db:
+        return db.execute(
+            "SELECT sink, state, COUNT(*) AS count, MIN(created_at) AS oldest,"
+            " MAX(updated_at) AS latest FROM notifications GROUP BY sink, state"
+        ).fetchall()
+
+
+def last_notification(path: Path, sink: str) -> sqlite3.Row | None:
+    """The sink's latest finished or retried delivery (its health)."""
+    with connect(path) as db:
+        row: sqlite3.Row | None = db.execute(
+            "SELECT * FROM notifications WHERE sink = ? AND (state != 'pending' OR attempts > 0)"
+            " ORDER BY updated_at DESC LIMIT 1",
+            (sink,),
+        ).fetchone()
+        return row
+
+
+def notifications_of(path: Path, incident_id: str) -> list[sqlite3.Row]:
+    with connect(path) as db:
+        return db.execute(
+            "SELECT * FROM notifications WHERE incident_id = ? ORDER BY id", (incident_id,)
+        ).fetchall()
+
+
+def approvals_to_warn(path: Path, before: float) -> list[sqlite3.Row]:
+    """Pending approval requests that expire before `before` and were not warned about."""
+    with connect(path) as db:
+        return db.execute(
+            "SELECT incident_id, step_key FROM approvals WHERE status = 'pending'"
+            " AND warned_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?"
+            " AND expires_at > ?",
+            (before, time.time()),
+        ).fetchall()
+
+
+def mark_warned(db: sqlite3.Connection, incident_id: str, step_key: str, now: float) -> None:
+    db.execute(
+        "UPDATE approvals SET warned_at = ? WHERE incident_id = ? AND step_key = ?",
+        (now, incident_id, step_key),
     )
 
 
@@ -468,13 +694,18 @@ def insert_alert(
     now: float,
     resolved_at: float | None,
     request_id: str,
+    truncated: str | None = None,
 ) -> None:
-    """A first delivery of an alert (`labels` and `annotations` are JSON)."""
+    """A first delivery of an alert (`labels`, `annotations` and `truncated` are JSON); what
+    the alert says is stored redacted (labels, annotations, generator URL, group key)."""
+    redact = configured_redactor()
+    labels, annotations = _redacted_json(labels, redact), _redacted_json(annotations, redact)
+    generator_url, group_key = redact(generator_url), redact(group_key)
     db.execute(
         "INSERT INTO alerts (key, fingerprint, starts_at, state, labels, annotations, ends_at,"
         " generator_url, receiver, group_key, environment, target, reason, incident_id,"
-        " deliveries, first_seen, last_seen, resolved_at, request_id)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+        " deliveries, first_seen, last_seen, resolved_at, request_id, truncated)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
         (
             key,
             fingerprint,
@@ -494,7 +725,18 @@ def insert_alert(
             now,
             resolved_at,
             request_id,
+            truncated,
         ),
+    )
+
+
+def insert_invalid_alert(
+    db: sqlite3.Connection, at: float, request_id: str, position: int, reason: str, body: str
+) -> None:
+    db.execute(
+        "INSERT INTO invalid_alerts (at, request_id, position, reason, body)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (at, request_id, position, reason, body),
     )
 
 
@@ -507,7 +749,17 @@ def count_alert_delivery(db: sqlite3.Connection, key: str, now: float) -> None:
 
 
 def set_alert_annotations(db: sqlite3.Connection, key: str, annotations: str) -> None:
-    db.execute("UPDATE alerts SET annotations = ? WHERE key = ?", (annotations, key))
+    stored = _redacted_json(annotations, configured_redactor())
+    db.execute("UPDATE alerts SET annotations = ? WHERE key = ?", (stored, key))
+
+
+def _redacted_json(text: str, redactor: Redactor) -> str:
+    """A JSON document with every string in it redacted (text that is no JSON: redacted)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return redactor(text)
+    return json.dumps(redactor.data(value))
 
 
 def resolve_alert(db: sqlite3.Connection, key: str, ends_at: str | None, now: float) -> None:
@@ -623,9 +875,25 @@ def metric_rows(path: Path) -> MetricRows:
     return MetricRows(incidents, status_rows, pending, outbox, operations, llm)
 
 
+def _redacted_context(context: IncidentContext, redactor: Redactor) -> str:
+    alert = context.alert
+    redacted = alert.model_copy(
+        update={
+            "labels": redactor.data(dict(alert.labels)),
+            "annotations": redactor.data(dict(alert.annotations)),
+        }
+    )
+    return context.model_copy(update={"alert": redacted}).model_dump_json()
+
+
 class IncidentStore:
-    def __init__(self, path: Path | str) -> None:
+    """`redactor` redacts what the store keeps from outside (reports, alert labels and
+    annotations); from_config builds it from the configuration, else it is the one of the
+    configuration this process runs with (infrastructure/redaction.py)."""
+
+    def __init__(self, path: Path | str, redactor: Redactor | None = None) -> None:
         self.path = Path(path)
+        self._redactor = redactor
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.executescript(_SCHEMA)
@@ -633,7 +901,13 @@ class IncidentStore:
 
     @classmethod
     def from_config(cls, config: UICIConfig) -> IncidentStore:
-        return cls(sqlite_path(config.platform.storage.url))
+        return cls(sqlite_path(config.platform.storage.url), Redactor.from_config(config))
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            self._redactor = configured_redactor()
+        return self._redactor
 
     def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return connect(self.path)
@@ -649,7 +923,7 @@ class IncidentStore:
     ) -> IncidentRecord:
         """Create the incident, or return the existing one with the same id."""
         with self._db() as db:
-            insert_incident(db, context, flow_run_id)
+            insert_incident(db, context, flow_run_id, redactor=self.redactor)
         record = self.get(context.incident_id)
         assert record is not None
         return record
@@ -708,13 +982,15 @@ class IncidentStore:
             )
 
     def save_report(self, incident_id: str, report: dict[str, Any], status: IncidentStatus) -> None:
+        """Every stored report is redacted here, whoever built it: the one choke point."""
+        stored = json.dumps(self.redactor.json_data(report))
         with self._db() as db:
             db.execute(
                 "UPDATE incidents SET report = ?, updated_at = ?,"
                 " status = CASE WHEN status = 'resolved' AND EXISTS (SELECT 1 FROM alerts"
                 " WHERE alerts.incident_id = incidents.id AND alerts.state = 'resolved')"
                 " THEN status ELSE ? END WHERE id = ?",
-                (json.dumps(report, default=str), time.time(), status, incident_id),
+                (stored, time.time(), status, incident_id),
             )
 
     # --- incident memory ----------------------------------------------------------------
@@ -838,23 +1114,158 @@ class IncidentStore:
 
     # --- approvals --------------------------------------------------------------------
 
-    def request_approval(self, incident_id: str, step: PlanStep, command: str) -> None:
+    def request_approval(
+        self,
+        incident_id: str,
+        step: PlanStep,
+        command: str,
+        expires_at: float | None = None,
+        required: int = 1,
+        requested_by: str | None = None,
+        runner: str = "flow",
+    ) -> None:
+        now = time.time()
         with self._db() as db:
             db.execute(
-                "INSERT OR REPLACE INTO approvals"
-                " VALUES (?, ?, ?, ?, 'pending', NULL, NULL, ?, NULL)",
-                (incident_id, step.key(), step.model_dump_json(), command, time.time()),
+                "INSERT OR REPLACE INTO approvals (incident_id, step_key, step, command, status,"
+                " actor, reason, created_at, decided_at, expires_at, required, requested_by, via,"
+                " runner, nonce)"
+                " VALUES (?, ?, ?, ?, 'pending', NULL, NULL, ?, NULL, ?, ?, ?, NULL, ?, ?)",
+                (
+                    incident_id, step.key(), step.model_dump_json(), self.redactor(command), now,
+                    expires_at, required, requested_by, runner, secrets.token_hex(16),
+                ),
+            )  # fmt: skip
+            # A request asked again (a new run of the same step) starts with no answers.
+            db.execute(
+                "DELETE FROM approval_votes WHERE incident_id = ? AND step_key = ?",
+                (incident_id, step.key()),
             )
 
     def decide_approval(
-        self, incident_id: str, step_key: str, status: ApprovalStatus, actor: str, reason: str
-    ) -> None:
+        self,
+        incident_id: str,
+        step_key: str,
+        status: ApprovalStatus,
+        actor: str,
+        reason: str,
+        via: str = "uici",
+    ) -> bool:
+        """Record the decision if the request is still pending; False if it was not."""
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE approvals SET status = ?, actor = ?, reason = ?, decided_at = ?, via = ?"
+                " WHERE incident_id = ? AND step_key = ? AND status = 'pending'",
+                (status, actor, self.redactor(reason), time.time(), via, incident_id, step_key),
+            )
+            return cursor.rowcount == 1
+
+    def reopen_approval(self, incident_id: str, step_key: str, actor: str) -> bool:
+        """Undo a decision `actor` recorded (the run could not be told): pending again.
+        False when its runner already acted on it: then it stands."""
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE approvals SET status = 'pending', actor = NULL, reason = NULL,"
+                " decided_at = NULL, via = NULL"
+                " WHERE incident_id = ? AND step_key = ? AND actor = ? AND acted_at IS NULL",
+                (incident_id, step_key, actor),
+            )
+            return cursor.rowcount == 1
+
+    def claim_decision(self, incident_id: str, step_key: str) -> ApprovalRecord | None:
+        """The decided request, taken up by this caller: from now on an undo no longer
+        applies and nobody else can take it up. None while it is pending, or when another
+        caller took it up already (a decision is acted on once)."""
+        with self._db() as db:
+            cursor = db.execute(
+                "UPDATE approvals SET acted_at = ? WHERE incident_id = ? AND step_key = ?"
+                " AND status != 'pending' AND acted_at IS NULL",
+                (time.time(), incident_id, step_key),
+            )
+            if cursor.rowcount != 1:
+                return None
+        return self.approval(incident_id, step_key)
+
+    def service_approvals(self, status: ApprovalStatus) -> list[ApprovalRecord]:
+        """Requests the service itself runs once approved (operation requests)."""
+        with self._db() as db:
+            ids = db.execute(
+                "SELECT DISTINCT incident_id FROM approvals"
+                " WHERE status = ? AND runner = 'service'",
+                (status,),
+            ).fetchall()
+        return [
+            a
+            for (incident_id,) in ids
+            for a in self.approvals(incident_id, status)
+            if a.runner == "service"
+        ]
+
+    def pending_approvals(self) -> list[ApprovalRecord]:
+        """Every pending approval request, oldest first."""
+        with self._db() as db:
+            ids = db.execute(
+                "SELECT DISTINCT incident_id FROM approvals WHERE status = 'pending'"
+            ).fetchall()
+        found = [a for (incident_id,) in ids for a in self.approvals(incident_id, "pending")]
+        return sorted(found, key=lambda a: a.created_at)
+
+    def approval(self, incident_id: str, step_key: str) -> ApprovalRecord | None:
+        return next((a for a in self.approvals(incident_id) if a.step_key == step_key), None)
+
+    def record_vote(
+        self,
+        incident_id: str,
+        step_key: str,
+        approver: str,
+        approve: bool,
+        via: str,
+        address: str | None,
+        reason: str,
+    ) -> bool:
+        """One person's answer; False if this person already answered this request."""
+        with self._db() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO approval_votes (incident_id, step_key, approver, approve,"
+                " via, address, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    incident_id,
+                    step_key,
+                    approver,
+                    int(approve),
+                    via,
+                    address,
+                    self.redactor(reason),
+                    time.time(),
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def withdraw_vote(self, incident_id: str, step_key: str, approver: str) -> None:
         with self._db() as db:
             db.execute(
-                "UPDATE approvals SET status = ?, actor = ?, reason = ?, decided_at = ?"
-                " WHERE incident_id = ? AND step_key = ? AND status = 'pending'",
-                (status, actor, reason, time.time(), incident_id, step_key),
+                "DELETE FROM approval_votes"
+                " WHERE incident_id = ? AND step_key = ? AND approver = ?",
+                (incident_id, step_key, approver),
             )
+
+    def votes(self, incident_id: str, step_key: str) -> list[ApprovalVote]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT * FROM approval_votes WHERE incident_id = ? AND step_key = ? ORDER BY at",
+                (incident_id, step_key),
+            ).fetchall()
+        return [
+            ApprovalVote(
+                approver=r["approver"],
+                approve=bool(r["approve"]),
+                via=r["via"],
+                address=r["address"],
+                reason=r["reason"],
+                at=r["at"],
+            )
+            for r in rows
+        ]
 
     def approvals(
         self, incident_id: str, status: ApprovalStatus | None = None
@@ -877,6 +1288,13 @@ class IncidentStore:
                 reason=r["reason"],
                 created_at=r["created_at"],
                 decided_at=r["decided_at"],
+                expires_at=r["expires_at"],
+                required=r["required"],
+                requested_by=r["requested_by"],
+                via=r["via"],
+                runner=r["runner"],
+                acted_at=r["acted_at"],
+                nonce=r["nonce"],
             )
             for r in rows
         ]

@@ -29,16 +29,29 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect
 
+from agent.incidents.approvals import ApprovalDesk, ApprovalRefused, VoteResult
 from agent.incidents.audit import AuditLog, AuditRecord
 from agent.incidents.events import Event, EventLog
 from agent.incidents.journal import Journal
 from agent.incidents.models import AlertInfo, IncidentContext
+from agent.incidents.operation_requests import RUNNER as OPERATION_REQUEST
+from agent.incidents.operation_requests import OperationRequest, OperationRequests
 from agent.incidents.storage import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
 from agent.logs import request_id_var
+from agent.notifications.delivery import DeliveryResult
+from agent.notifications.notifier import Notifier
 from agent.safety.gate import ExecutionGate, GateOutcome, requested_operation
 from agent.service.auth import KeyRing, Principal, RateLimiter
+from agent.service.auth import client_address as forwarded_client
 from agent.service.dispatch import Dispatcher, Launcher, PrefectLauncher
-from agent.service.intake import AlertIngestor, AlertmanagerWebhook, IngestResult, enqueue
+from agent.service.intake import (
+    AlertIngestor,
+    AlertmanagerWebhook,
+    IngestResult,
+    NotANotification,
+    enqueue,
+    parse_notification,
+)
 from agent.service.metrics import ServiceMetrics
 from agent.service.schemas import (
     AlertView,
@@ -61,6 +74,7 @@ from infrastructure.configuration.cache import ConfigCache
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import RiskLevel
 from infrastructure.executors.base import OperationResult
+from infrastructure.redaction import redact_result
 from infrastructure.registry import CallValidationError, OperationRegistry
 from infrastructure.translator import CommandSpec, CommandTranslator, TranslationError
 
@@ -70,20 +84,25 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-class BodyLimit:
-    """Refuses bodies over the limit (413) by Content-Length, or while a chunked body streams."""
+WEBHOOK_PATH = "/webhooks/alertmanager"
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimit:
+    """Refuses bodies over the limit (413) by Content-Length, or while a chunked body streams.
+    The webhook has its own (larger) limit; both follow configuration reloads."""
+
+    def __init__(self, app: ASGIApp, limits: Callable[[Scope], int]) -> None:
         self.app = app
-        self.limit = limit
+        self.limits = limits  # the limit for this request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limits(scope)
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await _send_413(send, self.limit)
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                await _send_413(send, limit)
                 return
         if not any(name == b"content-length" for name, _ in scope.get("headers", [])):
             # A chunked body: read it here, bounded, then hand it on whole.
@@ -95,8 +114,8 @@ class BodyLimit:
                     return  # the client went away
                 chunks.append(message.get("body", b""))
                 size += len(chunks[-1])
-                if size > self.limit:
-                    await _send_413(send, self.limit)
+                if size > limit:
+                    await _send_413(send, limit)
                     return
                 if not message.get("more_body", False):
                     break
@@ -113,6 +132,30 @@ class BodyLimit:
             await self.app(scope, replay, send)
             return
         await self.app(scope, receive, send)
+
+
+class ReloadingCORS:
+    """CORS for the origins of the configuration in force (none: CORS is off)."""
+
+    def __init__(self, app: ASGIApp, origins: Callable[[], list[str]]) -> None:
+        self.app = app
+        self.origins = origins
+        self._built: tuple[tuple[str, ...], ASGIApp] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origins = tuple(self.origins())
+        if not origins:
+            await self.app(scope, receive, send)
+            return
+        if self._built is None or self._built[0] != origins:
+            cors = CORSMiddleware(
+                self.app,
+                allow_origins=list(origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            )
+            self._built = (origins, cors)
+        await self._built[1](scope, receive, send)
 
 
 async def _send_413(send: Send, limit: int) -> None:
@@ -140,13 +183,52 @@ class ServiceState:
         self.metrics = ServiceMetrics(self.store.path)
         self.launcher: Launcher = launcher or PrefectLauncher(config)
         self.dispatcher = Dispatcher(config, self.store, self.launcher)
-        self.keys = KeyRing(config.platform.api.api_keys)
-        self.limiter = RateLimiter(config.platform.api.rate_limits)
+        self.notifier = Notifier(self.configs.get, self.store, self._count_notification)
+        self._credentials = (config.fingerprint, KeyRing(config.platform.api.api_keys))
+        self._limits = (
+            config.platform.api.rate_limits,
+            RateLimiter(config.platform.api.rate_limits),
+        )
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._deep_lock = asyncio.Lock()
+        self._deep_cache: tuple[float, Readiness] | None = None
 
     @property
     def config(self) -> UICIConfig:
         return self.configs.get()
+
+    @property
+    def keys(self) -> KeyRing:
+        """The keys of the configuration in force: a key removed from platform.yml stops
+        working once the configuration cache reloads (configuration.cache_ttl_seconds)."""
+        config = self.config
+        if self._credentials[0] != config.fingerprint:
+            self._credentials = (config.fingerprint, KeyRing(config.platform.api.api_keys))
+        return self._credentials[1]
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The rate limits in force (their buckets start afresh when the limits change)."""
+        limits = self.config.platform.api.rate_limits
+        if self._limits[0] != limits:
+            self._limits = (limits, RateLimiter(limits))
+        return self._limits[1]
+
+    def _count_notification(self, sink: str, result: DeliveryResult, state: str) -> None:
+        outcome = "sent" if result.ok else ("retry" if state == "pending" else "failed")
+        self.metrics.notification_attempts.labels(sink, outcome).inc()
+
+    async def deep_health(self) -> Readiness:
+        """The deep check, cached: concurrent and repeated callers share one run of it."""
+        async with self._deep_lock:
+            ttl = self.config.platform.api.deep_health.cache_seconds
+            cached = self._deep_cache
+            if cached is not None and time.monotonic() - cached[0] < ttl:
+                return cached[1]
+            checks = await readiness_checks(self, deep=True)
+            body = Readiness(ready=all(c.ok for c in checks), checks=checks)
+            self._deep_cache = (time.monotonic(), body)
+            return body
 
     def wake_dispatcher(self) -> None:
         if self.loop is not None:
@@ -162,7 +244,7 @@ class RequireScope:
     def __call__(self, request: Request) -> Principal:
         state: ServiceState = request.app.state.uici
         found = state.keys.authenticate(request.headers.get("authorization"))
-        address = request.client.host if request.client else "unknown"
+        address = client_address(state, request)
         limited = state.limiter.check(found, address)
         if limited is not None:
             bucket, wait = limited
@@ -197,9 +279,9 @@ def create_app(
     configs: ConfigCache,
     launcher: Launcher | None = None,
     run_dispatcher: bool = True,
+    run_notifier: bool = True,
 ) -> FastAPI:
     state = ServiceState(configs, launcher)
-    settings = state.config.platform.api
     if not len(state.keys):
         log.warning(
             "no API key is configured (platform.yml api.api_keys): every request except "
@@ -210,13 +292,16 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         state.loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        task = asyncio.create_task(state.dispatcher.run_forever(stop)) if run_dispatcher else None
+        tasks = []
+        if run_dispatcher:
+            tasks.append(asyncio.create_task(state.dispatcher.run_forever(stop)))
+        if run_notifier:  # notifications and expiring operation requests
+            tasks.append(asyncio.create_task(state.notifier.run_forever(stop)))
         try:
             yield
         finally:
             stop.set()
-            if task is not None:
-                await task
+            await asyncio.gather(*tasks)
 
     app = FastAPI(
         title="UICI agent service",
@@ -227,14 +312,21 @@ def create_app(
         responses={429: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
     )
     app.state.uici = state
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
-        )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(ReloadingCORS, origins=lambda: state.config.platform.api.cors_origins)
+
+    def body_limit(scope: Scope) -> int:
+        """The webhook's larger limit only for a request with the webhook key: nobody else
+        makes the service hold 16 MiB."""
+        api = state.config.platform.api
+        if scope.get("path") == WEBHOOK_PATH:
+            headers = dict(scope.get("headers") or [])
+            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            found = state.keys.authenticate(authorization or None)
+            if found is not None and found.is_webhook:
+                return api.webhook.max_body_bytes
+        return api.max_body_bytes
+
+    app.add_middleware(BodyLimit, limits=body_limit)
 
     @app.middleware("http")
     async def request_context(
@@ -294,9 +386,25 @@ def create_app(
         responses={503: {"model": Readiness}},
     )
     async def ready() -> JSONResponse:
-        """Readiness: configuration, store, Prefect API and each enabled environment."""
-        checks = await readiness_checks(state)
+        """Readiness of the webhook: the configuration is loaded and the store takes writes.
+        Cheap, and independent of Prefect and the environments (the outbox covers a Prefect
+        outage), so an orchestrator keeps the webhook in service while Alertmanager can be
+        answered. GET /health/deep checks everything else."""
+        checks = await readiness_checks(state, deep=False)
         body = Readiness(ready=all(c.ok for c in checks), checks=checks)
+        return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+
+    @app.get(
+        "/health/deep",
+        response_model=Readiness,
+        tags=["health"],
+        responses={503: {"model": Readiness}},
+    )
+    async def deep(_: Reader) -> JSONResponse:
+        """Every dependency: configuration, store, Prefect API, each enabled environment and
+        the notification sinks. Needs a read key; checked at most once per
+        api.deep_health.cache_seconds (callers in between get the cached answer)."""
+        body = await state.deep_health()
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
@@ -309,22 +417,58 @@ def create_app(
     # --- the Alertmanager webhook -----------------------------------------------------------
 
     @app.post(
-        "/webhooks/alertmanager",
+        "/webhooks/alertmanager",  # WEBHOOK_PATH, written out for tests/test_k8s_manifests.py
         status_code=202,
         response_model=IngestResult,
         tags=["webhooks"],
-        responses={503: {"model": ErrorResponse}, 400: {"model": ErrorResponse}},
+        responses={
+            503: {"model": ErrorResponse},
+            400: {"model": ErrorResponse},
+            413: {"model": ErrorResponse},
+            422: {"model": ErrorResponse},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": AlertmanagerWebhook.model_json_schema(
+                            ref_template="#/components/schemas/{model}"
+                        )
+                    }
+                },
+            }
+        },
     )
-    def alertmanager_webhook(
-        body: AlertmanagerWebhook, request: Request, sender: WebhookSender
-    ) -> IngestResult:
-        """Alertmanager's webhook (version 4). Answers 202 once every alert is stored."""
+    async def alertmanager_webhook(request: Request, sender: WebhookSender) -> IngestResult:
+        """Alertmanager's webhook (version 4). Answers 202 once every alert is stored. An alert
+        that cannot be read is stored with the reason and reported, the others proceed; a
+        value over api.webhook.max_value_chars is cut with a marker. Only a body that is not
+        JSON (400) or not a notification at all (422) is refused."""
         started = time.perf_counter()
-        address = request.client.host if request.client else "unknown"
-        try:
-            result = AlertIngestor(state.config, state.store).ingest(
-                body, request.state.request_id, sender.name, address
+        address = client_address(state, request)
+        config = state.config
+        raw = await request.body()
+        try:  # parsing up to 16 MiB is work for a thread, not the event loop
+            parsed = await asyncio.to_thread(
+                parse_notification, raw, config.platform.api.webhook.max_value_chars
             )
+        except NotANotification as exc:
+            state.metrics.webhook_latency.labels(str(exc.status)).observe(
+                time.perf_counter() - started
+            )
+            return JSONResponse(  # type: ignore[return-value]
+                status_code=exc.status,
+                content=ErrorResponse(
+                    error=str(exc), problems=exc.problems, request_id=request.state.request_id
+                ).model_dump(),
+            )
+        body = parsed.notification
+        try:
+            result = await asyncio.to_thread(
+                AlertIngestor(config, state.store).ingest,
+                body, request.state.request_id, sender.name, address, parsed.invalid,
+            )  # fmt: skip
         except sqlite3.Error as exc:
             log.error("could not store a notification: %s", exc)
             state.metrics.webhook_latency.labels("503").observe(time.perf_counter() - started)
@@ -391,6 +535,13 @@ def create_app(
                     reason=a.reason,
                     created_at=a.created_at,
                     decided_at=a.decided_at,
+                    expires_at=a.expires_at,
+                    required_approvers=a.required,
+                    requested_by=a.requested_by,
+                    via=a.via,
+                    approvers=[
+                        v.approver for v in state.store.votes(incident_id, a.step_key) if v.approve
+                    ],
                 )
                 for a in state.store.approvals(incident_id)
             ],
@@ -413,37 +564,64 @@ def create_app(
     async def decide(
         incident_id: str, body: DecisionRequest, who: Principal, approve: bool, request: Request
     ) -> DecisionResponse:
+        """The key's name is the approver. The answer is recorded first (the decision of
+        record, which the run reads), then the paused run is woken up."""
         if who.is_webhook:  # cannot happen with validated keys; kept as a second lock
             raise HTTPException(403, "the webhook credential cannot decide approvals")
         record = _incident_or_404(state, incident_id)
-        pending = state.store.approvals(incident_id, "pending")
-        if body.step_key is not None:
-            pending = [p for p in pending if p.step_key == body.step_key]
-        if not pending or record.flow_run_id is None:
-            raise HTTPException(409, f"incident {incident_id} is {record.status}; nothing waits")
-        approval = pending[0]
-        action = "approve" if approve else "reject"
+        desk = ApprovalDesk(state.store)
+        request_id = request.state.request_id
         try:
-            await state.launcher.resume(
-                record.flow_run_id, approve, who.name, body.reason, approval.step_key
-            )
-        except Exception as exc:
-            state.audit.record(
-                who.name, f"incident.{action}", f"failed: {exc}"[:300], approval.step.describe(),
-                {"reason": body.reason}, incident_id, request.state.request_id,
+            waiting = desk.pending(incident_id, body.step_key)
+        except ApprovalRefused as refused:
+            raise HTTPException(refused.status, str(refused)) from refused
+        by_service = waiting.runner == OPERATION_REQUEST
+        if not by_service and record.flow_run_id is None:
+            raise HTTPException(409, f"incident {incident_id} is {record.status}; nothing waits")
+        try:
+            result = await asyncio.to_thread(
+                desk.answer, incident_id, waiting.step_key, who.name, approve, "api",
+                client_address(state, request), body.reason, request_id,
             )  # fmt: skip
-            raise HTTPException(502, f"could not resume flow run {record.flow_run_id}") from exc
-        state.audit.record(
-            who.name, f"incident.{action}", "resumed", approval.step.describe(),
-            {"reason": body.reason, "step_key": approval.step_key}, incident_id,
-            request.state.request_id,
-        )  # fmt: skip
+        except ApprovalRefused as refused:
+            raise HTTPException(refused.status, str(refused)) from refused
+        if by_service:
+            outcome = None
+            if result.decision == "approved":
+                outcome = await asyncio.to_thread(_run_approved, state, result, request_id)
+            elif result.decision == "rejected":
+                await asyncio.to_thread(OperationRequests(state.config, state.store).closed, result)
+            return DecisionResponse(
+                incident_id=incident_id,
+                step=result.step,
+                command=result.command,
+                decision=result.decision,
+                by=who.name,
+                approvers=result.approvers,
+                required_approvers=result.required,
+                outcome=outcome.outcome if outcome else None,
+                result=outcome.result if outcome else None,
+            )
+        if result.decision != "pending" and record.flow_run_id is not None:
+            try:
+                await state.launcher.resume(
+                    record.flow_run_id, approve, who.name, body.reason, result.step_key,
+                    waiting.nonce or "",
+                )  # fmt: skip
+            except Exception as exc:
+                if await asyncio.to_thread(desk.undo, result, str(exc), request_id):
+                    raise HTTPException(
+                        502, f"could not resume flow run {record.flow_run_id}; nothing was decided"
+                    ) from exc
+                # The run's pause had ended and it acted on the recorded decision: it stands.
         return DecisionResponse(
             incident_id=incident_id,
-            step=approval.step.describe(),
-            command=approval.command,
-            decision="approved" if approve else "rejected",
+            step=result.step,
+            command=result.command,
+            decision=result.decision,
             by=who.name,
+            approvers=result.approvers,
+            required_approvers=result.required,
         )
 
     decision_responses: dict[int | str, dict[str, Any]] = {
@@ -505,6 +683,7 @@ def create_app(
             environment=environment,
             service=body.service,
             dependencies=body.dependencies,
+            requested_by=who.name,
         )
         now = time.time()
         parameters = {
@@ -572,12 +751,18 @@ def create_app(
         name: str, body: RunOperationRequest, who: Reader, request: Request
     ) -> OperationResult | DryRunResponse:
         """Validate, translate and run one operation. Writes need the operate scope and pass
-        the environment's policy (a step that needs approval needs `approve: true`)."""
+        the environment's policy. A write that needs approval is not run: it becomes an
+        operation request (202, with its incident id) that other people approve at
+        POST /incidents/{incident_id}/approve; nobody approves their own."""
         config = state.config
         environment = body.environment or config.platform.platform.default_environment
         registry = OperationRegistry.from_config(config)
         try:
-            call = registry.validate(name, environment, body.parameters, body.target)
+            # A dry run touches nothing, so it also works on a disabled environment; the gate
+            # validates again, without that allowance, before anything is sent.
+            call = registry.validate(
+                name, environment, body.parameters, body.target, allow_disabled=body.dry_run
+            )
             spec = CommandTranslator.from_config(config).translate(call)
         except CallValidationError as exc:
             raise HTTPException(422, "; ".join(str(p) for p in exc.problems)) from exc
@@ -609,13 +794,22 @@ def create_app(
             raise HTTPException(
                 503, f"the incident store cannot be used ({exc}); no operation runs without it"
             ) from exc
+        if outcome.refused_by == "approval":
+            if body.approve:
+                raise HTTPException(
+                    403,
+                    "a requester cannot approve its own write: send it without approve, and "
+                    "another person approves it at POST /incidents/{incident_id}/approve",
+                )
+            opened = await asyncio.to_thread(
+                _request_approval, state, config, spec, call.parameters, body, who, request
+            )
+            return JSONResponse(opened.model_dump(), status_code=202)  # type: ignore[return-value]
         if outcome.result is None:
             code = {"policy": 403, "target": 422}.get(outcome.refused_by or "", 409)
-            hint = " (review the dry run and send approve: true)"
-            raise HTTPException(
-                code, outcome.note + (hint if outcome.refused_by == "approval" else "")
-            )
-        return outcome.result
+            raise HTTPException(code, outcome.note)
+        # Executors redact what they return; this is the second layer at the exit.
+        return redact_result(outcome.result, state.store.redactor)
 
     # --- audit and events -------------------------------------------------------------------
 
@@ -668,8 +862,14 @@ def create_app(
             await websocket.close(code=1008, reason="since must be an event id")
             return
         await websocket.accept()
+        authorization = websocket.headers.get("authorization")
         try:
             while True:
+                # A key removed from the configuration ends the stream it opened.
+                still = state.keys.authenticate(authorization)
+                if still is None or "read" not in still.scopes:
+                    await websocket.close(code=1008, reason="the key is no longer valid")
+                    return
                 batch = await asyncio.to_thread(state.events.since, after, settings.replay_limit)
                 for event in batch:
                     await websocket.send_text(event.model_dump_json())
@@ -683,6 +883,15 @@ def create_app(
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def client_address(state: ServiceState, request: Request) -> str:
+    """The caller's address (X-Forwarded-For only from api.trusted_proxies)."""
+    peer = request.client.host if request.client else "unknown"
+    # Several X-Forwarded-For lines are one list (RFC 9110): a client cannot hide behind
+    # an extra line of its own in front of the proxy's.
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for")) or None
+    return forwarded_client(peer, forwarded, state.config.platform.api.trusted_proxies)
 
 
 def _problem(error: Any) -> str:
@@ -712,6 +921,15 @@ def _incident_or_404(state: ServiceState, incident_id: str) -> IncidentRecord:
     return record
 
 
+def _write_key(
+    spec: CommandSpec, parameters: dict[str, Any], who: Principal, request: Request
+) -> str:
+    # The request id names the write: the same request sent again is the same write.
+    what = json.dumps([spec.operation, spec.environment, spec.target, parameters], default=str)
+    request_id = request.state.request_id
+    return hashlib.sha256(f"{who.name}:{request_id}:{what}".encode()).hexdigest()[:24]
+
+
 def _through_gate(
     state: ServiceState,
     config: UICIConfig,
@@ -721,18 +939,15 @@ def _through_gate(
     who: Principal,
     request: Request,
 ) -> GateOutcome:
-    """The execution gate, as for every other entry point. A key with the operate scope that
-    sends `approve: true` approves as itself; the cool-down and budgets still apply. The
-    request id names the write, so a client that retries the same request writes once."""
+    """The execution gate, as for every other entry point, with no approval: a write that
+    needs one is refused here and becomes an operation request. The cool-down and budgets
+    apply. A client that retries the same request (same request id) writes once."""
     known = state.store.get(body.incident_id) if body.incident_id else None
     gate = ExecutionGate(config, state.store)
-    request_id = request.state.request_id
-    # The request id names the write: the same request sent again is the same write.
-    what = json.dumps([spec.operation, spec.environment, spec.target, parameters], default=str)
-    key = hashlib.sha256(f"{who.name}:{request_id}:{what}".encode()).hexdigest()[:24]
+    key = _write_key(spec, parameters, who, request)
     gate_request = requested_operation(
-        gate, spec, parameters, who.name, "api", body.approve,
-        known.context if known else None, f"api-{key}", request_id,
+        gate, spec, parameters, who.name, "api", False,
+        known.context if known else None, f"api-{key}", request.state.request_id,
     )  # fmt: skip
     try:
         return gate.execute(gate_request)
@@ -740,7 +955,39 @@ def _through_gate(
         gate.close()
 
 
-async def readiness_checks(state: ServiceState) -> list[ReadinessCheck]:
+def _request_approval(
+    state: ServiceState,
+    config: UICIConfig,
+    spec: CommandSpec,
+    parameters: dict[str, Any],
+    body: RunOperationRequest,
+    who: Principal,
+    request: Request,
+) -> OperationRequest:
+    known = state.store.get(body.incident_id) if body.incident_id else None
+    gate = ExecutionGate(config, state.store)
+    try:
+        step = requested_operation(
+            gate, spec, parameters, who.name, "api", False, None, "", None
+        ).step
+    finally:
+        gate.close()
+    return OperationRequests(config, state.store).open(
+        step, spec.command_line(), who.name, _write_key(spec, parameters, who, request),
+        known.context if known else None, request.state.request_id,
+    )  # fmt: skip
+
+
+def _run_approved(state: ServiceState, vote: VoteResult, request_id: str) -> GateOutcome:
+    config = state.config
+    gate = ExecutionGate(config, state.store)
+    try:
+        return OperationRequests(config, state.store).run_approved(vote, gate, request_id)
+    finally:
+        gate.close()
+
+
+async def readiness_checks(state: ServiceState, deep: bool) -> list[ReadinessCheck]:
     timeout = state.config.platform.api.readiness_timeout_seconds
 
     async def timed(name: str, check: Callable[[], Awaitable[str]]) -> ReadinessCheck:
@@ -789,11 +1036,24 @@ async def readiness_checks(state: ServiceState) -> list[ReadinessCheck]:
 
         return check
 
-    checks = [
-        timed("configuration", configuration),
-        timed("store", store),
-        timed("prefect", prefect),
-    ]
+    checks = [timed("configuration", configuration), timed("store", store)]
+    if not deep:
+        return list(await asyncio.gather(*checks))
+    checks.append(timed("prefect", prefect))
+
+    def sink_check(name: str) -> Callable[[], Awaitable[str]]:
+        async def check() -> str:
+            health = await asyncio.to_thread(state.notifier.sink_health)
+            ok, detail = health.get(name, (True, "no delivery yet"))
+            if not ok:
+                raise RuntimeError(detail)
+            return detail
+
+        return check
+
+    for sink in state.config.platform.notifications.sinks:
+        if sink.enabled:
+            checks.append(timed(f"notification:{sink.name}", sink_check(sink.name)))
     for name, environment in state.config.environments.environments.items():
         if environment.enabled:
             checks.append(timed(f"environment:{name}", environment_check(name, environment)))

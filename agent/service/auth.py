@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import math
 import secrets
 import threading
@@ -114,19 +115,60 @@ class RateLimiter:
         self.webhook = TokenBuckets(limits.webhook)
 
     def check(self, principal: Principal | None, address: str) -> tuple[str, int] | None:
-        """None when allowed; else (bucket kind, whole seconds to wait)."""
+        """None when allowed; else (bucket kind, whole seconds to wait).
+
+        A request with a valid key is charged to its key's bucket only; the address bucket
+        limits requests without one (missing or bad keys). So a flood of bad keys from behind
+        the same ingress address cannot lock an operator out of approvals."""
         if principal is not None and principal.is_webhook:
             # Alertmanager is one address sending bursts: its credential has its own bucket.
             wait = self.webhook.take(principal.name)
             return ("webhook", _seconds(wait)) if wait else None
-        wait = self.per_address.take(address)
-        if wait:
-            return "address", _seconds(wait)
         if principal is not None:
             wait = self.per_key.take(principal.name)
-            if wait:
-                return "key", _seconds(wait)
+            return ("key", _seconds(wait)) if wait else None
+        wait = self.per_address.take(address)
+        return ("address", _seconds(wait)) if wait else None
+
+
+def client_address(peer: str, forwarded_for: str | None, trusted: list[str]) -> str:
+    """The client's address: the peer's, or, when the peer is a trusted proxy, the nearest
+    address in X-Forwarded-For that is not itself a trusted proxy (the header's left part is
+    whatever the client wrote, so it is read from the right)."""
+    networks = [ipaddress.ip_network(t, strict=False) for t in trusted]
+
+    def is_trusted(address: str) -> bool:
+        ip = _ip(address)
+        return ip is not None and any(ip in network for network in networks)
+
+    if not forwarded_for or not is_trusted(peer):
+        return peer
+    chain = [part.strip() for part in forwarded_for.split(",")][-20:]
+    client = peer
+    for hop in reversed(chain):
+        ip = _ip(hop)
+        if ip is None:
+            break  # garbage: stop at the last address a trusted hop vouched for
+        client = str(ip)
+        if not is_trusted(client):
+            break
+    return client
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as proxies write it: bare, `[v6]:port`, `v4:port`, or v4-mapped v6."""
+    text = text.strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
         return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def _seconds(wait: float) -> int:

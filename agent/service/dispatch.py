@@ -32,14 +32,21 @@ class Launcher(Protocol):
         """Start (or find, by key) the diagnosis run; return its id."""
         ...
 
-    async def cancel_approval(self, flow_run_id: str, reason: str) -> bool:
-        """Answer a paused run's approval with a rejection; False if it was not paused."""
+    async def cancel_approval(self, flow_run_id: str, reason: str, token: str = "") -> bool:
+        """Wake a paused run whose approval was cancelled; False if it was not paused."""
         ...
 
     async def resume(
-        self, flow_run_id: str, approve: bool, approver: str, reason: str, step_key: str = ""
+        self,
+        flow_run_id: str,
+        approve: bool,
+        approver: str,
+        reason: str,
+        step_key: str = "",
+        token: str = "",
     ) -> None:
-        """Answer a paused run's approval of the step `step_key`."""
+        """Wake a paused run to read the recorded decision of the step `step_key`; `token`
+        (the request's nonce) tells the run this wake-up is not a Prefect UI answer."""
         ...
 
     async def reachable(self) -> None:
@@ -103,18 +110,29 @@ class Dispatcher:
         waiting = [a for a in approvals if a.status in ("pending", "cancelled")]
         if record is None or not waiting or not record.flow_run_id:
             return "nothing waiting for approval"
-        # Recorded first: the run, once resumed, records its own answer only if still pending.
+        # Recorded first: the run, once resumed, reads the decision of record. A request a
+        # person decided just before is left as they decided it.
+        token = ""
         for approval in waiting:
             if approval.status != "pending":
                 continue
-            await asyncio.to_thread(
+            cancelled = await asyncio.to_thread(
                 self.store.decide_approval,
                 incident_id,
                 approval.step_key,
                 "cancelled",
                 "alertmanager",
                 reason,
+                "alertmanager",
             )
+            if not cancelled:
+                continue
+            token = approval.nonce or ""
+            self.audit.record(
+                "alertmanager", "approval.cancel", "cancelled", approval.step.describe(),
+                {"via": "alertmanager", "step_key": approval.step_key, "reason": reason},
+                incident_id,
+            )  # fmt: skip
             self.events.emit(
                 "approval.decided",
                 incident_id,
@@ -123,7 +141,9 @@ class Dispatcher:
                 by="alertmanager",
             )
         # Raises while the run is still on its way to the pause: the outbox retries.
-        paused = await self.launcher.cancel_approval(record.flow_run_id, reason)
+        if not token and not any(a.status == "cancelled" for a in waiting):
+            return "nothing waiting for approval"
+        paused = await self.launcher.cancel_approval(record.flow_run_id, reason, token)
         return "cancelled" if paused else "run was no longer paused"
 
     def _done(self, row: dict[str, Any], result: str) -> None:
@@ -202,12 +222,12 @@ class PrefectLauncher:
                     raise
         return str(run.id)
 
-    async def cancel_approval(self, flow_run_id: str, reason: str) -> bool:
+    async def cancel_approval(self, flow_run_id: str, reason: str, token: str = "") -> bool:
         from prefect.client.orchestration import get_client
         from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
 
         try:
-            await self.resume(flow_run_id, False, "alertmanager", reason)
+            await self.resume(flow_run_id, False, "alertmanager", reason, token=token)
         except (FlowPauseTimeout, ObjectNotFound):
             return False  # timed out or gone: nothing waits any more
         except NotPausedError:
@@ -220,10 +240,16 @@ class PrefectLauncher:
         return True
 
     async def resume(
-        self, flow_run_id: str, approve: bool, approver: str, reason: str, step_key: str = ""
+        self,
+        flow_run_id: str,
+        approve: bool,
+        approver: str,
+        reason: str,
+        step_key: str = "",
+        token: str = "",
     ) -> None:
-        """Answer the run's pending ApprovalInput for the step `step_key` (raises
-        NotPausedError if it is not paused); the run refuses an answer for another step."""
+        """Wake the run paused for the step `step_key` (raises NotPausedError if it is not
+        paused); it acts on the recorded decision, which this input only points it to."""
         from prefect.flow_runs import aresume_flow_run
 
         with self._settings():
@@ -234,6 +260,7 @@ class PrefectLauncher:
                     "approver": approver,
                     "reason": reason,
                     "step_key": step_key,
+                    "token": token,
                 },
             )
 

@@ -16,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.incidents.audit import AuditLog
 from agent.incidents.context import LabelConventions, UnmappedAlert
@@ -30,6 +30,7 @@ from agent.incidents.storage import (
     insert_delivery,
     insert_dispatch,
     insert_incident,
+    insert_invalid_alert,
     resolve_alert,
     resolve_incident,
     set_alert_annotations,
@@ -39,8 +40,8 @@ from agent.incidents.storage import (
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.registry import OperationRegistry
 
-MAX_ALERTS_PER_NOTIFICATION = 10_000
-_LABEL_VALUE_LIMIT = 4096
+_KEY_LIMIT = 256
+TRUNCATION_MARKER = "…[cut by UICI: {length} characters]"
 
 
 def _utc_iso(value: datetime) -> str:
@@ -50,7 +51,8 @@ def _utc_iso(value: datetime) -> str:
 
 
 class AlertmanagerAlert(BaseModel):
-    """One alert of a notification. Unknown fields (newer Alertmanager, Grafana) are kept."""
+    """One alert of a notification. Unknown fields (newer Alertmanager, Grafana) are kept.
+    Values arrive already cut to the configured length (see `parse_notification`)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -61,13 +63,16 @@ class AlertmanagerAlert(BaseModel):
     endsAt: datetime | None = None
     generatorURL: str = ""
     fingerprint: str | None = Field(default=None, max_length=256)
+    # Values UICI cut: "labels.x" / "annotations.y" -> the original length in characters.
+    truncated: dict[str, int] = Field(default_factory=dict, exclude=True)
+    position: int | None = Field(default=None, exclude=True)  # its index in the notification
 
     @field_validator("labels", "annotations")
     @classmethod
-    def _bounded_values(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, text in value.items():
-            if len(key) > 256 or len(text) > _LABEL_VALUE_LIMIT:
-                raise ValueError(f"label or annotation {key[:40]!r} is longer than allowed")
+    def _bounded_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if len(key) > _KEY_LIMIT:
+                raise ValueError(f"name {key[:40]!r}... is longer than {_KEY_LIMIT} characters")
         return value
 
     @property
@@ -96,20 +101,136 @@ class AlertmanagerAlert(BaseModel):
 
 
 class AlertmanagerWebhook(BaseModel):
-    """Alertmanager's webhook body, version 4."""
+    """Alertmanager's webhook body, version 4 (the OpenAPI schema of the route). The route
+    parses leniently with `parse_notification`: one bad alert never costs the others."""
 
     model_config = ConfigDict(extra="allow")
 
-    version: Literal["4"] = Field(description="Alertmanager's webhook payload version.")
-    status: Literal["firing", "resolved"]
+    version: str = Field(default="4", description="Alertmanager's webhook payload version.")
+    status: str = ""
     receiver: str = ""
-    alerts: list[AlertmanagerAlert] = Field(max_length=MAX_ALERTS_PER_NOTIFICATION)
+    alerts: list[AlertmanagerAlert]
     groupLabels: dict[str, str] = Field(default_factory=dict)
     commonLabels: dict[str, str] = Field(default_factory=dict)
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: str = ""
     groupKey: str = ""
     truncatedAlerts: int = Field(default=0, ge=0, le=2**31 - 1)  # SQLite integers are 64-bit
+
+
+class InvalidAlert(BaseModel):
+    """An alert of a notification that could not be read: stored with why, never dropped."""
+
+    index: int
+    reason: str
+    body: str  # its JSON, bounded
+
+
+class NotANotification(ValueError):
+    """The body is not JSON, or not an Alertmanager notification at all: a 4xx."""
+
+    def __init__(self, status: int, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problems = problems or []
+
+
+class ParsedNotification(BaseModel):
+    notification: AlertmanagerWebhook
+    invalid: list[InvalidAlert]
+
+
+def _text(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:limit]
+
+
+def _cut(values: Any, limit: int, where: str, truncated: dict[str, int]) -> Any:
+    """Values over `limit` characters cut to it with a marker; the original length noted."""
+    if not isinstance(values, dict):
+        return values  # the model says what is wrong with it
+    out: dict[Any, Any] = {}
+    for name, value in values.items():
+        if isinstance(value, str) and len(value) > limit:
+            marker = TRUNCATION_MARKER.format(length=len(value))
+            value = value[: max(0, limit - len(marker))] + marker
+            truncated[f"{where}.{str(name)[:_KEY_LIMIT]}"] = len(values[name])
+        out[name] = value
+    return out
+
+
+def _problems(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "alert"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)[:1000]
+
+
+def parse_notification(raw: bytes, max_value_chars: int) -> ParsedNotification:
+    """Alertmanager's body, leniently: a body that is JSON and has an `alerts` list is a
+    notification; each alert is read on its own (values cut to `max_value_chars`), and one
+    that cannot be read is returned as invalid with the reason instead of failing the rest.
+    Raises NotANotification (400 or 422) only for a body that is not JSON or not a
+    notification at all."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise NotANotification(400, "malformed JSON body", [str(exc)[:300]]) from None
+    except RecursionError:
+        raise NotANotification(400, "malformed JSON body", ["nested too deeply"]) from None
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise NotANotification(422, "not an Alertmanager notification", [f"body: a {kind}"])
+    alerts = data.get("alerts")
+    if not isinstance(alerts, list):
+        raise NotANotification(
+            422, "not an Alertmanager notification", ["body.alerts: Field required (a list)"]
+        )
+    envelope: dict[str, Any] = {"alerts": []}
+    for name in ("version", "status", "receiver", "externalURL", "groupKey"):
+        if name in data:
+            envelope[name] = _text(data[name], 2000)
+    for name in ("groupLabels", "commonLabels", "commonAnnotations"):
+        value = data.get(name)
+        if isinstance(value, dict):
+            envelope[name] = {
+                str(k)[:_KEY_LIMIT]: _text(v, max_value_chars) for k, v in value.items()
+            }
+    count = data.get("truncatedAlerts", 0)
+    envelope["truncatedAlerts"] = count if isinstance(count, int) and 0 <= count < 2**31 else 0
+    notification = AlertmanagerWebhook.model_validate(envelope)
+    valid: list[AlertmanagerAlert] = []
+    invalid: list[InvalidAlert] = []
+    for index, given in enumerate(alerts):
+        body = json.dumps(given, default=str)[:4000]
+        if not isinstance(given, dict):
+            invalid.append(InvalidAlert(index=index, reason="not an object", body=body))
+            continue
+        truncated: dict[str, int] = {}
+        labels = given.get("labels")
+        if not given.get("fingerprint") and isinstance(labels, dict) and labels:
+            # A sender without fingerprints: the identity is the labels as sent, before any
+            # cut, so it stays the same whatever max_value_chars is.
+            canonical = json.dumps(sorted((str(k), str(v)) for k, v in labels.items()))
+            given = {**given, "fingerprint": hashlib.sha256(canonical.encode()).hexdigest()[:16]}
+        item = {
+            **given,
+            "labels": _cut(given.get("labels"), max_value_chars, "labels", truncated),
+            "annotations": _cut(
+                given.get("annotations", {}), max_value_chars, "annotations", truncated
+            ),
+        }
+        if isinstance(item.get("generatorURL"), str):
+            item["generatorURL"] = item["generatorURL"][:2000]
+        try:
+            alert = AlertmanagerAlert.model_validate(item)
+        except ValidationError as exc:
+            invalid.append(InvalidAlert(index=index, reason=_problems(exc), body=body))
+            continue
+        valid.append(alert.model_copy(update={"truncated": truncated, "position": index}))
+    notification.alerts = valid
+    return ParsedNotification(notification=notification, invalid=invalid)
 
 
 class Mapping(BaseModel):
@@ -160,17 +281,21 @@ def incident_id_for(alert_key: str) -> str:
 
 AlertOutcome = Literal[
     "new_incident", "repeat", "resolved", "repeat_resolved", "late_firing", "resolved_unknown",
-    "unmapped",
+    "unmapped", "invalid",
 ]  # fmt: skip
 
 
 class AlertDisposition(BaseModel):
-    fingerprint: str
-    starts_at: str
-    status: str
+    index: int = Field(description="The alert's position in the notification's list.")
+    fingerprint: str | None = None
+    starts_at: str | None = None
+    status: str | None = None
     outcome: AlertOutcome
     incident_id: str | None = None
     reason: str | None = None
+    truncated: dict[str, int] = Field(
+        default_factory=dict, description="Values cut to api.webhook.max_value_chars: length."
+    )
 
 
 class IngestResult(BaseModel):
@@ -178,6 +303,7 @@ class IngestResult(BaseModel):
 
     request_id: str
     received: int
+    invalid: int = Field(description="Alerts that could not be read (stored with the reason).")
     truncated_alerts: int
     new_incidents: list[str]
     resolved_incidents: list[str]
@@ -199,18 +325,40 @@ class AlertIngestor:
         self.audit = AuditLog(store.path)
 
     def ingest(
-        self, payload: AlertmanagerWebhook, request_id: str, actor: str, source: str
+        self,
+        payload: AlertmanagerWebhook,
+        request_id: str,
+        actor: str,
+        source: str,
+        invalid: list[InvalidAlert] | None = None,
     ) -> IngestResult:
+        invalid = invalid or []
         dispositions: list[AlertDisposition] = []
         now = time.time()
         with self.store.transaction() as db:
-            for given in payload.alerts:
+            for position, given in enumerate(payload.alerts):
+                if given.position is None:
+                    given = given.model_copy(update={"position": position})
                 labels = {k: v for k, v in given.labels.items() if k not in self.reserved}
                 alert = given.model_copy(update={"labels": labels})
-                dispositions.append(self._one(db, alert, payload, request_id, now))
+                disposition = self._one(db, alert, payload, request_id, now)
+                dispositions.append(disposition.model_copy(update={"truncated": alert.truncated}))
+            for bad in invalid:
+                # Kept to look at later, redacted like everything else UICI stores.
+                body = self.store.redactor(bad.body)
+                insert_invalid_alert(db, now, request_id, bad.index, bad.reason, body)
+                self.events.emit(
+                    "alert.invalid", None, db, index=bad.index, reason=bad.reason,
+                    request_id=request_id,
+                )  # fmt: skip
+                dispositions.append(
+                    AlertDisposition(index=bad.index, outcome="invalid", reason=bad.reason)
+                )
+            dispositions.sort(key=lambda d: d.index)
             result = IngestResult(
                 request_id=request_id,
-                received=len(payload.alerts),
+                received=len(payload.alerts) + len(invalid),
+                invalid=len(invalid),
                 truncated_alerts=payload.truncatedAlerts,
                 new_incidents=[d.incident_id for d in dispositions if d.outcome == "new_incident"],
                 resolved_incidents=[
@@ -233,8 +381,8 @@ class AlertIngestor:
                 source,
                 payload.receiver[:200],
                 payload.groupKey[:500],
-                payload.status,
-                len(payload.alerts),
+                payload.status[:20],
+                len(payload.alerts) + len(invalid),
                 payload.truncatedAlerts,
                 json.dumps(summary),
             )
@@ -246,7 +394,10 @@ class AlertIngestor:
                 "webhook.alertmanager",
                 result_text,
                 target=payload.receiver[:200] or None,
-                parameters={"alerts": len(payload.alerts), "group_key": payload.groupKey[:200]},
+                parameters={
+                    "alerts": len(payload.alerts) + len(invalid),
+                    "group_key": payload.groupKey,  # the audit redacts, then cuts
+                },
                 request_id=request_id,
                 db=db,
             )
@@ -261,7 +412,12 @@ class AlertIngestor:
         now: float,
     ) -> AlertDisposition:
         key = alert.key
-        base = {"fingerprint": alert.identity, "starts_at": alert.starts_at, "status": alert.status}
+        base = {
+            "index": alert.position or 0,
+            "fingerprint": alert.identity,
+            "starts_at": alert.starts_at,
+            "status": alert.status,
+        }
         row = alert_by_key(db, key)
         if row is not None:
             return self._known(db, row, alert, base, now)
@@ -297,11 +453,13 @@ class AlertIngestor:
             dependencies=mapping.dependencies,
         )
         insert_incident(db, context, now=now)
+        # Prefect keeps a run's parameters (the UI shows them): they carry the alert redacted.
+        redact = self.store.redactor
         parameters = {
             "alert": {
                 "status": "firing",
-                "labels": alert.labels,
-                "annotations": alert.annotations,
+                "labels": redact.data(dict(alert.labels)),
+                "annotations": redact.data(dict(alert.annotations)),
                 "fingerprint": alert.identity,
                 "startsAt": alert.starts_at,
             },
@@ -388,6 +546,7 @@ class AlertIngestor:
             now,
             now if state == "resolved" else None,
             request_id,
+            json.dumps(alert.truncated) if alert.truncated else None,
         )
 
 

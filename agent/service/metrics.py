@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from agent.incidents.storage import metric_rows
+from agent.incidents.storage import metric_rows, notification_summary
 
 OPERATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -59,6 +59,12 @@ class ServiceMetrics:
             ["bucket"],
             registry=self.registry,
         )
+        self.notification_attempts = Counter(
+            "uici_notification_attempts",
+            "Notification delivery attempts by sink and result (sent, retry, failed).",
+            ["sink", "result"],
+            registry=self.registry,
+        )
         self.registry.register(StoreCollector(store_path))
 
 
@@ -84,6 +90,14 @@ class StoreCollector(Collector):
         queue = GaugeMetricFamily("uici_dispatch_pending", "Stored alerts not yet dispatched.")
         queue.add_metric([], outbox[0] or 0)
         yield queue
+        notifications = GaugeMetricFamily(
+            "uici_notifications",
+            "Notifications in the outbox by sink and state (pending, sent, failed).",
+            labels=["sink", "state"],
+        )
+        for row in notification_summary(self.path):
+            notifications.add_metric([row["sink"], row["state"]], row["count"])
+        yield notifications
         yield from _operation_metrics([json.loads(r[0]) for r in operations])
         calls = CounterMetricFamily("uici_llm_calls", "LLM planner calls.")
         calls.add_metric([], llm[0] or 0)

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.incidents.storage import ApprovalStatus, IncidentStatus
+from infrastructure.executors.base import OperationResult
 
 TargetName = str
 
@@ -54,6 +55,11 @@ class ApprovalView(BaseModel):
     reason: str | None = None
     created_at: float
     decided_at: float | None = None
+    expires_at: float | None = None
+    required_approvers: int = 1
+    requested_by: str | None = None
+    via: str | None = Field(default=None, description="api, cli, prefect-ui or uici")
+    approvers: list[str] = Field(default_factory=list, description="Who approved so far.")
 
 
 class AlertView(BaseModel):
@@ -94,8 +100,15 @@ class DecisionResponse(BaseModel):
     incident_id: str
     step: str
     command: str
-    decision: Literal["approved", "rejected"]
+    decision: Literal["approved", "rejected", "pending"] = Field(
+        description="pending: approved by this key, waiting for more approvers."
+    )
     by: str
+    approvers: list[str] = Field(default_factory=list)
+    required_approvers: int = 1
+    # An operation request (POST /operations/{name}/run) runs once approved: how it went.
+    outcome: str | None = None
+    result: OperationResult | None = None
 
 
 class ManualIncidentRequest(BaseModel):

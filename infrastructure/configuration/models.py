@@ -7,16 +7,19 @@ a missing setting is an error that names the file and key, not a silent guess.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SecretStr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -172,6 +175,17 @@ ApiScope = Literal["read", "operate", "admin", "webhook"]
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
 
 
+def _ip_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network ({exc})") from None
+    return value
+
+
+IPNetworkText = Annotated[str, AfterValidator(_ip_network)]
+
+
 class ApiKey(StrictModel):
     """One credential. Only the SHA-256 of the key is configured; an empty hash disables it."""
 
@@ -225,11 +239,35 @@ class EventStreamSettings(StrictModel):
     replay_limit: int = Field(ge=1, le=100_000)
 
 
+class WebhookIntake(StrictModel):
+    """The Alertmanager webhook: its own body limit, and how long one value may be."""
+
+    max_body_bytes: int = Field(ge=1024, le=256 * 1024 * 1024)
+    max_value_chars: int = Field(ge=64, le=1024 * 1024)
+
+
+class DeepHealthSettings(StrictModel):
+    """GET /health/deep: checked at most once per cache_seconds, whoever asks."""
+
+    cache_seconds: float = Field(ge=0, le=3600)
+
+
+class ApprovalSettings(StrictModel):
+    # allowed: the Prefect UI's Resume form may approve (the approver is unauthenticated and
+    # the report says so); disabled: only the API's authenticated approvals count.
+    prefect_ui: Literal["allowed", "disabled"]
+
+
 class ApiSettings(StrictModel):
     max_body_bytes: int = Field(ge=1024, le=64 * 1024 * 1024)
+    webhook: WebhookIntake
     cors_origins: list[NonEmpty]
+    # Peers (addresses or CIDR networks) whose X-Forwarded-For names the client's address.
+    trusted_proxies: list[IPNetworkText]
     metrics_require_key: bool
     readiness_timeout_seconds: PositiveSeconds
+    deep_health: DeepHealthSettings
+    approvals: ApprovalSettings
     api_keys: list[ApiKey]
     rate_limits: RateLimits
     dispatch: DispatchSettings
@@ -270,6 +308,187 @@ class AlertMapping(StrictModel):
     dependencies_label: LabelName | None = None
 
 
+# Notifications: who hears about an incident, and how (agent/notifications).
+
+NotificationEvent = Literal[
+    "incident.diagnosed",
+    "approval.needed",
+    "approval.expiring",
+    "incident.resolved",
+    "incident.failed",
+    "incident.escalated",
+]
+NOTIFICATION_EVENTS: tuple[NotificationEvent, ...] = (
+    "incident.diagnosed",
+    "approval.needed",
+    "approval.expiring",
+    "incident.resolved",
+    "incident.failed",
+    "incident.escalated",
+)
+HttpUrlText = Annotated[str, StringConstraints(pattern=r"^https?://[^\s/?#]+[^\s]*$")]
+_HTTP_URL = re.compile(r"^https?://[^\s/?#@]+(?:@[^\s/?#]+)?(?:[/?#]\S*)?$")
+# Apprise separates its URLs with spaces or commas; a comma may also sit inside one (mailto's
+# `to=a@x,b@y`), so a URL ends only where the next `scheme://` begins.
+_APPRISE_URL = re.compile(r"[a-z][a-z0-9+.-]*://\S+?(?=$|[\s,]+[a-z][a-z0-9+.-]*://)", re.I)
+_WEBHOOK_SECRET_MIN_CHARS = 16
+
+
+class NotificationDelivery(StrictModel):
+    """How the delivery loop treats every sink: one bounded attempt, then backoff."""
+
+    # How often the service looks for new events and due messages, and how many of each
+    # it takes per round (per sink for messages).
+    poll_seconds: float = Field(gt=0, le=300)
+    batch_size: int = Field(ge=1, le=10_000)
+    timeout_seconds: float = Field(gt=0, le=300)
+    max_attempts: int = Field(ge=1, le=100)
+    retry_backoff_seconds: float = Field(gt=0, le=3600)
+    max_backoff_seconds: float = Field(gt=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _cap_above_start(self) -> NotificationDelivery:
+        if self.max_backoff_seconds < self.retry_backoff_seconds:
+            raise ValueError("max_backoff_seconds must be at least retry_backoff_seconds")
+        return self
+
+
+class _NotificationSinkBase(StrictModel):
+    """One destination. An empty url turns the sink off; the url is a secret (a Slack
+    incoming-webhook URL is its own credential), so it is never shown or logged."""
+
+    name: Name
+    url: SecretStr | None
+    events: list[NotificationEvent] = Field(min_length=1)
+    # Alert severity label values this sink wants (case-insensitive); empty: every severity.
+    severities: list[NonEmpty]
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+        return None if value == "" else value
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+    def accepts(self, event: str, severity: str | None) -> bool:
+        """Whether a notification of this event and alert severity goes to this sink. With a
+        severity filter, a notification without a severity is not sent."""
+        if not self.enabled or event not in self.events:
+            return False
+        if not self.severities:
+            return True
+        wanted = {s.lower() for s in self.severities}
+        return severity is not None and severity.lower() in wanted
+
+
+def _http_sink_url(value: SecretStr | None) -> SecretStr | None:
+    # The value is never echoed: it is a secret.
+    if value is not None and not _HTTP_URL.match(value.get_secret_value()):
+        raise ValueError("must be an http:// or https:// URL (the value is not shown)")
+    return value
+
+
+class SlackSink(_NotificationSinkBase):
+    type: Literal["slack"]
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return _http_sink_url(value)
+
+
+class WebhookSink(_NotificationSinkBase):
+    type: Literal["webhook"]
+    # HMAC-SHA256 key for X-UICI-Signature; required when url is set.
+    secret: SecretStr | None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: SecretStr | None) -> SecretStr | None:
+        return _http_sink_url(value)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _empty_secret_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_with_url(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        name = info.data.get("name", "?")
+        if value is None and info.data.get("url") is not None:
+            raise ValueError(
+                f"webhook sink {name!r} has a url but no secret, so no receiver could verify "
+                "X-UICI-Signature (reference one from the environment: secret: "
+                "${UICI_NOTIFY_WEBHOOK_SECRET:-} with UICI_NOTIFY_WEBHOOK_SECRET set to e.g. "
+                "`openssl rand -hex 32`; or empty the url to turn the sink off)"
+            )
+        if value is not None and len(value.get_secret_value()) < _WEBHOOK_SECRET_MIN_CHARS:
+            raise ValueError(
+                f"webhook sink {name!r}: the secret must be at least "
+                f"{_WEBHOOK_SECRET_MIN_CHARS} characters (e.g. `openssl rand -hex 32`)"
+            )
+        return value
+
+
+class AppriseSink(_NotificationSinkBase):
+    type: Literal["apprise"]
+
+    @field_validator("url")
+    @classmethod
+    def _apprise_urls(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        text = value.get_secret_value()
+        rest = _APPRISE_URL.sub("", text).replace(",", " ").strip()
+        if rest or not _APPRISE_URL.search(text):
+            raise ValueError(
+                "must be apprise URLs (scheme://..., e.g. msteams://, mmost://, mailto://, "
+                "json://), separated by spaces or commas (the value is not shown)"
+            )
+        return value
+
+    def apprise_urls(self) -> list[str]:
+        """The configured apprise URLs, one per destination."""
+        if self.url is None:
+            return []
+        return _APPRISE_URL.findall(self.url.get_secret_value())
+
+
+NotificationSink = Annotated[SlackSink | WebhookSink | AppriseSink, Field(discriminator="type")]
+
+
+class NotificationSettings(StrictModel):
+    # Links in messages: where people reach the API and the Prefect UI.
+    public_url: HttpUrlText
+    prefect_ui_url: HttpUrlText
+    approval_expiring_seconds: float = Field(gt=0, le=7 * 86_400)
+    delivery: NotificationDelivery
+    sinks: list[NotificationSink]
+
+    @field_validator("public_url", "prefect_ui_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @field_validator("sinks")
+    @classmethod
+    def _unique_names(cls, sinks: list[SlackSink | WebhookSink | AppriseSink]) -> list[Any]:
+        seen: dict[str, int] = {}
+        for index, sink in enumerate(sinks):
+            if sink.name in seen:
+                raise ValueError(
+                    f"duplicate sink name {sink.name!r} (sinks[{seen[sink.name]}] and "
+                    f"sinks[{index}]); each sink needs its own name"
+                )
+            seen[sink.name] = index
+        return sinks
+
+
 class PlatformConfig(StrictModel):
     platform: PlatformInfo
     llm: LLMSettings
@@ -280,6 +499,7 @@ class PlatformConfig(StrictModel):
     configuration: ConfigurationSettings
     api: ApiSettings
     alerts: AlertMapping
+    notifications: NotificationSettings
 
 
 # --- environments.yml -------------------------------------------------------------------
@@ -296,6 +516,8 @@ class SafetyPolicy(StrictModel):
     max_writes_per_target: int = Field(ge=1, le=1000)
     write_window_seconds: float = Field(gt=0, le=30 * 86_400)
     target_lock_wait_seconds: float = Field(ge=0, le=3600)
+    # Distinct people (API keys) who must approve a write; 2 is the two-person rule.
+    required_approvers: int = Field(ge=1, le=5)
 
     @model_validator(mode="after")
     def _approval_within_allowed(self) -> SafetyPolicy:
@@ -832,13 +1054,19 @@ class RedactionPattern(StrictModel):
         return _check_regex(value)
 
 
+class RedactionSettings(StrictModel):
+    """Secrets removed from everything that leaves UICI (infrastructure/redaction.py): reports,
+    events, the audit trail, Prefect artifacts, logs, API answers and what an LLM is sent."""
+
+    patterns: list[RedactionPattern] = Field(min_length=1)
+
+
 class LLMSafetySettings(StrictModel):
-    """What may leave the process for an LLM, and how much of it."""
+    """How much may be sent to an LLM (what is sent is redacted first: RedactionSettings)."""
 
     max_prompt_tokens: int = Field(ge=500, le=1_000_000)
     chars_per_token: float = Field(gt=0, le=10)
     max_lines_per_observation: int = Field(ge=5, le=100_000)
-    redaction_patterns: list[RedactionPattern] = Field(min_length=1)
 
 
 class CompletedRun(StrictModel):
@@ -864,6 +1092,7 @@ class HealthSweepSettings(StrictModel):
 class AgentsConfig(StrictModel):
     diagnostic_agent: DiagnosticAgentSettings
     health_sweep: HealthSweepSettings
+    redaction: RedactionSettings
     llm_safety: LLMSafetySettings
     runbooks: list[Runbook] = Field(min_length=1)
     # The failure classes diagnosis rules name, with what each means.
