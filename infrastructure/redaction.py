@@ -69,6 +69,7 @@ M = TypeVar("M", bound=BaseModel)
 # the same log passes several exits (executor, observation, report, artifact), and patterns
 # cost about 1 ms per KB together. A memo of a pure function; nothing to reset.
 _MEMO_MIN_CHARS = 512
+_MEMO_MAX_CHARS = 256 * 1024  # 128 entries of at most this: a bounded memo
 _MEMO_ENTRIES = 128
 
 
@@ -106,8 +107,8 @@ class Redactor:
         return cls.from_settings(config.agents.redaction)
 
     def __call__(self, text: str) -> str:
-        if len(text) < _MEMO_MIN_CHARS:
-            return self._apply(text)
+        if len(text) < _MEMO_MIN_CHARS or len(text) > _MEMO_MAX_CHARS:
+            return self._apply(text)  # the memo holds mid-sized texts only (bounded memory)
         with self._lock:
             known = self._memo.get(text)
         if known is not None:
@@ -117,7 +118,6 @@ class Redactor:
             while len(self._memo) >= _MEMO_ENTRIES:
                 del self._memo[next(iter(self._memo))]
             self._memo[text] = redacted
-            self._memo[redacted] = redacted  # redacting it again changes nothing
         return redacted
 
     def _apply(self, text: str) -> str:

@@ -41,7 +41,8 @@ def pod_config_dir(test_config_dir: Path) -> Path:
     path = test_config_dir / "platform.yml"
     text = path.read_text()
     start = text.index("\nalerts:\n") + 1
-    path.write_text(text[:start] + CUSTOM_ALERTS)
+    end = text.index("\nnotifications:\n", start) + 1  # the section after alerts: stays
+    path.write_text(text[:start] + CUSTOM_ALERTS + text[end:])
     return test_config_dir
 
 

@@ -318,7 +318,8 @@ def test_nothing_is_lost_when_the_service_is_killed_with_a_message_pending(
     finally:
         service.stop()
     [row] = [r for r in outbox(store) if r["event"] == "approval.needed"]
-    assert row["state"] == "pending" and row["attempts"] >= 1
+    # Pending (killed right after the sink's 503, maybe before that attempt was recorded).
+    assert row["state"] == "pending"
     receiver.always(SLACK, Reply(200))
     # Shipped back-off: 5 s after the first failure. Make it due now, as time would.
     with sqlite3.connect(store.path) as db:

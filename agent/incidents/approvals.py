@@ -87,7 +87,7 @@ class ApprovalDesk:
         try:
             request = self.pending(incident_id, step_key)
             where["step_key"] = request.step_key
-            self._check(request, approver, approve)
+            self._check(request, approver, approve, via)
             if not self.store.record_vote(
                 incident_id, request.step_key, approver, approve, via, address, reason
             ):
@@ -159,13 +159,23 @@ class ApprovalDesk:
         )  # fmt: skip
         return True
 
-    def _check(self, request: ApprovalRecord, approver: str, approve: bool) -> None:
+    def _check(
+        self, request: ApprovalRecord, approver: str, approve: bool, via: Via = "api"
+    ) -> None:
         if request.expires_at is not None and time.time() > request.expires_at:
             raise ApprovalRefused(409, "the approval request expired")
         requester = request.requested_by
         if requester is None:
             record = self.store.get(request.incident_id)
             requester = record.context.requested_by if record else None
+        if approve and via == "cli" and (request.required > 1 or requester is not None):
+            # A shell user and an API key are different names for people: counting both could
+            # let one person be two approvers, or approve what their key requested.
+            raise ApprovalRefused(
+                403,
+                "this approval is counted over the API only (several approvers are required, "
+                "or an API key requested it): POST /incidents/{id}/approve",
+            )
         if approve and requester is not None and approver == requester:
             raise ApprovalRefused(
                 403, f"{approver} requested this write and cannot approve it; another person must"

@@ -695,10 +695,11 @@ def insert_alert(
     resolved_at: float | None,
     request_id: str,
     truncated: str | None = None,
+    redactor: Redactor | None = None,
 ) -> None:
     """A first delivery of an alert (`labels`, `annotations` and `truncated` are JSON); what
     the alert says is stored redacted (labels, annotations, generator URL, group key)."""
-    redact = configured_redactor()
+    redact = redactor or configured_redactor()
     labels, annotations = _redacted_json(labels, redact), _redacted_json(annotations, redact)
     generator_url, group_key = redact(generator_url), redact(group_key)
     db.execute(
@@ -748,8 +749,10 @@ def count_alert_delivery(db: sqlite3.Connection, key: str, now: float) -> None:
     )
 
 
-def set_alert_annotations(db: sqlite3.Connection, key: str, annotations: str) -> None:
-    stored = _redacted_json(annotations, configured_redactor())
+def set_alert_annotations(
+    db: sqlite3.Connection, key: str, annotations: str, redactor: Redactor | None = None
+) -> None:
+    stored = _redacted_json(annotations, redactor or configured_redactor())
     db.execute("UPDATE alerts SET annotations = ? WHERE key = ?", (stored, key))
 
 

@@ -307,9 +307,16 @@ class Notifier:
                     )  # fmt: skip
                     await asyncio.to_thread(self._record, row, result, delivery)
                     continue
-                message = Notification.model_validate_json(row["payload"])
-                ident = delivery_id(name, row["incident_id"], row["event"], row["dedup"])
-                result = await send(sink, message, ident, client, delivery.timeout_seconds)
+                try:
+                    message = Notification.model_validate_json(row["payload"])
+                    ident = delivery_id(name, row["incident_id"], row["event"], row["dedup"])
+                    result = await send(sink, message, ident, client, delivery.timeout_seconds)
+                except Exception as exc:  # a message that cannot be sent ends failed, visibly
+                    result = DeliveryResult(
+                        sink=name, ok=False, retryable=False, status_code=None,
+                        error=f"{type(exc).__name__}: {exc}"[:300], retry_after=None,
+                        elapsed_seconds=0,
+                    )  # fmt: skip
                 await asyncio.to_thread(self._record, row, result, delivery)
                 if not result.ok and result.retryable:
                     return  # the sink is struggling: its later messages wait for the back-off

@@ -177,8 +177,8 @@ class ServiceState:
         self.configs = configs
         config = configs.get()
         self.store = IncidentStore.from_config(config)
-        self.events = EventLog(self.store.path)
-        self.audit = AuditLog(self.store.path)
+        self.events = EventLog(self.store.path, self.store.redactor)
+        self.audit = AuditLog(self.store.path, self.store.redactor)
         self.journal = Journal(self.store.path)
         self.metrics = ServiceMetrics(self.store.path)
         self.launcher: Launcher = launcher or PrefectLauncher(config)
@@ -451,8 +451,9 @@ def create_app(
         raw = await request.body()
         try:  # parsing up to 16 MiB is work for a thread, not the event loop
             parsed = await asyncio.to_thread(
-                parse_notification, raw, config.platform.api.webhook.max_value_chars
-            )
+                parse_notification, raw, config.platform.api.webhook.max_value_chars,
+                state.store.redactor,
+            )  # fmt: skip
         except NotANotification as exc:
             state.metrics.webhook_latency.labels(str(exc.status)).observe(
                 time.perf_counter() - started
@@ -676,7 +677,7 @@ def create_app(
                 raise HTTPException(422, problem)
         incident_id = f"manual-{uuid.uuid4().hex[:12]}"
         labels = {"alertname": "manual", "service": body.service, "uici_env": environment}
-        annotations = {"summary": body.summary} if body.summary else {}
+        annotations = {"summary": state.store.redactor(body.summary)} if body.summary else {}
         context = IncidentContext(
             incident_id=incident_id,
             alert=AlertInfo(labels=labels, annotations=annotations),
@@ -1009,9 +1010,14 @@ async def readiness_checks(state: ServiceState, deep: bool) -> list[ReadinessChe
     async def configuration() -> str:
         state.configs.get()
         error = state.configs.last_error
+        in_force = f"fingerprint {state.config.fingerprint[:12]}"
         if error is not None:
-            raise RuntimeError(f"the changed configuration is invalid: {str(error)[:200]}")
-        return f"fingerprint {state.config.fingerprint[:12]}"
+            # The last good configuration still serves the webhook: ready, but the deep
+            # check says the change was rejected.
+            if deep:
+                raise RuntimeError(f"the changed configuration is invalid: {str(error)[:200]}")
+            return f"{in_force}; a change was rejected (see /health/deep)"
+        return in_force
 
     async def store() -> str:
         await asyncio.to_thread(state.store.probe_write)

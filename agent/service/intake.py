@@ -38,6 +38,7 @@ from agent.incidents.storage import (
     touch_incident,
 )
 from infrastructure.configuration.loader import UICIConfig
+from infrastructure.redaction import Redactor, configured_redactor
 from infrastructure.registry import OperationRegistry
 
 _KEY_LIMIT = 256
@@ -145,16 +146,19 @@ def _text(value: Any, limit: int) -> str:
     return text[:limit]
 
 
-def _cut(values: Any, limit: int, where: str, truncated: dict[str, int]) -> Any:
-    """Values over `limit` characters cut to it with a marker; the original length noted."""
+def _cut(values: Any, limit: int, where: str, truncated: dict[str, int], redact: Redactor) -> Any:
+    """Values redacted whole, then those over `limit` characters cut to it with a marker
+    (redaction first, so a cut can never leave half a secret); the original length noted."""
     if not isinstance(values, dict):
         return values  # the model says what is wrong with it
     out: dict[Any, Any] = {}
     for name, value in values.items():
+        if isinstance(value, str):
+            value = redact(value)
         if isinstance(value, str) and len(value) > limit:
             marker = TRUNCATION_MARKER.format(length=len(value))
             value = value[: max(0, limit - len(marker))] + marker
-            truncated[f"{where}.{str(name)[:_KEY_LIMIT]}"] = len(values[name])
+            truncated[f"{where}.{str(name)[:_KEY_LIMIT]}"] = len(values[name])  # as sent
         out[name] = value
     return out
 
@@ -167,7 +171,9 @@ def _problems(exc: ValidationError) -> str:
     return "; ".join(parts)[:1000]
 
 
-def parse_notification(raw: bytes, max_value_chars: int) -> ParsedNotification:
+def parse_notification(
+    raw: bytes, max_value_chars: int, redact: Redactor | None = None
+) -> ParsedNotification:
     """Alertmanager's body, leniently: a body that is JSON and has an `alerts` list is a
     notification; each alert is read on its own (values cut to `max_value_chars`), and one
     that cannot be read is returned as invalid with the reason instead of failing the rest.
@@ -187,6 +193,7 @@ def parse_notification(raw: bytes, max_value_chars: int) -> ParsedNotification:
         raise NotANotification(
             422, "not an Alertmanager notification", ["body.alerts: Field required (a list)"]
         )
+    redact = redact or configured_redactor()
     envelope: dict[str, Any] = {"alerts": []}
     for name in ("version", "status", "receiver", "externalURL", "groupKey"):
         if name in data:
@@ -203,7 +210,7 @@ def parse_notification(raw: bytes, max_value_chars: int) -> ParsedNotification:
     valid: list[AlertmanagerAlert] = []
     invalid: list[InvalidAlert] = []
     for index, given in enumerate(alerts):
-        body = json.dumps(given, default=str)[:4000]
+        body = redact(json.dumps(given, default=str))[:4000]  # redacted whole, then cut
         if not isinstance(given, dict):
             invalid.append(InvalidAlert(index=index, reason="not an object", body=body))
             continue
@@ -216,9 +223,9 @@ def parse_notification(raw: bytes, max_value_chars: int) -> ParsedNotification:
             given = {**given, "fingerprint": hashlib.sha256(canonical.encode()).hexdigest()[:16]}
         item = {
             **given,
-            "labels": _cut(given.get("labels"), max_value_chars, "labels", truncated),
+            "labels": _cut(given.get("labels"), max_value_chars, "labels", truncated, redact),
             "annotations": _cut(
-                given.get("annotations", {}), max_value_chars, "annotations", truncated
+                given.get("annotations", {}), max_value_chars, "annotations", truncated, redact
             ),
         }
         if isinstance(item.get("generatorURL"), str):
@@ -321,8 +328,8 @@ class AlertIngestor:
         # from the sweep, nor pick a runbook by a state UICI never observed.
         sweep = config.agents.health_sweep
         self.reserved = {sweep.source_label, sweep.observed_state_label}
-        self.events = EventLog(store.path)
-        self.audit = AuditLog(store.path)
+        self.events = EventLog(store.path, store.redactor)
+        self.audit = AuditLog(store.path, store.redactor)
 
     def ingest(
         self,
@@ -344,9 +351,8 @@ class AlertIngestor:
                 disposition = self._one(db, alert, payload, request_id, now)
                 dispositions.append(disposition.model_copy(update={"truncated": alert.truncated}))
             for bad in invalid:
-                # Kept to look at later, redacted like everything else UICI stores.
-                body = self.store.redactor(bad.body)
-                insert_invalid_alert(db, now, request_id, bad.index, bad.reason, body)
+                # Kept to look at later: redacted whole before it was cut (parse_notification).
+                insert_invalid_alert(db, now, request_id, bad.index, bad.reason, bad.body)
                 self.events.emit(
                     "alert.invalid", None, db, index=bad.index, reason=bad.reason,
                     request_id=request_id,
@@ -452,7 +458,7 @@ class AlertIngestor:
             service=mapping.target,
             dependencies=mapping.dependencies,
         )
-        insert_incident(db, context, now=now)
+        insert_incident(db, context, now=now, redactor=self.store.redactor)
         # Prefect keeps a run's parameters (the UI shows them): they carry the alert redacted.
         redact = self.store.redactor
         parameters = {
@@ -500,7 +506,9 @@ class AlertIngestor:
                 # Out of order (retries, HA peers): a firing older than the resolve changes nothing.
                 self.events.emit("alert.ignored", incident_id, db, reason="firing after resolved")
                 return AlertDisposition(**base, outcome="late_firing", incident_id=incident_id)
-            set_alert_annotations(db, row["key"], json.dumps(alert.annotations))
+            set_alert_annotations(
+                db, row["key"], json.dumps(alert.annotations), self.store.redactor
+            )
             touch_incident(db, incident_id, now)
             return AlertDisposition(**base, outcome="repeat", incident_id=incident_id)
         if state == "resolved":
@@ -547,6 +555,7 @@ class AlertIngestor:
             now if state == "resolved" else None,
             request_id,
             json.dumps(alert.truncated) if alert.truncated else None,
+            self.store.redactor,
         )
 
 
