@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from infrastructure.redaction import Redactor, configured_redactor
+from infrastructure.redaction import Redactor, RedactorHolder
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "uici_request_id", default=None
@@ -57,19 +57,13 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class RedactingFilter(logging.Filter):
+class RedactingFilter(RedactorHolder, logging.Filter):
     """Redacts a record in place and lets it through (infrastructure/redaction.py: the given
     redactor, else the one of the configuration this process runs with)."""
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         super().__init__()
         self._redactor = redactor
-
-    @property
-    def redactor(self) -> Redactor:
-        if self._redactor is None:
-            self._redactor = configured_redactor()
-        return self._redactor
 
     def filter(self, record: logging.LogRecord) -> bool:
         redact = self.redactor

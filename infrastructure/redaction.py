@@ -242,3 +242,21 @@ def redact_result(result: M, redactor: Redactor | None = None) -> M:
     """An operation's result (or any model) with its output, data, error and command redacted:
     what an API route returns when it answers with live command output."""
     return (redactor or configured_redactor()).model(result)
+
+
+class RedactorHolder:
+    """For parts built from a path alone (the event log, the audit trail, the store, a log
+    filter, an executor): the redactor given at construction, else the one of the process's
+    configuration, looked up on first use. Subclasses set `_redactor` in __init__."""
+
+    _redactor: Redactor | None = None
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            self._redactor = configured_redactor()
+        return self._redactor
+
+    @redactor.setter
+    def redactor(self, redactor: Redactor) -> None:
+        self._redactor = redactor

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.incidents.storage import audit_rows, insert_audit
-from infrastructure.redaction import Redactor, configured_redactor, mask_secrets
+from infrastructure.redaction import Redactor, RedactorHolder, mask_secrets
 
 # The result column keeps this much of the redacted text.
 MAX_RESULT_CHARS = 2000
@@ -36,16 +36,10 @@ class AuditRecord(BaseModel):
     request_id: str | None
 
 
-class AuditLog:
+class AuditLog(RedactorHolder):
     def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
         self._redactor = redactor
-
-    @property
-    def redactor(self) -> Redactor:
-        if self._redactor is None:
-            self._redactor = configured_redactor()
-        return self._redactor
 
     def record(
         self,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agent.incidents.storage import events_after, insert_event, last_event_id
-from infrastructure.redaction import Redactor, configured_redactor
+from infrastructure.redaction import Redactor, RedactorHolder
 
 EventType = Literal[
     "incident.created",
@@ -55,16 +55,10 @@ class Event(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class EventLog:
+class EventLog(RedactorHolder):
     def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
         self.path = path
         self._redactor = redactor
-
-    @property
-    def redactor(self) -> Redactor:
-        if self._redactor is None:
-            self._redactor = configured_redactor()
-        return self._redactor
 
     def emit(
         self,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from agent.incidents.models import IncidentContext, PlanStep
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.executors.base import ResolvedTarget
-from infrastructure.redaction import Redactor, configured_redactor
+from infrastructure.redaction import Redactor, RedactorHolder, configured_redactor
 
 IncidentStatus = Literal[
     "open", "diagnosing", "awaiting_approval", "diagnosed", "resolved", "failed", "escalated"
@@ -889,7 +889,7 @@ def _redacted_context(context: IncidentContext, redactor: Redactor) -> str:
     return context.model_copy(update={"alert": redacted}).model_dump_json()
 
 
-class IncidentStore:
+class IncidentStore(RedactorHolder):
     """`redactor` redacts what the store keeps from outside (reports, alert labels and
     annotations); from_config builds it from the configuration, else it is the one of the
     configuration this process runs with (infrastructure/redaction.py)."""
@@ -905,12 +905,6 @@ class IncidentStore:
     @classmethod
     def from_config(cls, config: UICIConfig) -> IncidentStore:
         return cls(sqlite_path(config.platform.storage.url), Redactor.from_config(config))
-
-    @property
-    def redactor(self) -> Redactor:
-        if self._redactor is None:
-            self._redactor = configured_redactor()
-        return self._redactor
 
     def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return connect(self.path)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from infrastructure.configuration.models import EnvironmentType
-from infrastructure.redaction import Redactor, configured_redactor
+from infrastructure.redaction import Redactor, RedactorHolder
 from infrastructure.translator import CommandSpec
 
 
@@ -146,7 +146,7 @@ def run_with_deadline(
     return result
 
 
-class EnvironmentExecutor(ABC):
+class EnvironmentExecutor(RedactorHolder, ABC):
     """Runs translated operations against one configured environment."""
 
     environment_type: ClassVar[EnvironmentType]
@@ -154,17 +154,6 @@ class EnvironmentExecutor(ABC):
     def __init__(self, name: str, environment: Any, redactor: Redactor | None = None) -> None:
         self.name = name
         self.environment = environment
-        self._redactor = redactor
-
-    @property
-    def redactor(self) -> Redactor:
-        """Redacts what this executor returns, whole texts before any cut."""
-        if self._redactor is None:
-            self._redactor = configured_redactor()
-        return self._redactor
-
-    @redactor.setter
-    def redactor(self, redactor: Redactor) -> None:
         self._redactor = redactor
 
     @classmethod
@@ -241,7 +230,7 @@ class EnvironmentExecutor(ABC):
     def check_connection(self) -> MethodOutput:
         """Reach the backend once; raise ExecutorError(RETRYABLE, ...) saying how to fix it."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook: most executors hold nothing
+    def close(self) -> None:
         """Release clients and connections."""
 
 
