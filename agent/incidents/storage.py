@@ -533,13 +533,6 @@ def last_notification(path: Path, sink: str) -> sqlite3.Row | None:
         return row
 
 
-def notifications_of(path: Path, incident_id: str) -> list[sqlite3.Row]:
-    with connect(path) as db:
-        return db.execute(
-            "SELECT * FROM notifications WHERE incident_id = ? ORDER BY id", (incident_id,)
-        ).fetchall()
-
-
 def approvals_to_warn(path: Path, before: float) -> list[sqlite3.Row]:
     """Pending approval requests that expire before `before` and were not warned about."""
     with connect(path) as db:
@@ -1197,15 +1190,6 @@ class IncidentStore(RedactorHolder):
             for a in self.approvals(incident_id, status)
             if a.runner == "service"
         ]
-
-    def pending_approvals(self) -> list[ApprovalRecord]:
-        """Every pending approval request, oldest first."""
-        with self._db() as db:
-            ids = db.execute(
-                "SELECT DISTINCT incident_id FROM approvals WHERE status = 'pending'"
-            ).fetchall()
-        found = [a for (incident_id,) in ids for a in self.approvals(incident_id, "pending")]
-        return sorted(found, key=lambda a: a.created_at)
 
     def approval(self, incident_id: str, step_key: str) -> ApprovalRecord | None:
         return next((a for a in self.approvals(incident_id) if a.step_key == step_key), None)

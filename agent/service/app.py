@@ -586,24 +586,13 @@ def create_app(
             )  # fmt: skip
         except ApprovalRefused as refused:
             raise HTTPException(refused.status, str(refused)) from refused
+        outcome = None
         if by_service:
-            outcome = None
             if result.decision == "approved":
                 outcome = await asyncio.to_thread(_run_approved, state, result, request_id)
             elif result.decision == "rejected":
                 await asyncio.to_thread(OperationRequests(state.config, state.store).closed, result)
-            return DecisionResponse(
-                incident_id=incident_id,
-                step=result.step,
-                command=result.command,
-                decision=result.decision,
-                by=who.name,
-                approvers=result.approvers,
-                required_approvers=result.required,
-                outcome=outcome.outcome if outcome else None,
-                result=outcome.result if outcome else None,
-            )
-        if result.decision != "pending" and record.flow_run_id is not None:
+        elif result.decision != "pending" and record.flow_run_id is not None:
             try:
                 await state.launcher.resume(
                     record.flow_run_id, approve, who.name, body.reason, result.step_key,
@@ -623,6 +612,8 @@ def create_app(
             by=who.name,
             approvers=result.approvers,
             required_approvers=result.required,
+            outcome=outcome.outcome if outcome else None,
+            result=outcome.result if outcome else None,
         )
 
     decision_responses: dict[int | str, dict[str, Any]] = {
