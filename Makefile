@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format docker-engine packages test serve up down demo bench clean
+.PHONY: help venv install lint format docker-engine packages logql test serve up down demo bench clean
 
 help:
 	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
@@ -49,7 +49,12 @@ docker-engine:
 packages:
 	tests/infra/ensure_packages.sh
 
-test: lint docker-engine packages
+# Grafana's LogQL grammar (npm @grafana/lezer-logql, pinned in tests/logql) checks every LogQL
+# query UICI can write; Node and npm must be installed.
+logql:
+	tests/infra/ensure_logql.sh
+
+test: lint docker-engine packages logql
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc

@@ -17,7 +17,10 @@ from agent.incidents.investigation import Investigation
 from agent.incidents.models import PlanStep
 from agent.incidents.sweep import (
     UnhealthyService,
+    forecast_finding,
+    forecast_steps,
     open_sweep_incident,
+    running_services,
     select_for_diagnosis,
     unhealthy_services,
 )
@@ -62,7 +65,35 @@ async def health_sweep(
                     "%s: %s", environment, result.error.message if result.error else "failed"
                 )
                 return []
-            return unhealthy_services(environment, result.data or [], settings)
+            unhealthy = unhealthy_services(environment, result.data or [], settings)
+        # Where Prometheus is configured: warn about the running services heading for a limit.
+        predicted = await forecast_one(environment, result.data or [], unhealthy)
+        return [*unhealthy, *predicted]
+
+    async def forecast_one(
+        environment: str, items: list[dict[str, Any]], unhealthy: list[UnhealthyService]
+    ) -> list[UnhealthyService]:
+        steps = forecast_steps(config, environment, running_services(items, unhealthy, settings))
+        if not steps:
+            return []
+
+        async def one(step: PlanStep) -> UnhealthyService | None:
+            async with limit:
+                run = Investigation(
+                    config, services.store, services.planner, services.gate,
+                    _sweep_context(environment, step.target), services.actor,
+                )  # fmt: skip
+                [(_, result)] = await run_environment_steps("triage", environment, [step], run)
+            if not result.success:
+                logger.warning(
+                    "forecast of %s on %s: %s", step.target, environment,
+                    result.error.message if result.error else "failed",
+                )  # fmt: skip
+                return None
+            resource = str(step.parameters["resource"])
+            return forecast_finding(environment, str(step.target), resource, result.data, settings)
+
+        return [f for f in await asyncio.gather(*(one(step) for step in steps)) if f is not None]
 
     found = [u for batch in await asyncio.gather(*(list_one(n) for n in names)) for u in batch]
     to_diagnose, covered = select_for_diagnosis(found, services.store, settings)
@@ -111,12 +142,12 @@ async def health_sweep(
     }
 
 
-def _sweep_context(environment: str) -> Any:
+def _sweep_context(environment: str, service: str | None = None) -> Any:
     from agent.incidents.models import AlertInfo, IncidentContext
 
     return IncidentContext(
         incident_id=f"sweep-{environment}",
         alert=AlertInfo(labels={"alertname": "HealthSweep"}),
         environment=environment,
-        service="-",
+        service=service or "-",
     )

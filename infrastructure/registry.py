@@ -25,6 +25,7 @@ from infrastructure.configuration.models import (
     RetrySettings,
     RiskLevel,
 )
+from infrastructure.observability.context import problems as observability_problems
 
 if TYPE_CHECKING:
     from infrastructure.configuration.loader import UICIConfig
@@ -113,14 +114,18 @@ class OperationRegistry:
         return spec
 
     def operations_for(self, environment: str | None = None) -> list[tuple[str, OperationSpec]]:
-        """All operations, or those the named environment's type supports."""
+        """All operations, or those the named environment can run: its type supports them,
+        and it names the metric or log source they need."""
         if environment is None:
             return [(name, self._operations.operations[name]) for name in self.names()]
         env_type = self._environment_type(environment)
+        assert self._environments is not None  # _environment_type checked it
+        observability = self._environments.environments[environment].observability
         return [
             (name, spec)
             for name, spec in sorted(self._operations.operations.items())
             if env_type in spec.environments
+            and (spec.requires is None or observability.source(spec.requires) is not None)
         ]
 
     def support(self, name: str, env_type: EnvironmentType) -> tuple[bool, str]:
@@ -189,6 +194,17 @@ class OperationRegistry:
         problems.extend(self._check_target(operation, spec, target))
         coerced, parameter_problems = self._coerce_parameters(spec, parameters)
         problems.extend(parameter_problems)
+        if env_config is not None and not problems:
+            # Metric and log operations: the environment must name the source, and the call
+            # must say whose series or streams it reads.
+            problems.extend(
+                CallProblem(key_path, message, expected, kind="unsupported")
+                if key_path == ("environment",)
+                else CallProblem(key_path, message, expected)
+                for key_path, message, expected in observability_problems(
+                    operation, spec, environment, env_config, target, coerced
+                )
+            )
         if problems or env_type is None:
             raise CallValidationError(operation, problems)
         return ValidatedCall(

@@ -22,6 +22,7 @@ from infrastructure.configuration.models import (
     RiskLevel,
     TranslationsConfig,
 )
+from infrastructure.observability.context import values as observability_values
 from infrastructure.registry import ValidatedCall
 from infrastructure.templates import render
 
@@ -67,6 +68,7 @@ class CommandTranslator:
     ) -> None:
         self._translations = translations
         self._environments = environments
+        self._operations = operations
         self._global_context = {"log_level_patterns": dict(operations.log_levels)}
 
     @classmethod
@@ -87,10 +89,13 @@ class CommandTranslator:
                 " to command_translations.yml)"
             )
         environment = self._environments.environments[call.environment]
+        spec = self._operations.operations[call.operation]
         values: dict[str, Any] = {
             **self._global_context,
             **environment.connection.command_context(),
             **call.parameters,
+            # Metric and log calls: the resolved query and window, shown and run alike.
+            **observability_values(spec, environment, call.target, call.parameters),
             **(runtime or {}),
             "environment": call.environment,
             "target": call.target,

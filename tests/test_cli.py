@@ -58,7 +58,7 @@ def test_config_validate_on_the_shipped_configuration() -> None:
     done = uici("config", "validate")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK: ")
-    assert "13 operations" in done.stdout
+    assert "23 operations" in done.stdout
 
 
 def test_config_validate_on_a_broken_configuration(tmp_path: Path) -> None:

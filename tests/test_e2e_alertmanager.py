@@ -1,7 +1,8 @@
 """End to end, every part real: a Prometheus rule fires (with a 6 KiB annotation), Alertmanager
 delivers the webhook to `uici serve`, the service opens an incident and starts the
 diagnose-incident deployment, a Prefect worker runs it against a real crash-looping Docker
-container, and the report names the cause."""
+container, and the report names the cause and shows what the alert saw: its own expression,
+taken from the generatorURL and evaluated on that Prometheus over the last hour."""
 
 from __future__ import annotations
 
@@ -44,28 +45,31 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
         UICI_READER_KEY_SHA256=key_hash(KEYS["reader"]),
     )
     service = ServiceProcess(env, tmp_path / "serve.log")
+    rule = {
+        "alert": "ContainerCrashLooping",
+        "expr": "vector(1) > 0",
+        "for": "0s",
+        "labels": {"severity": "critical", "service": target, "uici_env": "local-docker"},
+        # 6 KiB: over api.webhook.max_value_chars, which used to make the whole
+        # notification a 422 that Alertmanager never retries.
+        "annotations": {
+            "summary": f"{target} keeps restarting",
+            "description": ("The runbook says: " + "check the logs. " * 384).strip(),
+        },
+    }
+    stack = PromStack(
+        tmp_path / "prom",
+        f"{service.url}/webhooks/alertmanager",
+        bearer=KEYS["webhook"],
+        rules=[rule],
+    )
+    # The worker's flows read metrics from the Prometheus whose rule fired.
+    env["UICI_PROMETHEUS_URL"] = stack.prometheus_url
     try:
         up = prefect_stack("up", env)
         assert up.returncode == 0, up.stdout + up.stderr
         service.start()
-        rule = {
-            "alert": "ContainerCrashLooping",
-            "expr": "vector(1) > 0",
-            "for": "0s",
-            "labels": {"severity": "critical", "service": target, "uici_env": "local-docker"},
-            # 6 KiB: over api.webhook.max_value_chars, which used to make the whole
-            # notification a 422 that Alertmanager never retries.
-            "annotations": {
-                "summary": f"{target} keeps restarting",
-                "description": ("The runbook says: " + "check the logs. " * 384).strip(),
-            },
-        }
-        with PromStack(
-            tmp_path / "prom",
-            f"{service.url}/webhooks/alertmanager",
-            bearer=KEYS["webhook"],
-            rules=[rule],
-        ) as stack:
+        with stack:
             reader = {"Authorization": f"Bearer {KEYS['reader']}"}
             deadline = time.monotonic() + 240
             incident: dict[str, object] = {}
@@ -84,6 +88,14 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
         assert description.endswith("[cut by UICI: 6161 characters]")
         report = detail["report"]
         assert report["diagnosis"]["rules_matched"][:1] == ["missing-configuration"], report
+        # Triage evaluated the alert's own expression on the Prometheus that fired it.
+        [seen] = [o for o in report["observations"] if o["operation"] == "check_alert_expression"]
+        assert seen["phase"] == "triage" and seen["success"], seen
+        assert seen["data"]["expression"] == "vector(1) > 0"
+        assert seen["data"]["source"] == "generator_url"
+        assert seen["data"]["threshold"] == {"operator": ">", "value": 0.0}
+        assert seen["data"]["breaching"] is True and seen["data"]["breach_started_at"]
+        assert seen["data"]["peak"] == 1.0
         events = [e["event"] for e in detail["timeline"]]
         assert events[0] == "incident.created" and "dispatch.started" in events
         assert "operation.finished" in events and events[-1] == "incident.diagnosed"

@@ -493,3 +493,25 @@ def test_the_plan_cache_and_the_breaker_outlive_one_run(
     assert not first_run.plan_phase(ctx(), "triage", OBSERVATIONS).cached
     assert second_run.plan_phase(ctx(), "triage", OBSERVATIONS).cached
     assert len(fake_llm.requests) == 1
+
+
+def test_an_opening_circuit_is_recorded_as_an_event(
+    llm_env: dict[str, str], fake_llm: FakeLLMServer
+) -> None:
+    """The breaker lives in the flow-run process; its opening reaches the store (and so
+    /metrics and the UICILLMCircuitOpen rule) as an llm.circuit_open event."""
+    from agent.incidents.events import EventLog
+
+    config, planner = make(llm_env, UICI_LLM_MAX_RETRIES="0")
+    threshold = config.platform.llm.circuit_breaker.failure_threshold
+    fake_llm.queue(*[error(500) for _ in range(threshold)])
+    store = IncidentStore.from_config(config)
+    log = EventLog(store.path)
+    before = [e for e in log.since(0) if e.type == "llm.circuit_open"]
+    for _ in range(threshold):
+        plan = planner.plan_phase(ctx(), "triage", [])
+        assert plan.planner == "runbook"  # auto mode fell back
+    opened = [e for e in log.since(0) if e.type == "llm.circuit_open"]
+    assert len(opened) == len(before) + 1, opened
+    assert opened[-1].data["failures"] == threshold
+    assert opened[-1].data["model"] == "test-model"

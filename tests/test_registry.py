@@ -27,7 +27,7 @@ def problems(error: pytest.ExceptionInfo[CallValidationError]) -> list[str]:
 
 
 def test_list_and_filter_by_environment(registry: OperationRegistry) -> None:
-    assert len(registry.names()) == 13
+    assert len(registry.names()) == 23
     docker_ops = {name for name, _ in registry.operations_for("local-docker")}
     assert "get_logs" in docker_ops
     assert "scale_service" not in docker_ops and "rollback_service" not in docker_ops

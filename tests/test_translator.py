@@ -121,10 +121,24 @@ def test_connection_context_fills_kubernetes_and_oci_commands(
 def test_every_shipped_translation_renders_with_its_defaults(shipped_config_dir: Path) -> None:
     path = shipped_config_dir / "environments.yml"
     path.write_text(path.read_text().replace("enabled: false", "enabled: true"))
-    config = load_config(shipped_config_dir, environ={"UICI_OCI_COMPARTMENT_ID": "ocid1.c"})
+    config = load_config(
+        shipped_config_dir,
+        environ={
+            "UICI_OCI_COMPARTMENT_ID": "ocid1.c",
+            "UICI_PROMETHEUS_URL": "http://127.0.0.1:9",
+            "UICI_LOKI_URL": "http://127.0.0.1:9",
+        },
+    )
     registry = OperationRegistry.from_config(config)
     translator = CommandTranslator.from_config(config)
-    required_values = {"replicas": 1, "port": 80, "command": "ps"}
+    required_values = {
+        "replicas": 1,
+        "port": 80,
+        "command": "ps",
+        "query": "up",
+        "label": "job",
+        "resource": "memory",
+    }
     rendered = 0
     for environment in ("local-docker", "staging-k8s", "oci-prod"):
         for name, spec in registry.operations_for(environment):
@@ -135,7 +149,8 @@ def test_every_shipped_translation_renders_with_its_defaults(shipped_config_dir:
             ).command
             assert command and all(isinstance(part, str) and part for part in command)
             rendered += 1
-    assert rendered == 11 + 9 + 8
+    # The ten metric and log operations run in every environment type.
+    assert rendered == 11 + 9 + 8 + 3 * 10
 
 
 # --- no shell, ever -------------------------------------------------------------------------

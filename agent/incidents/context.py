@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -150,11 +151,31 @@ def context_from_alert(
             status=str(alert.get("status", "firing")),
             fingerprint=alert.get("fingerprint"),
             starts_at=alert.get("startsAt"),
+            expression=alert.get("expression") or expression_of(alert.get("generatorURL")),
         ),
         environment=mapped.environment,
         service=mapped.target,
         dependencies=list(dependencies) or mapped.dependencies,
     )
+
+
+# Longer expressions are not taken from a URL (the alerting rule is looked up instead).
+MAX_EXPRESSION_CHARS = 4000
+
+
+def expression_of(generator_url: object) -> str | None:
+    """The PromQL expression in Prometheus's generatorURL (`/graph?g0.expr=...`), or None."""
+    if not isinstance(generator_url, str) or "g0.expr=" not in generator_url:
+        return None
+    query = urllib.parse.urlsplit(generator_url).query
+    values = urllib.parse.parse_qs(query).get("g0.expr") or []
+    expression = values[0].strip() if values else ""
+    if not expression or len(expression) > MAX_EXPRESSION_CHARS:
+        return None
+    if any(ord(character) < 32 and character not in "\n\t" for character in expression):
+        return None
+    # Multi-line rule expressions arrive with newlines: one line for the query parameter.
+    return " ".join(expression.split())
 
 
 def load_observations(path: Path) -> list[Observation]:

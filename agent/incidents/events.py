@@ -41,6 +41,8 @@ EventType = Literal[
     "approval.vote",
     "approval.expiring",
     "notification.failed",
+    # The LLM's circuit breaker opened: the provider is skipped until it resets.
+    "llm.circuit_open",
     "llm.call",
 ]
 

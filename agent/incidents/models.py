@@ -26,6 +26,8 @@ class AlertInfo(BaseModel):
     status: str = "firing"
     fingerprint: str | None = None
     starts_at: str | None = None
+    # The PromQL expression that fired it (Prometheus's generatorURL carries it as g0.expr).
+    expression: str | None = None
 
     @property
     def alertname(self) -> str:

@@ -180,6 +180,13 @@ def render_markdown(
             else ""
         ),
     ]
+    annotations = report.alert.get("annotations") or {}
+    if annotations.get("forecast_horizon"):
+        # A forecast incident: nothing has failed yet, and the report says so first.
+        lines.append(
+            f"- FORECAST, not a failure: {e(str(annotations.get('summary', '')))}"
+            f" (horizon {e(str(annotations['forecast_horizon']))})"
+        )
     if report.flow_run_url:
         lines.append(f"- Prefect flow run: {report.flow_run_url}")
     if report.healthy is not None:
@@ -215,6 +222,7 @@ def render_markdown(
             )
         for note in diagnosis.notes:
             lines.append(f"- note: {e(note)}")
+    lines += _alert_expression(report)
     if report.similar_incidents:
         lines += ["", "## Similar past incidents", ""]
         for past in report.similar_incidents:
@@ -265,6 +273,48 @@ def render_markdown(
             f"completion tokens, cost {usage.cost:.6f} {usage.currency}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _alert_expression(report: IncidentReport) -> list[str]:
+    """What the alert saw: its expression over the window, when it started to breach and by
+    how much (the check_alert_expression observations)."""
+    e = escape_markdown
+    checks = [o for o in report.observations if o.operation == "check_alert_expression"]
+    if not checks:
+        return []
+    lines = ["", "## What the alert saw", ""]
+    for check in checks:
+        data = check.data if isinstance(check.data, dict) else {}
+        if not check.success:
+            lines.append(
+                f"- {check.id}: the expression could not be evaluated: {e(str(check.error))}"
+            )
+            continue
+        expression = str(data.get("expression") or "").replace("`", "")
+        source = e(str(data.get("source") or "alert"))
+        lines.append(f"- expression ({source}): `{expression}`")
+        if data.get("breaching"):
+            lines.append(
+                f"- breaching since {e(str(data.get('breach_started_at')))}"
+                + (
+                    f" ({float(data['breaching_for_seconds']) / 60:.0f} min)"
+                    if isinstance(data.get("breaching_for_seconds"), int | float)
+                    else ""
+                )
+            )
+        else:
+            lines.append("- not breaching at the end of the window")
+        threshold = data.get("threshold")
+        if isinstance(threshold, dict) and isinstance(data.get("peak"), int | float):
+            over = data.get("peak_over_threshold")
+            lines.append(
+                f"- peak {data['peak']:.4g} against {e(str(threshold.get('operator')))}"
+                f" {threshold.get('value')}"
+                + (f" ({over:+.4g})" if isinstance(over, int | float) else "")
+            )
+        for cut in data.get("cut") or []:
+            lines.append(f"- cut: {e(str(cut))}")
+    return lines
 
 
 def operations_table(

@@ -20,8 +20,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from agent.incidents.context import LabelConventions, context_from_alert
-from agent.incidents.models import IncidentContext
+from agent.incidents.models import IncidentContext, PlanStep
 from agent.incidents.storage import IncidentStore
+from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import HealthSweepSettings
 
 SWEEP_SOURCE = "sweep"
@@ -29,15 +30,31 @@ SWEEP_ALERTNAME = "HealthSweep"
 UNFINISHED = ("open", "diagnosing", "awaiting_approval")
 
 
+PREDICTED_STATE = "predicted"
+
+
+class Forecast(BaseModel):
+    """A resource forecast to reach its capacity: a warning, not a failure (yet)."""
+
+    resource: str
+    horizon: str
+    seconds_to_capacity: float | None
+    ratio: float | None
+    predicted: float | None = None
+    capacity: float | None = None
+
+
 class UnhealthyService(BaseModel):
     environment: str
     service: str
     reason: str
-    # What the sweep saw: the state (exited, restarting, CrashLoopBackOff) or the health.
+    # What the sweep saw: the state (exited, restarting, CrashLoopBackOff) or the health;
+    # `predicted` for a forecast.
     observed_state: str
     exit_code: int | None = None
     # Other names the listing gives the same service (a compose service), for the dedupe.
     aliases: list[str] = Field(default_factory=list)
+    forecast: Forecast | None = None
 
     @property
     def names(self) -> list[str]:
@@ -91,6 +108,106 @@ def unhealthy_services(
             )
         )
     return found
+
+
+def running_services(
+    items: list[dict[str, Any]],
+    unhealthy: Sequence[UnhealthyService],
+    settings: HealthSweepSettings,
+) -> list[str]:
+    """The listed services that are up (neither unhealthy nor finished): the ones a forecast
+    can warn about, at most forecast.max_services of them."""
+    down = {name for u in unhealthy for name in u.names}
+    names: list[str] = []
+    for item in items:
+        name = item.get("container") or item.get("name") or item.get("service")
+        if not name or name in down or finished_cleanly(item, settings):
+            continue
+        if item.get("state") in settings.unhealthy_states:
+            continue
+        if item.get("health") in settings.unhealthy_health:
+            continue
+        names.append(str(name))
+    limit = settings.forecast.max_services if settings.forecast else 0
+    return list(dict.fromkeys(names))[:limit]
+
+
+def forecast_finding(
+    environment: str, service: str, resource: str, data: Any, settings: HealthSweepSettings
+) -> UnhealthyService | None:
+    """A `predicted` finding from a get_resource_trend result, or None: the resource is
+    forecast to reach its capacity within the horizon and is already used past
+    min_current_ratio."""
+    forecast = settings.forecast
+    trend = data.get(resource) if isinstance(data, dict) else None
+    if forecast is None or not isinstance(trend, dict) or "error" in trend:
+        return None
+    ratio = trend.get("ratio")
+    if not trend.get("reaches_capacity_within_horizon"):
+        return None
+    if not isinstance(ratio, int | float) or ratio < forecast.min_current_ratio:
+        return None
+    seconds = trend.get("seconds_to_capacity")
+    seconds = float(seconds) if isinstance(seconds, int | float) else None
+    when = f"in about {_duration(seconds)}" if seconds is not None else "within the horizon"
+    return UnhealthyService(
+        environment=environment,
+        service=service,
+        reason=(
+            f"forecast: {resource} reaches its capacity {when} (horizon {forecast.horizon},"
+            f" {ratio:.0%} used now)"
+        ),
+        observed_state=PREDICTED_STATE,
+        forecast=Forecast(
+            resource=resource,
+            horizon=forecast.horizon,
+            seconds_to_capacity=seconds,
+            ratio=float(ratio),
+            predicted=_number(trend.get("predicted")),
+            capacity=_number(trend.get("capacity")),
+        ),
+    )
+
+
+def forecast_steps(config: UICIConfig, environment: str, services: Sequence[str]) -> list[PlanStep]:
+    """The get_resource_trend reads of a sweep's forecast: each running service, each
+    configured resource the environment has a usage query for. None without Prometheus."""
+    forecast = config.agents.health_sweep.forecast
+    env = config.environments.environments.get(environment)
+    if forecast is None or not forecast.enabled or env is None:
+        return []
+    observability = env.observability
+    if observability.source("prometheus") is None or not observability.metric_labels:
+        return []
+    resources = [r for r in forecast.resources if getattr(observability.resources, f"{r}_usage")]
+    return [
+        PlanStep(
+            phase="triage",
+            operation="get_resource_trend",
+            environment=environment,
+            target=service,
+            parameters={
+                "resource": resource,
+                "since": forecast.window,
+                "horizon": forecast.horizon,
+            },
+            rationale=f"health sweep forecast of {resource}",
+            proposed_by="runbook",
+        )
+        for service in services
+        for resource in resources
+    ]
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(1, round(seconds / 60))
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes / 60:.1f} h"
 
 
 def covering_incident(
@@ -158,14 +275,36 @@ def sweep_alert(
         settings.source_label: SWEEP_SOURCE,
         settings.observed_state_label: unhealthy.observed_state,
     }
+    annotations = {
+        "summary": f"{unhealthy.service}: {unhealthy.reason}",
+        "description": f"the health sweep found {unhealthy.service} on "
+        f"{unhealthy.environment} unhealthy: {unhealthy.reason}",
+    }
+    forecast, forecasting = unhealthy.forecast, settings.forecast
+    if forecast is not None and forecasting is not None:
+        # A warning before a failure: named as a forecast everywhere it shows.
+        labels["alertname"] = forecasting.alertname
+        labels[forecasting.resource_label] = forecast.resource
+        annotations = {
+            "summary": f"FORECAST {unhealthy.service}: {unhealthy.reason}",
+            "description": (
+                f"a forecast, not a failure: the health sweep fitted {unhealthy.service}'s"
+                f" {forecast.resource} on {unhealthy.environment} over"
+                f" {forecasting.window} and it reaches its capacity within the"
+                f" {forecast.horizon} horizon. {unhealthy.reason}"
+            ),
+            "forecast_horizon": forecast.horizon,
+            "forecast_resource": forecast.resource,
+            "forecast_seconds_to_capacity": (
+                f"{forecast.seconds_to_capacity:.0f}"
+                if forecast.seconds_to_capacity is not None
+                else "unknown"
+            ),
+        }
     return {
         "status": "firing",
         "labels": labels,
-        "annotations": {
-            "summary": f"{unhealthy.service}: {unhealthy.reason}",
-            "description": f"the health sweep found {unhealthy.service} on "
-            f"{unhealthy.environment} unhealthy: {unhealthy.reason}",
-        },
+        "annotations": annotations,
         "startsAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
 

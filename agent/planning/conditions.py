@@ -32,9 +32,12 @@ def evaluate(
     observations: Sequence[Observation],
     context: IncidentContext,
     max_line_chars: int | None = None,
+    log_operations: Sequence[str] = (),
 ) -> tuple[bool, list[str]]:
     """Whether the clause holds, and the ids of the observations that made it hold."""
-    holds, evidence, _ = evaluate_with_facts(when, observations, context, max_line_chars)
+    holds, evidence, _ = evaluate_with_facts(
+        when, observations, context, max_line_chars, log_operations
+    )
     return holds, evidence
 
 
@@ -43,12 +46,16 @@ def evaluate_with_facts(
     observations: Sequence[Observation],
     context: IncidentContext,
     max_line_chars: int | None = None,
+    log_operations: Sequence[str] = (),
 ) -> tuple[bool, list[str], list[str]]:
-    """As `evaluate`, and the facts the conditions that held name (see `Condition.facts`)."""
+    """As `evaluate`, and the facts the conditions that held name (see `Condition.facts`).
+
+    `log_operations` (agents.yml log_matching): a log pattern on one of them reads the lines
+    of all of them, so a rule written for the platform's log also holds on Loki's."""
     evidence: list[str] = []
     facts: list[str] = []
     for condition in when.all:
-        holds, ids, named = check(condition, observations, context, max_line_chars)
+        holds, ids, named = check(condition, observations, context, max_line_chars, log_operations)
         if not holds:
             return False, [], []
         evidence.extend(ids)
@@ -56,7 +63,9 @@ def evaluate_with_facts(
     if when.any:
         any_ids: list[str] = []
         for condition in when.any:
-            holds, ids, named = check(condition, observations, context, max_line_chars)
+            holds, ids, named = check(
+                condition, observations, context, max_line_chars, log_operations
+            )
             if holds:
                 any_ids.extend(ids)
                 facts.extend(named)
@@ -71,6 +80,7 @@ def check(
     observations: Sequence[Observation],
     context: IncidentContext,
     max_line_chars: int | None = None,
+    log_operations: Sequence[str] = (),
 ) -> tuple[bool, list[str], list[str]]:
     """Whether the condition holds on the newest observation of its scope, the ids of those it
     holds on, and the facts they name."""
@@ -87,11 +97,10 @@ def check(
         # Every log read counts, each judged alone: a later read filtered to error lines
         # (or a shorter one) must not hide what an earlier, wider read showed. The newest
         # read that holds names the facts.
+        names = log_reads(condition.observation, log_operations)
         for target in targets:
             reads = [
-                o
-                for o in observations
-                if o.operation == condition.observation and o.target == target and o.success
+                o for o in observations if o.operation in names and o.target == target and o.success
             ]
             for observation in reversed(reads):
                 holds, named = _holds(condition, observation, max_line_chars)
@@ -100,14 +109,38 @@ def check(
                     facts.extend(named)
                     break
         return bool(matched), matched, facts
-    for observation in latest(observations, condition.observation, targets):
-        if not observation.success:
-            continue
+    for observation in _reporting(observations, condition, targets):
         holds, named = _holds(condition, observation)
         if holds:
             matched.append(observation.id)
             facts.extend(named)
     return bool(matched), matched, facts
+
+
+def _reporting(
+    observations: Sequence[Observation], condition: Condition, targets: Sequence[str | None]
+) -> list[Observation]:
+    """Per target, the newest successful result of the condition's operation that reports the
+    field's first key: one operation may be asked for different things (get_resource_trend
+    for memory, then for disk), and a later answer about disk says nothing about memory."""
+    assert condition.field is not None  # a field condition
+    head = condition.field.split(".", 1)[0]
+    found: dict[str | None, Observation] = {}
+    for observation in observations:
+        if observation.operation != condition.observation or observation.target not in targets:
+            continue
+        if not observation.success:
+            continue
+        if condition.operator is ConditionOperator.ABSENT or any(
+            _lookup(item, head) is not _MISSING for item in items(observation)
+        ):
+            found[observation.target] = observation
+    return [found[t] for t in targets if t in found]
+
+
+def log_reads(operation: str, log_operations: Sequence[str]) -> set[str]:
+    """The operations whose lines a log condition on `operation` reads."""
+    return set(log_operations) if operation in log_operations else {operation}
 
 
 def _holds(

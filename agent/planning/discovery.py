@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 
 from agent.incidents.models import IncidentContext, Observation
-from agent.planning.conditions import log_lines
+from agent.planning.conditions import log_lines, log_reads
 from infrastructure.configuration.models import DependencyDiscoverySettings
 
 
@@ -31,6 +31,7 @@ def candidate_hosts(
     context: IncidentContext,
     settings: DependencyDiscoverySettings,
     max_line_chars: int | None = None,
+    log_operations: Sequence[str] = (),
 ) -> list[str]:
     """The host names the service's log reads name in their error lines, most frequent first,
     with the first label of a dotted name (db.default.svc.cluster.local -> db) after it."""
@@ -39,7 +40,9 @@ def candidate_hosts(
     reads = [
         o
         for o in observations
-        if o.operation == "get_logs" and o.target == context.service and o.success
+        if o.operation in log_reads("get_logs", log_operations)
+        and o.target == context.service
+        and o.success
     ]
     for observation in reads:
         for line in log_lines(observation, max_line_chars):

@@ -12,6 +12,7 @@ call, and none at all while the breaker is open.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
@@ -35,6 +36,7 @@ FailureKind = Literal[
     "not_configured",
 ]
 _RETRYABLE: set[str] = {"timeout", "rate_limited", "server_error", "connection"}
+log = logging.getLogger("uici.llm")
 
 
 class LLMFailure(Exception):
@@ -68,11 +70,18 @@ class CircuitBreaker:
     `reset_seconds`. Then half-open: one trial call decides."""
 
     def __init__(
-        self, threshold: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic
+        self,
+        threshold: int,
+        reset_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[int], None] | None = None,
     ) -> None:
         self.threshold = threshold
         self.reset_seconds = reset_seconds
         self.clock = clock
+        # Told each time the breaker opens (the failures in a row): the state lives in this
+        # process only, so this is how the store, and the metrics, learn of it.
+        self.on_open = on_open
         self.failures = 0
         self.opened_at: float | None = None
 
@@ -93,6 +102,8 @@ class CircuitBreaker:
         self.failures += 1
         if self.failures >= self.threshold or self.state == "half-open":
             self.opened_at = self.clock()
+            if self.on_open is not None:
+                self.on_open(self.failures)
 
 
 class LLMClient:
@@ -103,17 +114,30 @@ class LLMClient:
         settings: LLMSettings,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_circuit_open: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_circuit_open(failures)`: called when the breaker opens, e.g. to record an
+        `llm.circuit_open` event; an error in it never fails the LLM call's caller."""
         if settings.provider is LLMProvider.NONE:
             raise LLMFailure("not_configured", "platform.yml: llm.provider is none")
         self.settings = settings
         self.sleep = sleep
+        self.on_circuit_open = on_circuit_open
         self.breaker = CircuitBreaker(
             settings.circuit_breaker.failure_threshold,
             settings.circuit_breaker.reset_seconds,
             clock,
+            self._circuit_opened,
         )
         self._sdk: Any = None
+
+    def _circuit_opened(self, failures: int) -> None:
+        if self.on_circuit_open is None:
+            return
+        try:
+            self.on_circuit_open(failures)
+        except Exception:  # recording it must not turn an LLM failure into another error
+            log.exception("could not record that the LLM circuit opened")
 
     def _client(self) -> Any:
         if self._sdk is None:

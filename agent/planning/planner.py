@@ -14,10 +14,20 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from agent.incidents.models import Diagnosis, IncidentContext, Observation, Phase, PhasePlan, Usage
+from agent.incidents.events import EventLog
+from agent.incidents.models import (
+    Diagnosis,
+    IncidentContext,
+    Observation,
+    Phase,
+    PhasePlan,
+    PlanStep,
+    Usage,
+)
 from agent.incidents.storage import IncidentStore
 from agent.planning.llm import CompletionClient, LLMClient, LLMFailure
 from agent.planning.llm_planner import LLMPlanner, PlanCache
+from agent.planning.observability import ObservabilitySteps
 from agent.planning.runbook import RunbookPlanner
 from agent.safety.policy import SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig
@@ -32,9 +42,23 @@ _SHARED_LLM: dict[tuple[str, str], tuple[LLMClient, PlanCache]] = {}
 def shared_llm(config: UICIConfig, store: IncidentStore) -> tuple[LLMClient, PlanCache]:
     key = (config.platform.llm.model_dump_json(), str(store.path))
     if key not in _SHARED_LLM:
+        settings = config.platform.llm
+        events = EventLog(store.path, store.redactor)
+
+        def circuit_opened(failures: int) -> None:
+            # The breaker lives in this process; the event lets /metrics and people see it.
+            events.emit(
+                "llm.circuit_open",
+                None,
+                provider=settings.provider.value,
+                model=settings.model,
+                failures=failures,
+                reset_seconds=settings.circuit_breaker.reset_seconds,
+            )
+
         _SHARED_LLM[key] = (
-            LLMClient(config.platform.llm),
-            PlanCache(config.platform.llm.plan_cache_ttl_seconds),
+            LLMClient(settings, on_circuit_open=circuit_opened),
+            PlanCache(settings.plan_cache_ttl_seconds),
         )
     return _SHARED_LLM[key]
 
@@ -50,6 +74,7 @@ class DiagnosticPlanner:
         self.config = config
         self.mode = config.agents.diagnostic_agent.planner_mode
         self.runbooks = RunbookPlanner(config.agents)
+        self.observability = ObservabilitySteps(config)
         self.policy = SafetyPolicy(config, store, clock)
         self.usage: dict[str, Usage] = {}
         llm_configured = config.platform.llm.provider is not LLMProvider.NONE
@@ -79,6 +104,11 @@ class DiagnosticPlanner:
         runbook = self.runbooks.match(context)
         created = datetime.now(UTC)
         notes: list[str] = []
+        # Evidence from Prometheus and Loki every plan gets first (a phase's first round).
+        first: list[PlanStep] = []
+        if iteration == 0:
+            first, first_notes = self.observability.steps(context, phase, observations)
+            notes.extend(first_notes)
         if self.llm is not None:
             try:
                 outcome = self.llm.plan(context, phase, observations, iteration)
@@ -86,7 +116,11 @@ class DiagnosticPlanner:
                     raise LLMFailure("empty_plan", f"the LLM proposed no steps for {phase}")
                 self.incident_usage(context.incident_id).add(outcome.usage)
                 decisions = self.policy.review(
-                    outcome.steps, context, runbook, already_planned_in_phase, observations
+                    self._with(first, outcome.steps, context, notes),
+                    context,
+                    runbook,
+                    already_planned_in_phase,
+                    observations,
                 )
                 return PhasePlan(
                     phase=phase,
@@ -94,7 +128,7 @@ class DiagnosticPlanner:
                     runbook=runbook.name,
                     iteration=iteration,
                     decisions=decisions,
-                    notes=outcome.notes,
+                    notes=[*notes, *outcome.notes],
                     usage=outcome.usage,
                     cached=outcome.cached,
                     done=outcome.done,
@@ -134,7 +168,11 @@ class DiagnosticPlanner:
             )
         runbook, steps, runbook_notes = self.runbooks.plan(context, phase, observations)
         decisions = self.policy.review(
-            steps, context, runbook, already_planned_in_phase, observations
+            self._with(first, steps, context, notes),
+            context,
+            runbook,
+            already_planned_in_phase,
+            observations,
         )
         return PhasePlan(
             phase=phase,
@@ -145,6 +183,27 @@ class DiagnosticPlanner:
             notes=[*notes, *runbook_notes],
             created_at=created,
         )
+
+    def _with(
+        self,
+        first: Sequence[PlanStep],
+        steps: Sequence[PlanStep],
+        context: IncidentContext,
+        notes: list[str],
+    ) -> list[PlanStep]:
+        """`first`, then the planner's steps (log steps read Loki where the logs live there),
+        each exact step once; runbook steps needing a metric or log source the environment
+        lacks are left out, with a note."""
+        planned = [*first, *self.observability.substitute(steps, context)]
+        unique: dict[str, PlanStep] = {}
+        for step in planned:
+            unique.setdefault(step.key(), step)
+        kept, skipped = self.observability.runnable(
+            [s for s in unique.values() if s.proposed_by == "runbook"], context
+        )
+        notes.extend(skipped)
+        keep = {s.key() for s in kept}
+        return [s for s in unique.values() if s.proposed_by != "runbook" or s.key() in keep]
 
     def diagnose(self, context: IncidentContext, observations: Sequence[Observation]) -> Diagnosis:
         if self.llm is not None:

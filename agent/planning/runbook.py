@@ -25,6 +25,7 @@ from agent.planning.conditions import (
     items,
     latest,
     log_lines,
+    log_reads,
 )
 from agent.planning.discovery import candidate_hosts
 from infrastructure.configuration.models import AgentsConfig, Runbook
@@ -34,6 +35,7 @@ class RunbookPlanner:
     def __init__(self, agents: AgentsConfig) -> None:
         self.agents = agents
         self._line_cap = agents.log_matching.max_line_chars
+        self._log_reads = agents.log_matching.log_operations
 
     def match(self, context: IncidentContext) -> Runbook:
         labels = context.alert.labels
@@ -63,7 +65,9 @@ class RunbookPlanner:
         steps: list[PlanStep] = []
         for index, step in enumerate(runbook.phases.get(phase, [])):
             if step.when is not None:
-                holds, evidence = evaluate(step.when, observations, context, self._line_cap)
+                holds, evidence = evaluate(
+                    step.when, observations, context, self._line_cap, self._log_reads
+                )
                 if not holds:
                     notes.append(
                         f"step {index + 1} ({step.operation}) skipped: its condition does not hold"
@@ -77,7 +81,11 @@ class RunbookPlanner:
                 targets = [context.service]
             elif step.target == "dependencies":
                 found = candidate_hosts(
-                    observations, context, self.agents.dependency_discovery, self._line_cap
+                    observations,
+                    context,
+                    self.agents.dependency_discovery,
+                    self._line_cap,
+                    self._log_reads,
                 )
                 new = [h for h in found if h not in context.discovered]
                 if new:
@@ -113,12 +121,14 @@ class RunbookPlanner:
         matches: list[tuple[float, str, Diagnosis]] = []
         for rule in self.agents.diagnosis_rules:
             holds, evidence, facts = evaluate_with_facts(
-                rule.when, observations, context, self._line_cap
+                rule.when, observations, context, self._line_cap, self._log_reads
             )
             if not holds:
                 continue
             for condition in rule.facts:
-                named, _, more = check(condition, observations, context, self._line_cap)
+                named, _, more = check(
+                    condition, observations, context, self._line_cap, self._log_reads
+                )
                 if named:
                     facts = list(dict.fromkeys([*facts, *more]))
             by_id = {o.id: o for o in observations}
@@ -173,7 +183,10 @@ class RunbookPlanner:
         telling = re.compile(settings.telling_line_pattern)
         lines: list[str] = []
         evidence: list[str] = []
-        for observation in latest(observations, "get_logs", [context.service]):
+        reads = log_reads("get_logs", self._log_reads)
+        for observation in observations:
+            if observation.operation not in reads or observation.target != context.service:
+                continue
             if not observation.success:
                 continue
             logged = [line for line in log_lines(observation, self._line_cap) if line.strip()]

@@ -313,6 +313,7 @@ class SafetyPolicy:
                 observations,
                 context,
                 self.config.agents.log_matching.max_line_chars,
+                self.config.agents.log_matching.log_operations,
             )
             if holds:
                 return f"{where} ({step.operation}), its condition holds on {', '.join(evidence)}"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.incidents.audit import AuditLog
-from agent.incidents.context import LabelConventions, UnmappedAlert
+from agent.incidents.context import LabelConventions, UnmappedAlert, expression_of
 from agent.incidents.events import EventLog
 from agent.incidents.models import AlertInfo, IncidentContext
 from agent.incidents.storage import (
@@ -49,6 +49,10 @@ def _utc_iso(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# What of an alert's generatorURL is kept while it is parsed: enough for its expression.
+MAX_GENERATOR_URL_CHARS = 8192
 
 
 class AlertmanagerAlert(BaseModel):
@@ -229,7 +233,8 @@ def parse_notification(
             ),
         }
         if isinstance(item.get("generatorURL"), str):
-            item["generatorURL"] = item["generatorURL"][:2000]
+            # Long enough for an alert's expression (g0.expr); the store keeps 2000 characters.
+            item["generatorURL"] = item["generatorURL"][:MAX_GENERATOR_URL_CHARS]
         try:
             alert = AlertmanagerAlert.model_validate(item)
         except ValidationError as exc:
@@ -445,6 +450,7 @@ class AlertIngestor:
             return AlertDisposition(**base, outcome="unmapped", reason=mapping.reason)
         incident_id = incident_id_for(key)
         self._insert(db, alert, payload, "firing", mapping, None, request_id, now, incident_id)
+        expression = expression_of(alert.generatorURL)
         context = IncidentContext(
             incident_id=incident_id,
             alert=AlertInfo(
@@ -453,6 +459,7 @@ class AlertIngestor:
                 status="firing",
                 fingerprint=alert.identity,
                 starts_at=alert.starts_at,
+                expression=expression,
             ),
             environment=mapping.environment,
             service=mapping.target,
@@ -468,6 +475,7 @@ class AlertIngestor:
                 "annotations": redact.data(dict(alert.annotations)),
                 "fingerprint": alert.identity,
                 "startsAt": alert.starts_at,
+                "expression": redact.text(expression) if expression else None,
             },
             "incident_id": incident_id,
             "environment": mapping.environment,

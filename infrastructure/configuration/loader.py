@@ -433,7 +433,7 @@ def cross_check(
                     f"add {env_type.value} to operations.{op_name}.environments in operations.yml,"
                     " or remove this translation",
                 )
-            context_keys = set(_context_keys(env_type))
+            context_keys = set(_context_keys(env_type, spec))
             known = {*spec.parameters, "environment", *context_keys}
             if spec.risk is not RiskLevel.READ:
                 known.update(WRITE_CONTEXT_KEYS)
@@ -533,6 +533,15 @@ def cross_check(
                 ("environments", name, "type"),
                 f"environment type {environment.type.value!r} has no translations",
                 f"add a translations.{environment.type.value} section to command_translations.yml",
+            )
+
+    for index, log_operation in enumerate(agents.log_matching.log_operations):
+        if log_operation not in operations.operations:
+            problem(
+                "agents",
+                ("log_matching", "log_operations", index),
+                f"unknown operation {log_operation!r}",
+                f"one of: {', '.join(operation_names)}",
             )
 
     # agents -> operations (validated with the registry, exactly as a planned step would be)
@@ -640,12 +649,19 @@ def _check_conditions(
                 )
 
 
-def _context_keys(env_type: EnvironmentType) -> tuple[str, ...]:
-    return (*CONNECTION_MODELS[env_type].CONTEXT_KEYS, *GLOBAL_CONTEXT_KEYS)
+def _context_keys(env_type: EnvironmentType, spec: Any) -> tuple[str, ...]:
+    from infrastructure.observability.context import OBSERVABILITY_CONTEXT_KEYS
+
+    # Metric and log operations also get the values derived for them (query, window, LogQL).
+    derived = OBSERVABILITY_CONTEXT_KEYS if spec.requires else ()
+    return (*CONNECTION_MODELS[env_type].CONTEXT_KEYS, *GLOBAL_CONTEXT_KEYS, *derived)
 
 
 def _always_present(spec: Any, context_keys: set[str]) -> set[str]:
-    present = {"environment", *context_keys}
+    from infrastructure.observability.context import OBSERVABILITY_CONTEXT_KEYS, always_set
+
+    # A derived value is present only where the call makes it (context.always_set).
+    present = {"environment", *(context_keys - set(OBSERVABILITY_CONTEXT_KEYS)), *always_set(spec)}
     if spec.target == "required":
         present.add("target")
     for name, parameter in spec.parameters.items():

@@ -51,6 +51,8 @@ Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 OperationName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+# "30s", "5m", "2h", "1d"
+Duration = Annotated[str, StringConstraints(pattern=r"^\d+[smhd]$")]
 
 
 def _check_regex(pattern: str) -> str:
@@ -626,10 +628,143 @@ class OCIConnection(ClientRetrySettings):
         return {"compartment_id": self.compartment_id, "region": self.region}
 
 
+class _HttpSource(StrictModel):
+    """An HTTP API UICI reads from (Prometheus, Loki). An empty url turns it off: the
+    operations that need it are refused with that reason. Credentials come from environment
+    variables (bearer token, or user name and password for basic auth), never this file."""
+
+    name: Name
+    url: str = ""
+    bearer_token: SecretStr | None = None
+    username: str = ""
+    password: SecretStr | None = None
+    # PEM bundle of the CA that signed the server's certificate (default: the system's).
+    ca_file: str = ""
+    verify_tls: bool = True
+    timeout_seconds: PositiveSeconds
+
+    @field_validator("bearer_token", "password", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError(
+                f"url {value!r} is not an http(s) URL without query (e.g. http://prometheus:9090)"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_kind_of_auth(self) -> _HttpSource:
+        if self.bearer_token is not None and (self.username or self.password is not None):
+            raise ValueError("give a bearer_token or a username and password, not both")
+        if (self.password is not None) != bool(self.username):
+            raise ValueError("basic auth needs both username and password")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+class PrometheusSource(_HttpSource):
+    pass
+
+
+class LokiSource(_HttpSource):
+    # X-Scope-OrgID: the tenant of a multi-tenant Loki (empty: none is sent).
+    tenant: str = ""
+    # The stream label that names a service (container, app, service_name, ...).
+    service_label: LabelName = "container"
+
+
+class ObservabilitySources(StrictModel):
+    prometheus: dict[Name, PrometheusSource] = Field(default_factory=dict)
+    loki: dict[Name, LokiSource] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, data: Any) -> Any:
+        """Each source knows the name it is defined under."""
+        if not isinstance(data, dict):
+            return data
+        named = dict(data)
+        for kind in ("prometheus", "loki"):
+            sources = data.get(kind)
+            if isinstance(sources, dict):
+                named[kind] = {
+                    key: {**value, "name": key} if isinstance(value, dict) else value
+                    for key, value in sources.items()
+                }
+        return named
+
+
+# The PromQL token replaced by the service's label matchers (metric_labels, rendered).
+SERVICE_MATCHERS_PLACEHOLDER = "$service"
+
+
+class ResourceQueries(StrictModel):
+    """PromQL for a service's resources; `$service` is replaced by its label matchers."""
+
+    memory_usage: str = ""
+    memory_limit: str = ""
+    disk_usage: str = ""
+    disk_capacity: str = ""
+    cpu_usage: str = ""
+    cpu_limit: str = ""
+
+    @field_validator("*")
+    @classmethod
+    def _names_service(cls, value: str) -> str:
+        if value and SERVICE_MATCHERS_PLACEHOLDER not in value:
+            raise ValueError(
+                f"{value!r} must contain {SERVICE_MATCHERS_PLACEHOLDER} (the service's matchers)"
+            )
+        return value
+
+
+class EnvironmentObservability(StrictModel):
+    """Where an environment's metrics and logs are, and how its services are named there.
+    `prometheus` and `loki` name sources of observability_sources (resolved at load)."""
+
+    prometheus: PrometheusSource | None = None
+    loki: LokiSource | None = None
+    # Loki stream labels of a service: label -> value template ({target}: the service's name,
+    # {namespace}: its namespace where it has one). Empty: {<loki.service_label>: "{target}"}.
+    log_selector: dict[LabelName, str] = Field(default_factory=dict)
+    # Prometheus label matchers of a service's series, the same way.
+    metric_labels: dict[LabelName, str] = Field(default_factory=dict)
+    resources: ResourceQueries = Field(default_factory=ResourceQueries)
+    # platform: log steps read the platform's own log (docker logs, kubectl logs) and Loki
+    # only when that is gone; loki: the environment's logs live in Loki, log steps read it.
+    log_source: Literal["platform", "loki"] = "platform"
+
+    @field_validator("log_selector", "metric_labels")
+    @classmethod
+    def _templates(cls, value: dict[str, str]) -> dict[str, str]:
+        from infrastructure.templates import placeholders
+
+        for template in value.values():
+            unknown = set(placeholders(template)) - {"target", "namespace"}
+            if unknown:
+                raise ValueError(
+                    f"{template!r} uses {sorted(unknown)}; only {{target}} and {{namespace}} exist"
+                )
+        return value
+
+    def source(self, kind: str) -> PrometheusSource | LokiSource | None:
+        source: PrometheusSource | LokiSource | None = getattr(self, kind)
+        return source if source is not None and source.enabled else None
+
+
 class _EnvironmentBase(StrictModel):
     enabled: bool
     description: str
     policy: SafetyPolicy
+    observability: EnvironmentObservability = Field(default_factory=EnvironmentObservability)
 
 
 class DockerEnvironment(_EnvironmentBase):
@@ -674,6 +809,9 @@ Environment = Annotated[
 
 class EnvironmentsConfig(StrictModel):
     default_policy: SafetyPolicy
+    # Prometheus and Loki servers; environments name them in `observability`.
+    observability_sources: ObservabilitySources = Field(default_factory=ObservabilitySources)
+    default_observability: dict[str, Any] = Field(default_factory=dict)
     environments: dict[Name, Environment]
 
     @model_validator(mode="before")
@@ -686,14 +824,48 @@ class EnvironmentsConfig(StrictModel):
         environments = data.get("environments")
         if not isinstance(default, dict) or not isinstance(environments, dict):
             return data
+        sources = data.get("observability_sources") or {}
+        default_observability = data.get("default_observability") or {}
         merged = {}
         for name, environment in environments.items():
             if isinstance(environment, dict):
                 own = environment.get("policy") or {}
                 if isinstance(own, dict):
                     environment = {**environment, "policy": {**default, **own}}
+                observability = environment.get("observability") or {}
+                if isinstance(observability, dict) and isinstance(default_observability, dict):
+                    observability = {**default_observability, **observability}
+                    environment = {
+                        **environment,
+                        "observability": _resolve_sources(name, observability, sources),
+                    }
             merged[name] = environment
         return {**data, "environments": merged}
+
+
+def _resolve_sources(
+    environment: str, observability: dict[str, Any], sources: Any
+) -> dict[str, Any]:
+    """Replace the source names an environment's `observability` gives by the sources."""
+    resolved = dict(observability)
+    for kind in ("prometheus", "loki"):
+        name = resolved.get(kind)
+        if name in (None, ""):
+            resolved.pop(kind, None)
+            continue
+        if not isinstance(name, str):
+            continue  # the model reports the type
+        defined = sources.get(kind) if isinstance(sources, dict) else None
+        defined = defined if isinstance(defined, dict) else {}
+        if name not in defined:
+            raise ValueError(
+                f"environment {environment!r}: observability.{kind} names {name!r}, which"
+                f" observability_sources.{kind} does not define"
+                f" (defined: {', '.join(sorted(defined)) or 'none'})"
+            )
+        source = defined[name]
+        resolved[kind] = {**source, "name": name} if isinstance(source, dict) else source
+    return resolved
 
 
 # --- operations.yml ---------------------------------------------------------------------
@@ -746,6 +918,8 @@ class OperationSpec(StrictModel):
     description: NonEmpty
     risk: RiskLevel
     target: Literal["required", "optional", "none"]
+    # The observability source the environment must name for this operation to run.
+    requires: Literal["prometheus", "loki"] | None = None
     timeout_seconds: PositiveSeconds
     retry: RetrySettings
     environments: list[EnvironmentType]
@@ -995,6 +1169,8 @@ class LogMatchingSettings(StrictModel):
 
     # Longer lines are cut before matching: a pattern's cost grows with a line's length.
     max_line_chars: int = Field(ge=80, le=100_000)
+    # Operations that read a service's log lines: a log_pattern on one reads all of them.
+    log_operations: list[OperationName] = Field(default_factory=list)
 
 
 class EvaluationThresholds(StrictModel):
@@ -1024,12 +1200,43 @@ class ValidationSettings(StrictModel):
     interval_seconds: float = Field(ge=0, le=600)
 
 
+class AlertExpressionSteps(StrictModel):
+    enabled: bool
+    # The alert's expression is evaluated over this window (a duration: 30m, 1h).
+    window: Duration
+    # No expression in the alert's generatorURL: look its alerting rule up by alertname.
+    look_up_rules: bool
+
+
+class IncidentWindow(StrictModel):
+    """Loki is read from before_alert_seconds before the alert started to now, covering at
+    least min_seconds and at most max_seconds."""
+
+    before_alert_seconds: float = Field(ge=0, le=86_400)
+    min_seconds: PositiveSeconds
+    max_seconds: float = Field(gt=0, le=30 * 86_400)
+
+
+class LokiFallback(StrictModel):
+    enabled: bool
+    # Log entries read from Loki (at most 5000, Loki's own cap).
+    limit: int = Field(ge=1, le=5000)
+
+
+class ObservabilitySteps(StrictModel):
+    alert_expression: AlertExpressionSteps
+    incident_window: IncidentWindow
+    loki_fallback: LokiFallback
+
+
 class DiagnosticAgentSettings(StrictModel):
     planner_mode: Literal["auto", "llm", "runbook"]
     max_steps_per_phase: dict[Phase, int]
     phase_time_budget_seconds: dict[Phase, PositiveSeconds]
     max_llm_iterations_per_phase: int = Field(ge=1, le=20)
     validation: ValidationSettings
+    # Steps the planner adds where the environment has Prometheus or Loki (None: none).
+    observability: ObservabilitySteps | None = None
 
     @model_validator(mode="after")
     def _every_phase(self) -> DiagnosticAgentSettings:
@@ -1076,6 +1283,25 @@ class CompletedRun(StrictModel):
     exit_codes: list[int]
 
 
+class ForecastSettings(StrictModel):
+    """Predictive warnings: where the environment has Prometheus, the sweep fits a line to
+    each running service's resources over `window` and opens a `predicted` incident for one
+    forecast to reach its capacity within `horizon`."""
+
+    enabled: bool
+    resources: list[Literal["memory", "disk", "cpu"]] = Field(min_length=1)
+    window: Duration
+    horizon: Duration
+    # Only a service already using at least this fraction of its capacity is forecast (a
+    # steep line from almost nothing is noise, not a warning).
+    min_current_ratio: float = Field(ge=0, le=1)
+    # At most this many services per environment are forecast in one sweep.
+    max_services: int = Field(ge=1, le=10_000)
+    # The label the incident carries naming the resource forecast.
+    resource_label: LabelName
+    alertname: NonEmpty
+
+
 class HealthSweepSettings(StrictModel):
     """What the scheduled health sweep calls unhealthy, how much it does at once, when it
     leaves a service alone, and how it marks the incidents it opens."""
@@ -1087,6 +1313,7 @@ class HealthSweepSettings(StrictModel):
     rediagnose_after_seconds: float = Field(ge=0, le=30 * 86_400)
     source_label: LabelName
     observed_state_label: LabelName
+    forecast: ForecastSettings | None = None
 
 
 class AgentsConfig(StrictModel):

@@ -209,6 +209,194 @@ class EnvironmentExecutor(RedactorHolder, ABC):
         )
         return self.redactor.model(result)
 
+    # --- metrics and logs: the same in every environment type ---------------------------
+    # The registry refuses these calls unless the environment names an enabled source; the
+    # translator resolves the query and the window (infrastructure/observability/context.py).
+
+    def _prometheus(self) -> Any:
+        from infrastructure.observability.prometheus import PrometheusClient
+
+        source = self.environment.observability.source("prometheus")
+        if source is None:
+            raise ExecutorError(
+                ErrorKind.UNSUPPORTED,
+                f"environment {self.name!r} has no Prometheus source",
+                "set observability.prometheus in environments.yml",
+            )
+        return PrometheusClient(source, source.timeout_seconds)
+
+    def _loki(self) -> Any:
+        from infrastructure.observability.loki import LokiClient
+
+        source = self.environment.observability.source("loki")
+        if source is None:
+            raise ExecutorError(
+                ErrorKind.UNSUPPORTED,
+                f"environment {self.name!r} has no Loki source",
+                "set observability.loki in environments.yml",
+            )
+        return LokiClient(source, source.timeout_seconds)
+
+    @executor_method
+    def prometheus_query(
+        self, query: str, time: str | None = None, max_series: int = 20
+    ) -> MethodOutput:
+        client = self._prometheus()
+        try:
+            result: MethodOutput = client.instant(query, time=time, max_series=max_series)
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def prometheus_query_range(
+        self,
+        query: str,
+        start: str,
+        end: str,
+        step: str | None = None,
+        max_points: int = 300,
+        max_series: int = 20,
+    ) -> MethodOutput:
+        client = self._prometheus()
+        try:
+            result: MethodOutput = client.range(
+                query,
+                start=start,
+                end=end,
+                since=None,
+                step=_seconds(step),
+                max_points=max_points,
+                max_series=max_series,
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def prometheus_label_values(
+        self, label: str, start: str, end: str, match: str | None = None, limit: int = 200
+    ) -> MethodOutput:
+        client = self._prometheus()
+        try:
+            result: MethodOutput = client.label_values(
+                label, match=match, since=_window_seconds(start, end), limit=limit
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def prometheus_alert_expression(
+        self,
+        start: str,
+        end: str,
+        expression: str | None = None,
+        alertname: str | None = None,
+        max_points: int = 300,
+    ) -> MethodOutput:
+        client = self._prometheus()
+        try:
+            result: MethodOutput = client.alert_expression(
+                expression=expression,
+                alertname=alertname,
+                labels=None,
+                since=_window_seconds(start, end),
+                max_points=max_points,
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def prometheus_resource_trend(
+        self,
+        resource: str,
+        usage_query: str,
+        start: str,
+        end: str,
+        capacity_query: str = "",
+        horizon: str = "4h",
+        max_points: int = 300,
+    ) -> MethodOutput:
+        client = self._prometheus()
+        try:
+            result: MethodOutput = client.resource_trends(
+                {resource: (usage_query, capacity_query or "")},
+                since=_window_seconds(start, end),
+                horizon_seconds=_seconds(horizon) or 0.0,
+                max_points=max_points,
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def loki_query(
+        self,
+        logql: str,
+        start: str,
+        end: str,
+        direction: str = "backward",
+        limit: int = 1000,
+        max_bytes: int = 65536,
+        level_patterns: dict[str, str] | None = None,
+    ) -> MethodOutput:
+        client = self._loki()
+        try:
+            result: MethodOutput = client.query(
+                logql,
+                start=start,
+                end=end,
+                since=None,
+                direction=direction,
+                limit=limit,
+                max_bytes=max_bytes,
+                level_patterns=level_patterns,
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def loki_count(
+        self, logql: str, start: str, end: str, step: int | None = None, max_points: int = 300
+    ) -> MethodOutput:
+        client = self._loki()
+        try:
+            result: MethodOutput = client.count(
+                logql, start=start, end=end, since=None, step=step, max_points=max_points
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def loki_labels(
+        self, start: str, end: str, selector: str | None = None, limit: int = 200
+    ) -> MethodOutput:
+        client = self._loki()
+        try:
+            result: MethodOutput = client.labels(
+                selector=selector, since=_window_seconds(start, end), limit=limit
+            )
+        finally:
+            client.close()
+        return result
+
+    @executor_method
+    def loki_label_values(
+        self, label: str, start: str, end: str, selector: str | None = None, limit: int = 200
+    ) -> MethodOutput:
+        client = self._loki()
+        try:
+            result: MethodOutput = client.label_values(
+                label, selector=selector, since=_window_seconds(start, end), limit=limit
+            )
+        finally:
+            client.close()
+        return result
+
     def effect_observed(
         self, operation: str, target: str, since: float, intent: str | None = None
     ) -> bool | None:
@@ -237,3 +425,19 @@ class EnvironmentExecutor(RedactorHolder, ABC):
 def intent_value(key: str, recorded_at: float) -> str:
     """How a remediation intent is named to a write call: its key and when it was recorded."""
     return f"{key}@{datetime.fromtimestamp(recorded_at, tz=UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _seconds(duration: str | None) -> float | None:
+    """A validated duration ("5m") in seconds; None stays None."""
+    if not duration:
+        return None
+    from infrastructure.registry import duration_seconds
+
+    return float(duration_seconds(duration))
+
+
+def _window_seconds(start: str, end: str) -> float:
+    """The length of a window the translator resolved (RFC 3339 or Unix seconds)."""
+    from infrastructure.observability.common import parse_time
+
+    return max(1.0, (parse_time(end, "end") - parse_time(start, "start")).total_seconds())

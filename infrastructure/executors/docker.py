@@ -139,6 +139,15 @@ class DockerExecutor(EnvironmentExecutor):
             message = f"Docker API error {status}: {_explanation(exc)}"
             if status in (401, 403):
                 raise ExecutorError(ErrorKind.DENIED, message) from exc
+            if status == 501:
+                # Not implemented, e.g. a logging driver that keeps no readable log (none,
+                # syslog, a Loki driver): asking again cannot help.
+                raise ExecutorError(
+                    ErrorKind.PERMANENT,
+                    message,
+                    "the engine cannot do this for this container (for logs: read them where"
+                    " its logging driver sends them, e.g. Loki with query_logs)",
+                ) from exc
             if status >= 500 and "is not running" not in message:
                 raise ExecutorError(ErrorKind.RETRYABLE, message) from exc
             raise ExecutorError(ErrorKind.PERMANENT, message) from exc
