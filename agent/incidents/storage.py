@@ -841,34 +841,157 @@ def dispatch_failed(
 
 
 class MetricRows(NamedTuple):
-    """What `GET /metrics` reads from the store, as the rows the queries answer."""
+    """What `GET /metrics` reads from the store: aggregates only, computed by SQLite.
 
-    incidents: sqlite3.Row  # COUNT(*), resolved
-    by_status: list[sqlite3.Row]  # status, COUNT(*)
-    pending_approvals: sqlite3.Row  # COUNT(*)
-    pending_dispatch: sqlite3.Row  # COUNT(*)
-    operations: list[sqlite3.Row]  # data of each operation.finished event
-    llm: sqlite3.Row  # calls, prompt tokens, completion tokens, cost
+    The event log and the audit trail only grow (the audit is append-only by trigger, events
+    are never deleted, and both get their ids in commit order), so what is counted from them
+    comes per range of ids: `events`, `operations`, `gate_*` cover the ids after the ones the
+    caller already counted, up to `last_event_id` and `last_audit_id`. A scrape then reads
+    only what is new. Histogram rows end in one cumulative count per bucket, columns `b0`,
+    `b1`, ... in the order of the buckets asked for."""
+
+    last_event_id: int
+    last_audit_id: int
+    incidents: sqlite3.Row  # opened (COUNT(*)), resolved
+    by_status: list[sqlite3.Row]  # environment, status, count
+    approvals: list[sqlite3.Row]  # environment, status, count, oldest (created_at)
+    pending_dispatch: sqlite3.Row  # count, oldest (created_at)
+    diagnosis: list[sqlite3.Row]  # environment, count, seconds, b*
+    writes: list[sqlite3.Row]  # environment, state, count
+    # New since the given ids:
+    events: list[sqlite3.Row]  # type, count, last (at), calls, prompt, completion, cost
+    operations: list[sqlite3.Row]  # environment, operation, outcome, count, timed, seconds, b*
+    gate_writes: list[sqlite3.Row]  # environment, outcome, count
+    gate_refusals: list[sqlite3.Row]  # environment, risk, reason, count
 
 
-def metric_rows(path: Path) -> MetricRows:
+def _bucket_columns(value: str, buckets: tuple[float, ...]) -> str:
+    """`, TOTAL(value <= ?) AS b0, ...`: one placeholder per bucket (bound by the caller)."""
+    return "".join(f", TOTAL({value} <= ?) AS b{i}" for i in range(len(buckets)))
+
+
+def metric_rows(
+    path: Path,
+    operation_buckets: tuple[float, ...],
+    diagnosis_buckets: tuple[float, ...],
+    after_event_id: int = 0,
+    after_audit_id: int = 0,
+) -> MetricRows:
+    """One read transaction, so every figure of a scrape comes from the same snapshot."""
     with connect(path) as db:
-        incidents = db.execute(
-            "SELECT COUNT(*), SUM(status = 'resolved') FROM incidents"
-        ).fetchone()
-        by_status = db.execute("SELECT status, COUNT(*) FROM incidents GROUP BY status")
-        status_rows = by_status.fetchall()
-        pending = db.execute("SELECT COUNT(*) FROM approvals WHERE status = 'pending'").fetchone()
-        outbox = db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()
-        operations = db.execute(
-            "SELECT data FROM events WHERE type = 'operation.finished'"
-        ).fetchall()
-        llm = db.execute(
-            "SELECT COUNT(*), SUM(json_extract(data, '$.prompt_tokens')),"
-            " SUM(json_extract(data, '$.completion_tokens')), SUM(json_extract(data, '$.cost'))"
-            " FROM events WHERE type = 'llm.call'"
-        ).fetchone()
-    return MetricRows(incidents, status_rows, pending, outbox, operations, llm)
+        db.execute("BEGIN")
+        try:
+            return _metric_rows(
+                db, operation_buckets, diagnosis_buckets, after_event_id, after_audit_id
+            )
+        finally:
+            db.execute("COMMIT")
+
+
+def _metric_rows(
+    db: sqlite3.Connection,
+    operation_buckets: tuple[float, ...],
+    diagnosis_buckets: tuple[float, ...],
+    after_event_id: int,
+    after_audit_id: int,
+) -> MetricRows:
+    last_event = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+    last_audit = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0])
+    new_events = (after_event_id, last_event)
+    new_audit = (after_audit_id, last_audit)
+    incidents = db.execute(
+        "SELECT COUNT(*) AS opened, TOTAL(status = 'resolved') AS resolved FROM incidents"
+    ).fetchone()
+    by_status = db.execute(
+        "SELECT environment, status, COUNT(*) AS count FROM incidents GROUP BY environment, status"
+    ).fetchall()
+    approvals = db.execute(
+        "SELECT COALESCE(json_extract(step, '$.environment'), '') AS environment, status,"
+        " COUNT(*) AS count, MIN(created_at) AS oldest FROM approvals GROUP BY 1, 2"
+    ).fetchall()
+    dispatch = db.execute(
+        "SELECT COUNT(*) AS count, MIN(created_at) AS oldest FROM dispatch WHERE state = 'pending'"
+    ).fetchone()
+    # From the first delivery of the alert that opened an incident to the end of the
+    # incident's first diagnosis (its first incident.diagnosed event). Incidents no alert
+    # opened (operation requests, the health sweep) have no such time.
+    diagnosis = db.execute(
+        "SELECT i.environment AS environment, COUNT(*) AS count, TOTAL(d.seconds) AS seconds"  # noqa: S608 - bucket placeholders only
+        + _bucket_columns("d.seconds", diagnosis_buckets)
+        + " FROM (SELECT e.incident_id AS incident_id, MAX(0, MIN(e.at) - (SELECT"
+        " MIN(a.first_seen) FROM alerts a WHERE a.incident_id = e.incident_id)) AS seconds"
+        " FROM events e WHERE e.type = 'incident.diagnosed' AND e.incident_id IS NOT NULL"
+        " GROUP BY e.incident_id) d JOIN incidents i ON i.id = d.incident_id"
+        " WHERE d.seconds IS NOT NULL GROUP BY i.environment",
+        diagnosis_buckets,
+    ).fetchall()
+    writes = db.execute(
+        "SELECT environment, state, COUNT(*) AS count FROM writes GROUP BY environment, state"
+    ).fetchall()
+    # The counts by type and what the LLM calls spent, in one pass (an llm.call event sums
+    # the calls of one planning phase: `calls`, else one).
+    events = db.execute(
+        "SELECT type, COUNT(*) AS count, MAX(at) AS last,"
+        " TOTAL(CASE WHEN type = 'llm.call' THEN COALESCE(json_extract(data, '$.calls'), 1) END)"
+        " AS calls,"
+        " TOTAL(CASE WHEN type = 'llm.call' THEN json_extract(data, '$.prompt_tokens') END)"
+        " AS prompt,"
+        " TOTAL(CASE WHEN type = 'llm.call' THEN json_extract(data, '$.completion_tokens') END)"
+        " AS completion,"
+        " TOTAL(CASE WHEN type = 'llm.call' THEN json_extract(data, '$.cost') END) AS cost"
+        " FROM events WHERE id > ? AND id <= ? GROUP BY type",
+        new_events,
+    ).fetchall()
+    # Materialized: each event's JSON is read once, not once per bucket column.
+    operations = db.execute(
+        "WITH finished AS MATERIALIZED (SELECT"  # noqa: S608 - bucket placeholders only
+        " COALESCE(json_extract(data, '$.environment'), '') AS environment,"
+        " COALESCE(json_extract(data, '$.operation'), '') AS operation,"
+        " COALESCE(json_extract(data, '$.outcome'), '') AS outcome,"
+        " json_extract(data, '$.duration_seconds') AS raw"
+        " FROM events WHERE id > ? AND id <= ? AND type = 'operation.finished'),"
+        " timed AS (SELECT environment, operation, outcome,"
+        " CASE WHEN typeof(raw) IN ('integer', 'real') THEN raw END AS seconds FROM finished)"
+        " SELECT environment, operation, outcome, COUNT(*) AS count, COUNT(seconds) AS timed,"
+        " TOTAL(seconds) AS seconds"
+        + _bucket_columns("seconds", operation_buckets)
+        + " FROM timed GROUP BY environment, operation, outcome",
+        (*new_events, *operation_buckets),
+    ).fetchall()
+    # The gate's audit rows (agent/safety/gate.py): an operation it sent is journaled with its
+    # risk and a result that starts with the outcome ("success", "retryable: ..."); one it
+    # refused has `refused_by`.
+    gate_writes = db.execute(
+        "SELECT substr(target, 1, instr(target, '/') - 1) AS environment,"
+        " CASE WHEN instr(result, ':') > 0 THEN substr(result, 1, instr(result, ':') - 1)"
+        " ELSE result END AS outcome, COUNT(*) AS count FROM audit"
+        " WHERE id > ? AND id <= ? AND action LIKE 'operation.%' AND instr(target, '/') > 0"
+        " AND json_extract(parameters, '$.risk') IN ('write', 'destructive')"
+        " AND json_extract(parameters, '$.refused_by') IS NULL GROUP BY 1, 2",
+        new_audit,
+    ).fetchall()
+    gate_refusals = db.execute(
+        "SELECT substr(target, 1, instr(target, '/') - 1) AS environment,"
+        " COALESCE(json_extract(parameters, '$.risk'), 'unknown') AS risk,"
+        " json_extract(parameters, '$.refused_by') AS reason, COUNT(*) AS count FROM audit"
+        " WHERE id > ? AND id <= ? AND action LIKE 'operation.%' AND instr(target, '/') > 0"
+        " AND json_extract(parameters, '$.refused_by') IS NOT NULL GROUP BY 1, 2, 3",
+        new_audit,
+    ).fetchall()
+    return MetricRows(
+        last_event,
+        last_audit,
+        incidents,
+        by_status,
+        approvals,
+        dispatch,
+        diagnosis,
+        writes,
+        events,
+        operations,
+        gate_writes,
+        gate_refusals,
+    )
 
 
 def _redacted_context(context: IncidentContext, redactor: Redactor) -> str:

@@ -676,7 +676,13 @@ class ExecutionGate:
             f"operation.{step.operation}",
             f"refused: {reason}",
             target=f"{step.environment}/{step.target or '-'}",
-            parameters={"parameters": step.parameters, "entry": request.entry},
+            # `refused_by` and `risk` let the metrics count refusals by why and what.
+            parameters={
+                "parameters": step.parameters,
+                "entry": request.entry,
+                "refused_by": by,
+                "risk": decision.risk,
+            },
             incident_id=request.context.incident_id,
             request_id=request.request_id,
         )
