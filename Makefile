@@ -81,6 +81,7 @@ bench: $(STAMP) docker-engine packages
 	$(BIN)/python bench/webhook_ingest.py
 	$(BIN)/python bench/webhook_to_operation.py
 	$(BIN)/python bench/eval_corpus.py
+	$(BIN)/python bench/observability_prompt.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from agent.evaluation.failures import FailureLab
+from agent.incidents.report import IncidentReport, render_markdown
 from agent.service.auth import key_hash
 from tests.api_support import KEYS
 from tests.promstack import ENSURE_SCRIPT, PromStack
@@ -96,6 +97,9 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
         assert seen["data"]["threshold"] == {"operator": ">", "value": 0.0}
         assert seen["data"]["breaching"] is True and seen["data"]["breach_started_at"]
         assert seen["data"]["peak"] == 1.0
+        rendered = render_markdown(IncidentReport.model_validate(report))
+        assert "## What the alert saw" in rendered and "- breaching since " in rendered
+        assert "- peak 1 against \\> 0.0 (+1)" in rendered, rendered
         events = [e["event"] for e in detail["timeline"]]
         assert events[0] == "incident.created" and "dispatch.started" in events
         assert "operation.finished" in events and events[-1] == "incident.diagnosed"

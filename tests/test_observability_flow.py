@@ -20,6 +20,7 @@ import pytest
 from docker.types import LogConfig
 
 from agent.evaluation.failures import FailureLab, wait_for
+from agent.incidents.report import IncidentReport, render_markdown
 from agent.incidents.storage import IncidentStore
 from flows.diagnose import diagnose_incident
 from tests.loki_double import LokiDouble
@@ -158,6 +159,10 @@ def test_the_sweep_warns_before_a_leak_reaches_the_limit(
             stored.report["plans"],
         )
         assert diagnosis["category"] == "memory_leak"
+        # The report says first that nothing has failed yet.
+        rendered = render_markdown(IncidentReport.model_validate(stored.report))
+        assert rendered.splitlines()[2].startswith("- FORECAST, not a failure: FORECAST")
+        assert "(horizon 4h)" in rendered.splitlines()[2]
     finally:
         leaking.remove(force=True)
         steady.remove(force=True)

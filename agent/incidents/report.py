@@ -183,9 +183,10 @@ def render_markdown(
     annotations = report.alert.get("annotations") or {}
     if annotations.get("forecast_horizon"):
         # A forecast incident: nothing has failed yet, and the report says so first.
-        lines.append(
+        lines.insert(
+            2,
             f"- FORECAST, not a failure: {e(str(annotations.get('summary', '')))}"
-            f" (horizon {e(str(annotations['forecast_horizon']))})"
+            f" (horizon {e(str(annotations['forecast_horizon']))})",
         )
     if report.flow_run_url:
         lines.append(f"- Prefect flow run: {report.flow_run_url}")
@@ -307,10 +308,13 @@ def _alert_expression(report: IncidentReport) -> list[str]:
         threshold = data.get("threshold")
         if isinstance(threshold, dict) and isinstance(data.get("peak"), int | float):
             over = data.get("peak_over_threshold")
+            over = over if isinstance(over, dict) else {"absolute": over}
+            absolute, ratio = over.get("absolute"), over.get("ratio")
             lines.append(
                 f"- peak {data['peak']:.4g} against {e(str(threshold.get('operator')))}"
                 f" {threshold.get('value')}"
-                + (f" ({over:+.4g})" if isinstance(over, int | float) else "")
+                + (f" ({absolute:+.4g}" if isinstance(absolute, int | float) else " (")
+                + (f", {ratio:.0%} over)" if isinstance(ratio, int | float) else ")")
             )
         for cut in data.get("cut") or []:
             lines.append(f"- cut: {e(str(cut))}")

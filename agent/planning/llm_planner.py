@@ -385,14 +385,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Bulky parts of an observation's data that its output already summarises: log lines (and
+# Loki's deduplicated entries), and the points of a metric series (its min, max, last, trend
+# are in the output).
+_BULKY_KEYS = ("lines", "output", "entries", "values")
+
+
 def _compact(data: Any) -> str:
-    """Observation data without the bulky log lines (they are in the output already)."""
+    """Observation data without the bulky parts (see _BULKY_KEYS), at most 4000 characters."""
     if data is None:
         return ""
 
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("lines", "output")}
+            return {k: strip(v) for k, v in value.items() if k not in _BULKY_KEYS}
         if isinstance(value, list):
             return [strip(v) for v in value[:20]]
         return value
