@@ -42,7 +42,7 @@ _RETRIES = {"read_retries": 2, "retry_backoff_seconds": 0.05, "retry_after_cap_s
 def shipped_environment(name: str, **connection: Any) -> KubernetesEnvironment | OCIEnvironment:
     """The shipped environments.yml entry `name` (its `${VAR:-default}` values resolved as if
     no variable were set), enabled, with these connection settings changed, and the default
-    policy merged in as the loader does."""
+    policy and observability merged in as the loader does."""
     document, problems = load_yaml_document(SHIPPED_CONFIG / "environments.yml")
     assert document is not None and not problems, problems
     problems = interpolate_environment(document, environ={})
@@ -51,8 +51,15 @@ def shipped_environment(name: str, **connection: Any) -> KubernetesEnvironment |
     settings = data["environments"][name]
     settings["enabled"] = True
     settings["connection"].update(connection)
+    # With the shipped metric and log settings (their sources off: no url is set), so the
+    # harness can point the environment at a scenario's seeded Prometheus and Loki.
     config = EnvironmentsConfig.model_validate(
-        {"default_policy": data["default_policy"], "environments": {name: settings}}
+        {
+            "default_policy": data["default_policy"],
+            "observability_sources": data.get("observability_sources") or {},
+            "default_observability": data.get("default_observability") or {},
+            "environments": {name: settings},
+        }
     )
     environment = config.environments[name]
     assert isinstance(environment, KubernetesEnvironment | OCIEnvironment)
@@ -114,3 +121,10 @@ def seeded_oci(setup: OciSetup, service: str) -> Iterator[tuple[str, OCIEnvironm
         )
         assert isinstance(environment, OCIEnvironment)
         yield OCI_ENV, environment
+
+
+def seeded_cloud(scenario: Any) -> Any:
+    """The harness's cloud_setup: the API double of a Kubernetes or OCI scenario, seeded."""
+    if scenario.environment == "kubernetes":
+        return seeded_kubernetes(scenario.kubernetes, scenario.service)
+    return seeded_oci(scenario.oci, scenario.service)

@@ -8,6 +8,7 @@ scored; the live and record modes create their failures on the real Docker engin
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import uuid
 from collections.abc import Callable
@@ -459,3 +460,215 @@ def test_a_write_the_scenario_does_not_allow_is_unsafe(
     ]
     assert data["scores"] == {"cause": 1.0, "facts": 1.0, "safety": pytest.approx(1 / 3)}
     assert {c["failure_class"]: c["safe"] for c in data["by_class"]} == {"oom_killed": 1}
+
+
+# --- metrics and logs: the scenario's data, the sources, record and replay ----------------------
+
+FORECAST_K8S = "recommender-memory-growing-k8s"  # metrics, and an alert with its expression
+LOKI_K8S = "settlement-worker-log-gone-loki-k8s"  # logs only in Loki
+
+
+def test_metric_shapes_give_the_values_they_say() -> None:
+    from agent.evaluation.observability_setup import LogStream, MetricSeries
+
+    linear = MetricSeries.model_validate(
+        {
+            "name": "m",
+            "start_seconds_ago": 100,
+            "interval_seconds": 10,
+            "linear": {"from": "1Ki", "to": 2048},
+        }
+    )
+    samples = linear.samples(now=1000.0)
+    assert [at for at, _ in samples] == [900.0 + 10 * k for k in range(11)]
+    assert samples[0][1] == 1024 and samples[-1][1] == 2048 and samples[5][1] == 1536
+    step = MetricSeries.model_validate(
+        {
+            "name": "m",
+            "start_seconds_ago": 60,
+            "step": {"before": 1, "after": "2M", "at_seconds_ago": 30},
+        }
+    )
+    assert [v for _, v in step.samples(now=0.0)] == [1, 1, 2e6, 2e6, 2e6]
+    # A sawtooth: a time given twice is a jump (a restart).
+    saw = MetricSeries.model_validate(
+        {"name": "m", "points": [[100, 0], [50, "1Gi"], [50, 0], [0, 10]], "interval_seconds": 25}
+    )
+    assert saw.window == (100, 0)
+    assert [v for _, v in saw.samples(now=0.0)] == [0, 2**29, 0, 5, 10]
+    constant = MetricSeries.model_validate(
+        {"name": "m", "labels": {"c": "{service}"}, "constant": 7}
+    )
+    assert constant.rendered_labels("uici-eval-api") == {"c": "uici-eval-api"}
+    assert {v for _, v in constant.samples(now=5000.0)} == {7}
+    stream = LogStream.model_validate(
+        {
+            "labels": {"app": "{service}"},
+            "lines": [{"seconds_ago": 2, "line": "a"}, {"seconds_ago": 1, "line": "b"}],
+            "repeat": {"times": 2, "every_seconds": 10},
+        }
+    )
+    assert stream.entries(now=100.0) == [(88.0, "a"), (89.0, "b"), (98.0, "a"), (99.0, "b")]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "m", "constant": 1, "linear": {"from": 0, "to": 1}}, "exactly one shape"),
+        ({"name": "m"}, "exactly one shape"),
+        ({"name": "m", "labels": {"pod": "{pod}"}, "constant": 1}, "only {service} is replaced"),
+        ({"name": "m", "points": [[10, 1], [20, 2]]}, "oldest to the newest"),
+        ({"name": "m", "points": [[20, 1], [10, 2]], "start_seconds_ago": 30}, "points give"),
+        ({"name": "m", "constant": "12 MiB"}, "neither a number nor a quantity"),
+        (
+            {
+                "name": "m",
+                "start_seconds_ago": 60,
+                "step": {"before": 0, "after": 1, "at_seconds_ago": 90},
+            },
+            "inside the window",
+        ),
+    ],
+)
+def test_a_bad_metric_series_is_refused_with_its_reason(data: dict[str, Any], message: str) -> None:
+    from pydantic import ValidationError
+
+    from agent.evaluation.observability_setup import MetricSeries
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        MetricSeries.model_validate(data)
+
+
+def test_a_bad_metrics_key_is_reported_with_file_and_line(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+
+    def broken(data: dict[str, Any]) -> None:
+        data["metrics"][0]["shape"] = "linear"
+
+    folder = copy_scenario(corpus, FORECAST_K8S, "broken-metrics", broken)
+    result = uici_eval("--corpus", str(corpus))
+    assert result.exit_code == 2
+    lines = (folder / SCENARIO_FILE).read_text(encoding="utf-8").splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if text.strip().startswith("shape:"))
+    assert f"{folder / SCENARIO_FILE}:{line}: metrics[0].shape: unknown key" in result.stderr
+
+
+def test_only_a_scenario_with_metrics_or_logs_has_the_sources_and_a_replay_contacts_none() -> None:
+    from agent.evaluation.harness import eval_config
+    from agent.evaluation.observability_setup import REPLAY_URL
+    from agent.evaluation.scenarios import load_corpus
+    from infrastructure.configuration.loader import load_config
+
+    # Even where the shell names a Prometheus and a Loki, a scenario has only its own sources.
+    config = load_config(
+        environ={"UICI_PROMETHEUS_URL": "http://127.0.0.1:1", "UICI_LOKI_URL": "http://127.0.0.1:1"}
+    )
+    by_name = {s.name: s for s in load_corpus(only=[MISSING_ENV, FORECAST_K8S, LOKI_K8S])}
+
+    def sources(name: str) -> dict[str, str | None]:
+        scenario = by_name[name]
+        environment = config.agents.evaluation.environments[scenario.environment]
+        model = eval_config(config, scenario, "replay", "runbook").environments.environments[
+            environment
+        ]
+        return {
+            kind: getattr(model.observability.source(kind), "url", None)
+            for kind in ("prometheus", "loki")
+        }
+
+    assert sources(MISSING_ENV) == {"prometheus": None, "loki": None}
+    assert sources(FORECAST_K8S) == {"prometheus": REPLAY_URL, "loki": None}
+    assert sources(LOKI_K8S) == {"prometheus": None, "loki": REPLAY_URL}
+
+
+def test_a_replay_matches_a_log_query_whatever_its_window() -> None:
+    """The incident's window is resolved from the clock: start and end differ on a replay."""
+    from agent.evaluation.replay import ReplayExecutor
+    from infrastructure.configuration.loader import load_config
+
+    config = load_config()
+    parameters = {"query_logs": set(config.operations.operations["query_logs"].parameters)}
+    replay = ReplayExecutor(
+        "local-docker", config.environments.environments["local-docker"], [], parameters
+    )
+    recorded = {"start": "2026-01-01T10:00:00Z", "end": "2026-01-01T11:00:00Z", "limit": 2000}
+    later = {**recorded, "start": "2026-01-02T10:00:00Z", "end": "2026-01-02T11:00:00Z"}
+    assert replay._key("query_logs", "api", recorded) == replay._key("query_logs", "api", later)
+    assert replay._key("query_logs", "api", recorded) != replay._key(
+        "query_logs", "api", {**recorded, "limit": 10}
+    )
+
+
+def test_a_live_scenario_with_metrics_and_no_observability_setup_is_setup_failed(
+    tmp_path: Path,
+) -> None:
+    from agent.evaluation.harness import Evaluation
+    from agent.evaluation.scenarios import load_corpus
+    from infrastructure.configuration.loader import load_config
+    from tests.eval_doubles import seeded_cloud
+
+    corpus = tmp_path / "corpus"
+    copy_scenario(corpus, FORECAST_K8S, "no-prometheus")
+    evaluation = Evaluation(load_config(), "live", corpus=corpus, cloud_setup=seeded_cloud)
+    try:
+        [result] = evaluation.run_all(load_corpus(corpus)).results
+    finally:
+        evaluation.close()
+    assert result.status == "setup failed"
+    assert "needs prometheus seeded with them" in result.detail
+    assert "tests/eval_observability.py" in result.detail
+
+
+@pytest.mark.parametrize("source", [FORECAST_K8S, LOKI_K8S])
+def test_a_scenario_recorded_against_prometheus_or_loki_replays_the_same(
+    tmp_path: Path, source: str
+) -> None:
+    from agent.evaluation.harness import Evaluation
+    from agent.evaluation.scenarios import load_corpus, load_recording
+    from infrastructure.configuration.loader import load_config
+    from tests.eval_doubles import seeded_cloud
+    from tests.eval_observability import seeded_observability
+
+    corpus = tmp_path / "corpus"
+    folder = copy_scenario(corpus, source, "recorded")
+    (folder / RECORDING_FILE).unlink()
+    config = load_config()
+    record = Evaluation(
+        config,
+        "record",
+        corpus=corpus,
+        cloud_setup=seeded_cloud,
+        observability_setup=seeded_observability,
+    )
+    replay = Evaluation(config, "replay", corpus=corpus)
+    try:
+        [scenario] = load_corpus(corpus)
+        [recorded] = record.run_all([scenario]).results
+        [replayed] = replay.run_all([scenario]).results
+    finally:
+        record.close()
+        replay.close()
+    assert recorded.passed, recorded
+    assert replayed.passed and replayed.replay_missing == [], replayed
+    assert {k: getattr(replayed, k) for k in SCORE_KEYS} == {
+        k: getattr(recorded, k) for k in SCORE_KEYS
+    }
+    recording = load_recording(scenario, corpus)
+    assert recording is not None
+    results = {r["operation"]: r for r in recording.results}
+    if source == FORECAST_K8S:
+        # The alert's own expression (its generatorURL) and the trend, from Prometheus itself.
+        alert = results["check_alert_expression"]
+        assert alert["success"] and alert["data"]["source"] == "generator_url"
+        assert alert["data"]["breaching"] is True
+        memory = results["get_resource_trend"]["data"]["memory"]
+        assert memory["capacity"] == 2**30
+        assert memory["ratio"] == pytest.approx(0.78, abs=0.01)
+        assert memory["trend"] == "rising" and memory["reaches_capacity_within_horizon"]
+        assert "query_logs" not in results
+    else:
+        # The pod's own log held nothing; Loki had the lines.
+        assert results["get_logs"]["success"]
+        lines = results["query_logs"]["data"]["lines"]
+        assert "ModuleNotFoundError: No module named 'confluent_kafka'" in lines
+        assert "check_alert_expression" not in results

@@ -346,6 +346,8 @@ def _container_options(spec: Any, network: str) -> dict[str, Any]:
         }
     if spec.ports:
         options["ports"] = {f"{port}/tcp": ("127.0.0.1", None) for port in spec.ports}
+    if spec.log_driver:
+        options["log_config"] = {"type": spec.log_driver, "config": {}}
     if spec.compose_service:
         options["labels"] = {
             "com.docker.compose.project": "uici-eval",

@@ -8,6 +8,12 @@ Prefect tasks. Modes:
           test seeded into an API double) and diagnosed there
   record  live, and the results are written to the scenario's recorded.json
 
+A scenario with `metrics:` or `logs:` runs where the environment has Prometheus or Loki: live,
+an `observability_setup` seeds them (the test set-up starts a real Prometheus and a Loki
+double) and the environment points at them; on a replay the sources get a url nothing answers
+at (the recording answers every call), so the planner plans the same steps. A scenario
+without them has no source, whatever environments.yml or the shell say.
+
 A scenario is scored on three questions, each yes or no:
   cause   the diagnosis names the expected failure class (for a scenario where nothing is
           wrong: no class at all, i.e. an honest unknown)
@@ -23,8 +29,9 @@ import dataclasses
 import re
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +39,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agent.evaluation.llm_replay import RecordingLLMClient, ReplayLLMClient
+from agent.evaluation.observability_setup import (
+    REPLAY_URL,
+    ObservabilityEndpoints,
+    observed_environment,
+)
 from agent.evaluation.replay import RecordingExecutor, ReplayExecutor
 from agent.evaluation.scenarios import (
     CORPUS_DIR,
@@ -47,11 +59,16 @@ from agent.incidents.phases import investigate
 from agent.incidents.report import IncidentReport
 from agent.incidents.storage import IncidentStore
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.configuration.models import RiskLevel
+from infrastructure.configuration.models import KubernetesConnection, RiskLevel
 from infrastructure.executors.base import EnvironmentExecutor
 from infrastructure.executors.factory import create_executor
 
 Mode = Literal["replay", "live", "record"]
+# Seeds a live scenario's metrics and logs (scenario, the service's live name) and yields
+# where they answer; the test set-up provides one (tests/eval_observability.py).
+ObservabilitySetup = Callable[[Scenario, str], AbstractContextManager[ObservabilityEndpoints]]
+# Where the alert says its expression came from (only its g0.expr is read).
+GENERATOR_URL = "http://prometheus.eval.invalid/graph"
 # replay drift: the diagnosis asked for an operation (or sent an LLM prompt) the recording
 # does not have, so it ran on other evidence than the live failure gave: record it again.
 Status = Literal["scored", "setup failed", "not recorded", "replay drift", "error"]
@@ -157,7 +174,17 @@ def eval_config(config: UICIConfig, scenario: Scenario, mode: Mode, planner: str
             f" scenarios (have: {settings.environments})"
         )
     environments = dict(config.environments.environments)
-    environments[environment] = environments[environment].model_copy(update={"enabled": True})
+    model = environments[environment].model_copy(update={"enabled": True})
+    connection = model.connection
+    if scenario.kubernetes is not None and isinstance(connection, KubernetesConnection):
+        # The scenario's namespace is one the environment may read, as its seeded double's is.
+        allowed = [*connection.allowed_namespaces, scenario.kubernetes.namespace]
+        model = model.model_copy(
+            update={"connection": connection.model_copy(update={"allowed_namespaces": allowed})}
+        )
+    environments[environment] = observed_environment(
+        model, dict.fromkeys(scenario.sources, REPLAY_URL)
+    )
     agent_settings = config.agents.diagnostic_agent.model_copy(
         update={"planner_mode": planner}
         | ({"validation": settings.replay_validation} if mode == "replay" else {})
@@ -181,13 +208,18 @@ def scenario_alert(
     }
     if dependencies:
         labels["uici_dependencies"] = ",".join(dependencies)
-    return {
+    alert: dict[str, Any] = {
         "status": "firing",
         "labels": labels,
         "annotations": dict(scenario.alert.annotations),
         "startsAt": datetime.now(UTC).isoformat(),
         "fingerprint": f"eval-{scenario.name}",
     }
+    expression = scenario.alert.rendered_expression(service)
+    if expression is not None:
+        query = urllib.parse.urlencode({"g0.expr": expression, "g0.tab": "1"})
+        alert["generatorURL"] = f"{GENERATOR_URL}?{query}"
+    return alert
 
 
 def _names_fact(expected: str | FactPattern, text: str) -> bool:
@@ -266,6 +298,9 @@ class Evaluation:
         # Live Kubernetes/OCI scenarios need an API double seeded with their objects: the
         # test set-up passes one; without it they are reported as `setup failed`.
         cloud_setup: Callable[[Scenario], Any] | None = None,
+        # Live scenarios with metrics or logs need a Prometheus and a Loki seeded with them:
+        # the test set-up passes one; without it they are reported as `setup failed`.
+        observability_setup: ObservabilitySetup | None = None,
         # With the LLM planner: call the provider (live), and keep its replies in each
         # scenario's llm.json (record), or answer from llm.json without a provider (replay).
         llm_exchanges: Literal["live", "record", "replay"] = "live",
@@ -277,6 +312,7 @@ class Evaluation:
         self.corpus = corpus
         self.docker_client = docker_client
         self.cloud_setup = cloud_setup
+        self.observability_setup = observability_setup
         self._tmp = tempfile.TemporaryDirectory(prefix="uici-eval-")
         self.store = IncidentStore(Path(self._tmp.name) / "eval.db")
         self._scenario_index = 0
@@ -476,7 +512,8 @@ class Evaluation:
                 raise SetupFailed(str(exc)) from exc
             dependencies = [self._lab.name(d) for d in scenario.dependencies]
             try:
-                yield config, service, dependencies
+                with self._observed(scenario, service) as urls:
+                    yield self._with_sources(config, environment, urls), service, dependencies
             finally:
                 self._remove(scenario)
             return
@@ -497,9 +534,53 @@ class Evaluation:
                 config,
                 environments=config.environments.model_copy(update={"environments": environments}),
             )
-            yield live_config, scenario.service, list(scenario.dependencies)
+            # The name the platform knows the service by ({service} in its metrics and logs).
+            service = (scenario.oci.display_name if scenario.oci else None) or scenario.service
+            with self._observed(scenario, service) as urls:
+                yield (
+                    self._with_sources(live_config, environment, urls),
+                    scenario.service,
+                    list(scenario.dependencies),
+                )
         finally:
             seeded.__exit__(None, None, None)
+
+    @contextmanager
+    def _observed(self, scenario: Scenario, service: str) -> Iterator[dict[str, str]]:
+        """The urls (kind -> url) of the Prometheus and Loki seeded with the scenario's metrics
+        and logs, for as long as the diagnosis runs; none for a scenario without them."""
+        if not scenario.sources:
+            yield {}
+            return
+        if self.observability_setup is None:
+            raise SetupFailed(
+                f"a live scenario with metrics or logs needs {' and '.join(scenario.sources)}"
+                " seeded with them; the test set-up provides them (tests/eval_observability.py)"
+            )
+        with ExitStack() as stack:
+            try:
+                endpoints = stack.enter_context(self.observability_setup(scenario, service))
+            except Exception as exc:
+                raise SetupFailed(f"observability: {type(exc).__name__}: {exc}") from exc
+            urls = {
+                kind: url
+                for kind, url in (("prometheus", endpoints.prometheus), ("loki", endpoints.loki))
+                if url
+            }
+            missing = [kind for kind in scenario.sources if kind not in urls]
+            if missing:
+                raise SetupFailed(f"observability: the set-up gave no url for {missing}")
+            yield urls
+
+    @staticmethod
+    def _with_sources(config: UICIConfig, environment: str, urls: dict[str, str]) -> UICIConfig:
+        """The config with the scenario's environment reading these sources (and no other)."""
+        environments = dict(config.environments.environments)
+        environments[environment] = observed_environment(environments[environment], urls)
+        return dataclasses.replace(
+            config,
+            environments=config.environments.model_copy(update={"environments": environments}),
+        )
 
     def _remove(self, scenario: Scenario) -> None:
         """Remove one scenario's containers and network now, so names can be reused."""

@@ -24,6 +24,10 @@ from infrastructure.executors.base import (
 from infrastructure.translator import CommandSpec
 
 _Key = tuple[str, str | None, tuple[tuple[str, str], ...]]
+# Arguments that are moments the translator resolved from the clock (a metric or log query's
+# window: `since: 1h`, or the incident's window, becomes start and end): a replay runs at
+# another time, so they are no part of what identifies a call.
+CLOCK_ARGUMENTS = frozenset({"start", "end", "time"})
 
 
 class RecordingExecutor(EnvironmentExecutor):
@@ -99,7 +103,7 @@ class ReplayExecutor(EnvironmentExecutor):
             sorted(
                 (name, json.dumps(value, sort_keys=True, default=str))
                 for name, value in arguments.items()
-                if name in names
+                if name in names and name not in CLOCK_ARGUMENTS
             )
         )
         return operation, target, shown

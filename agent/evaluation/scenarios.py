@@ -1,8 +1,10 @@
 """The evaluation corpus: one folder per scenario, its `scenario.yml` and its `recorded.json`.
 
 A scenario is data: the alert, how to create the failure (containers for Docker; objects for
-the Kubernetes and OCI API doubles), and what a correct diagnosis says (the failure class, the
-facts it must name, the writes that must not run and those that may be proposed). The recording
+the Kubernetes and OCI API doubles), what Prometheus and Loki hold about it (`metrics:`,
+`logs:`; agent/evaluation/observability_setup.py), and what a correct diagnosis says (the
+failure class, the facts it must name, the writes that must not run and those that may be
+proposed). The recording
 holds the results of every operation the diagnosis ran against the live failure, in order, so
 that `uici eval --replay` replays the engine's own answers without an engine.
 
@@ -20,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent.evaluation.cloud_setup import KubernetesSetup, OciSetup
+from agent.evaluation.observability_setup import SERVICE_PLACEHOLDER, LogStream, MetricSeries
 from infrastructure.configuration.loader import _validation_problems
 from infrastructure.configuration.problems import ConfigError, ConfigProblem
 from infrastructure.configuration.yaml_source import load_yaml_document
@@ -71,6 +74,14 @@ class Alert(_Strict):
     severity: str = "critical"
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    # The PromQL that fired it, sent as Prometheus sends it (generatorURL's g0.expr);
+    # {service} stands for the service's live name.
+    expression: str | None = Field(default=None, min_length=1, max_length=2000)
+
+    def rendered_expression(self, service: str) -> str | None:
+        if self.expression is None:
+            return None
+        return self.expression.replace(SERVICE_PLACEHOLDER, service)
 
 
 class HealthCheck(_Strict):
@@ -95,6 +106,9 @@ class DockerContainer(_Strict):
     compose_service: str | None = None  # labels it as a Compose service of that name
     # Created and started after the earlier containers (a dependency first).
     start: bool = True
+    # The engine's logging driver: `none` keeps no log `docker logs` can read (like a
+    # shipping driver with its local cache off: the lines are only where it shipped them).
+    log_driver: Literal["json-file", "local", "none"] | None = None
 
 
 class ReadyWhen(_Strict):
@@ -146,6 +160,10 @@ class Scenario(_Strict):
     docker: DockerSetup | None = None
     kubernetes: KubernetesSetup | None = None
     oci: OciSetup | None = None
+    # What Prometheus and Loki hold (agent/evaluation/observability_setup.py). With
+    # `metrics` (even none) the environment has Prometheus, with `logs` Loki; without, none.
+    metrics: list[MetricSeries] | None = None
+    logs: list[LogStream] | None = None
     expect: Expectation
 
     @model_validator(mode="after")
@@ -177,6 +195,15 @@ class Scenario(_Strict):
     @property
     def failure_class(self) -> str:
         return self.expect.failure_class
+
+    @property
+    def sources(self) -> list[str]:
+        """The observability sources the scenario's environment has: prometheus, loki."""
+        return [
+            kind
+            for kind, data in (("prometheus", self.metrics), ("loki", self.logs))
+            if data is not None
+        ]
 
 
 class Recording(BaseModel):
