@@ -77,18 +77,28 @@ async def health_sweep(
         if not steps:
             return []
 
+        unreachable: list[str] = []
+
         async def one(step: PlanStep) -> UnhealthyService | None:
             async with limit:
+                if unreachable:  # Prometheus did not answer: the other forecasts would wait too
+                    return None
                 run = Investigation(
                     config, services.store, services.planner, services.gate,
                     _sweep_context(environment, step.target), services.actor,
                 )  # fmt: skip
-                [(_, result)] = await run_environment_steps("triage", environment, [step], run)
+                try:
+                    [(_, result)] = await run_environment_steps("triage", environment, [step], run)
+                except Exception as exc:  # a forecast is a bonus: it never fails the sweep
+                    logger.warning("forecast of %s on %s: %s", step.target, environment, exc)
+                    return None
             if not result.success:
                 logger.warning(
                     "forecast of %s on %s: %s", step.target, environment,
                     result.error.message if result.error else "failed",
                 )  # fmt: skip
+                if result.retryable:
+                    unreachable.append(environment)
                 return None
             resource = str(step.parameters["resource"])
             return forecast_finding(environment, str(step.target), resource, result.data, settings)

@@ -210,7 +210,14 @@ def test_text_is_bounded_on_line_boundaries_and_says_what_was_cut(
     assert shown == rendered[: len(shown)]  # whole lines, oldest first, none broken
     assert f"{200 - len(shown)} of 200 unique lines left out" in note
     assert out.output.splitlines()[-1] == f"cut: {note}"
-    assert len(out.data["lines"]) == 200  # data keeps everything
+    # The data is bounded too (it is stored and read by rules): the newest lines kept.
+    kept = out.data["lines"]
+    assert 0 < len(kept) < 200 and kept[-1] == rendered[-1]
+    assert sum(len(line.encode()) + 1 for line in kept) <= 4000
+    assert kept == rendered[-len(kept) :] and len(out.data["entries"]) == len(kept)
+    assert any(
+        n.startswith(f"data: {200 - len(kept)} of 200 unique lines") for n in out.data["cut"]
+    )
     whole = client.query('{app="big"}', **window(), max_bytes=1_000_000)
     assert not whole.data["cut"] and len(whole.output.splitlines()) == 201
 

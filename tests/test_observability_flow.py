@@ -166,3 +166,45 @@ def test_the_sweep_warns_before_a_leak_reaches_the_limit(
     finally:
         leaking.remove(force=True)
         steady.remove(force=True)
+
+
+def test_a_prometheus_that_does_not_answer_never_fails_the_sweep(
+    lab: FailureLab, flow_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.sweep import health_sweep
+    from tests.promstack import free_port
+
+    monkeypatch.setenv("UICI_PROMETHEUS_URL", f"http://127.0.0.1:{free_port()}")  # nothing there
+    marker = uuid.uuid4().hex[:8]
+    labels = {"uici.test.forecast": marker}
+    crashed = lab.run(f"crash-{marker}", ["sh", "-c", "exit 3"], labels=labels)
+    running = [lab.run(f"up{i}-{marker}", ["sleep", "600"], labels=labels) for i in range(6)]
+    wait_for(lambda: (crashed.reload() or crashed.status) == "exited", 20, "the exit")
+    try:
+        result = asyncio.run(
+            health_sweep(selector=f"uici.test.forecast={marker}", start_diagnoses=False)
+        )
+        assert [u["service"] for u in result["unhealthy"]] == [crashed.name]
+        # 6 services x 2 resources were to be forecast; after the first unanswered one the
+        # environment was not asked again (at most the reads already under way ran).
+        store = IncidentStore(flow_env / "uici.db")
+        from agent.incidents.events import EventLog
+
+        tried = [
+            e
+            for e in EventLog(store.path).since(0)
+            if e.type == "operation.finished" and e.data.get("operation") == "get_resource_trend"
+        ]
+        # (each attempt of a read is recorded; count the services asked about)
+        asked = {e.data.get("target") for e in tried}
+        limit = load_config_parallel()
+        assert 1 <= len(asked) <= limit < len(running), asked
+    finally:
+        for container in (crashed, *running):
+            container.remove(force=True)
+
+
+def load_config_parallel() -> int:
+    from infrastructure.configuration.loader import load_config
+
+    return load_config().agents.health_sweep.max_parallel

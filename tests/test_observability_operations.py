@@ -101,16 +101,30 @@ def test_a_promql_query_names_the_service_by_its_labels(shipped: UICIConfig) -> 
     argv = command(shipped, "query_metrics_range", target="web", query=query, since="2h")
     assert argv[:3] == ["promtool", "query", "range"]
     assert argv[-2:] == [PROM, 'sum(rate(http_requests_total{name="web", code=~"5.."}[5m]))']
-    start, end = argv[3], argv[4]
+    start, end, step = argv[3], argv[4], argv[5]
     assert start.startswith("--start=") and end.startswith("--end=")
+    # The step the client will use (2 h in at most 300 points), shown as it is sent.
+    assert step == "--step=25s"
     # The window is resolved once, to absolute times: two hours.
     from infrastructure.observability.common import parse_time
 
     seconds = (parse_time(end[6:], "end") - parse_time(start[8:], "start")).total_seconds()
     assert seconds == 7200
     # On Kubernetes the same service is named by namespace and container.
-    argv = command(shipped, "query_metrics", "staging-k8s", "shop/cart", query="up{$service}")
-    assert argv == ["promtool", "query", "instant", PROM, 'up{namespace="shop", container="cart"}']
+    argv = command(shipped, "query_metrics", "staging-k8s", "default/cart", query="up{$service}")
+    assert argv == [
+        "promtool",
+        "query",
+        "instant",
+        PROM,
+        'up{namespace="default", container="cart"}',
+    ]
+    # The namespaces the environment may read bound these reads too, as every other read.
+    text = refusal(shipped, "query_logs", "kube-system/coredns", "staging-k8s")
+    assert "namespace 'kube-system' is not in" in text and "allowed_namespaces" in text
+    assert "namespace 'kube-system'" in refusal(
+        shipped, "query_metrics", "kube-system/coredns", "staging-k8s", query="up{$service}"
+    )
 
 
 def test_a_log_query_is_built_from_typed_filters_and_quoted(shipped: UICIConfig) -> None:
@@ -284,7 +298,7 @@ def test_metric_operations_answer_from_the_real_prometheus(live: UICIConfig) -> 
     assert "promtool" in result.command[0]
     names = _run(live, "list_metrics", limit=3)
     assert names.success and len(names.data["values"]) == 3
-    assert any("left out" in note or "of" in note for note in names.data["cut"]), names.data
+    assert names.data["total"] > 3 and names.data["cut"], names.data
     trend = _run(live, "get_resource_trend", "web", resource="memory", since="1h")
     assert trend.success, trend.error
     memory = trend.data["memory"]
@@ -512,3 +526,76 @@ def test_the_llm_gets_a_series_summary_not_its_points() -> None:
     compact = _compact(data)
     assert '"values"' not in compact and '"entries"' not in compact
     assert '"last": 1.0' in compact and "30 of 50 series left out" in compact
+
+
+def test_an_answer_over_max_response_bytes_is_refused_unread(loki: LokiDouble) -> None:
+    from infrastructure.configuration.models import LokiSource
+    from infrastructure.executors.base import ExecutorError
+    from infrastructure.observability.loki import LokiClient
+
+    now = time.time_ns()
+    loki.push({"container": "chatty"}, [(now - i * 10**6, "x" * 1000) for i in range(200)])
+    source = LokiSource(name="small", url=loki.url, timeout_seconds=5, max_response_bytes=65536)
+    client = LokiClient(source, 5)
+    try:
+        with pytest.raises(ExecutorError) as raised:
+            client.query('{container="chatty"}', start=None, end=None, since=300, limit=5000)
+    finally:
+        client.close()
+    assert raised.value.kind is ErrorKind.PERMANENT
+    assert "answered more than 65536 bytes" in raised.value.message
+    assert "narrow the query" in raised.value.hint
+
+
+def test_a_refused_or_reported_log_is_not_read_from_loki_instead(shipped: UICIConfig) -> None:
+    context = _context()
+    denied = Observation(
+        id="obs-1", operation="get_logs", target="web", success=False, error="denied: forbidden"
+    )
+    assert ObservabilitySteps(shipped).steps(context, "isolation", [denied])[0] == []
+    # A read whose items report no lines, with only a note in its output, held no lines: the
+    # note is not a log line (and no rule matches on it).
+    noted = Observation(
+        id="obs-2",
+        operation="get_logs",
+        target="web",
+        success=True,
+        output="[previous] (the Kubernetes API answered 400: previous terminated container not found)",
+        data=[{"pod": "web-1", "lines": []}],
+    )
+    [step] = ObservabilitySteps(shipped).steps(context, "isolation", [noted])[0]
+    assert step.operation == "query_logs"
+    from agent.planning.conditions import log_lines
+
+    assert log_lines(noted) == []
+
+
+def test_a_forecast_covers_only_forecasts(shipped: UICIConfig, tmp_path: Path) -> None:
+    from agent.incidents.storage import IncidentStore
+    from agent.incidents.sweep import (
+        Forecast,
+        UnhealthyService,
+        covering_incident,
+        open_sweep_incident,
+    )
+
+    settings = shipped.agents.health_sweep
+    conventions = LabelConventions.from_config(shipped)
+    store = IncidentStore(tmp_path / "u.db")
+    predicted = UnhealthyService(
+        environment="local-docker",
+        service="cache",
+        reason="forecast: memory reaches its capacity in about 20 min",
+        observed_state="predicted",
+        forecast=Forecast(resource="memory", horizon="4h", seconds_to_capacity=1200, ratio=0.8),
+    )
+    _, context = open_sweep_incident(store, predicted, conventions, settings)
+    store.set_status(context.incident_id, "diagnosed")
+    assert covering_incident(store, predicted, settings) is not None  # no second warning
+    crashed = UnhealthyService(
+        environment="local-docker",
+        service="cache",
+        reason="state exited (exit code 137)",
+        observed_state="exited",
+    )
+    assert covering_incident(store, crashed, settings) is None  # the failure is news

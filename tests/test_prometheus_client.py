@@ -785,11 +785,22 @@ def test_resource_trends_one_failure_does_not_fail_the_rest(client: PrometheusCl
 def test_resource_trends_all_failing_raise_the_first(client: PrometheusClient) -> None:
     error = _error(
         client.resource_trends,
-        {"cpu": ("rate(up)", ""), "gpu": ("uici_test_no_such_metric", "")},
+        {"cpu": ("rate(up)", ""), "gpu": ("rate(up[1m]", "")},
         since=3600,
         horizon_seconds=3600,
     )
     assert error.kind is ErrorKind.PERMANENT and "expected type range vector" in error.message
+
+
+def test_a_resource_without_series_is_an_answer_not_a_failure(client: PrometheusClient) -> None:
+    """No series (nothing exports that metric for the service) is what Prometheus knows, so
+    the read succeeds and says so; conditions on another resource are not blocked by it."""
+    result = client.resource_trends(
+        {"disk": ("uici_test_no_such_metric", "")}, since=3600, horizon_seconds=3600
+    )
+    assert result.data["disk"]["kind"] == "no_data"
+    assert "returned no series" in result.data["disk"]["error"]
+    assert "disk: no data:" in result.output
 
 
 def test_history_is_well_formed_openmetrics(tmp_path: Path) -> None:

@@ -181,7 +181,9 @@ def render_markdown(
         ),
     ]
     annotations = report.alert.get("annotations") or {}
-    if annotations.get("forecast_horizon"):
+    labels = report.alert.get("labels") or {}
+    # The sweep's forecasts carry a horizon and the observed state `predicted`.
+    if annotations.get("forecast_horizon") and "predicted" in labels.values():
         # A forecast incident: nothing has failed yet, and the report says so first.
         lines.insert(
             2,

@@ -148,6 +148,8 @@ CREATE TABLE IF NOT EXISTS events (
     incident_id TEXT,
     data TEXT NOT NULL
 );
+-- /metrics aggregates events by type at every scrape.
+CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,

@@ -221,6 +221,10 @@ def covering_incident(
     now = time.time() if now is None else now
     window = settings.rediagnose_after_seconds
     incidents = store.covering(unhealthy.environment, unhealthy.names, now - window)
+    if unhealthy.observed_state != PREDICTED_STATE:
+        # A forecast warned before; a failure now is news and gets its own incident.
+        label = settings.observed_state_label
+        incidents = [i for i in incidents if i.context.alert.labels.get(label) != PREDICTED_STATE]
     if not incidents:
         return None
     unfinished = [i for i in incidents if i.status in UNFINISHED]

@@ -120,22 +120,25 @@ def check(
 def _reporting(
     observations: Sequence[Observation], condition: Condition, targets: Sequence[str | None]
 ) -> list[Observation]:
-    """Per target, the newest successful result of the condition's operation that reports the
-    field's first key: one operation may be asked for different things (get_resource_trend
-    for memory, then for disk), and a later answer about disk says nothing about memory."""
+    """Per target, the newest result of the condition's operation, skipping successful ones
+    that do not report the field's first key: one operation may be asked for different things
+    (get_resource_trend for memory, then for disk), and a later answer about disk says nothing
+    about memory. A newest read that failed still decides: the state is unknown now, so the
+    condition does not hold (an older answer is stale)."""
     assert condition.field is not None  # a field condition
     head = condition.field.split(".", 1)[0]
     found: dict[str | None, Observation] = {}
     for observation in observations:
         if observation.operation != condition.observation or observation.target not in targets:
             continue
-        if not observation.success:
-            continue
-        if condition.operator is ConditionOperator.ABSENT or any(
-            _lookup(item, head) is not _MISSING for item in items(observation)
+        if (
+            not observation.success
+            or condition.operator is ConditionOperator.ABSENT
+            or not items(observation)
+            or any(_lookup(item, head) is not _MISSING for item in items(observation))
         ):
             found[observation.target] = observation
-    return [found[t] for t in targets if t in found]
+    return [found[t] for t in targets if t in found and found[t].success]
 
 
 def log_reads(operation: str, log_operations: Sequence[str]) -> set[str]:
@@ -175,7 +178,9 @@ _FACT_CHARS = 240
 
 
 def _fact(name: str, value: Any) -> str:
-    text = " ".join(str(value).split())
+    # A measured number (seconds to a limit, a ratio) with the precision that means something.
+    shown = f"{value:.4g}" if isinstance(value, float) else value
+    text = " ".join(str(shown).split())
     if len(text) > _FACT_CHARS:
         text = text[: _FACT_CHARS - 1] + "…"
     return f"{name} {text}"
@@ -193,10 +198,15 @@ def log_lines(observation: Observation, max_chars: int | None = None) -> list[st
     """The observation's log lines; each cut to `max_chars` (agents.yml log_matching), so a
     pattern never scans a megabyte-long line."""
     lines: list[str] = []
+    reported = False
     for item in items(observation):
         if isinstance(item, dict) and isinstance(item.get("lines"), list):
+            reported = True
             lines.extend(str(line) for line in item["lines"])
-    lines = lines or observation.output.splitlines()
+    # Where the read reports its lines, its output holds only notes about them (e.g. that
+    # the previous container's log is gone): never match those as log lines.
+    if not reported:
+        lines = observation.output.splitlines()
     if max_chars is not None:
         lines = [line[:max_chars] for line in lines]
     return lines

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from agent.incidents.models import IncidentContext, Observation, Phase, PlanStep
+from agent.incidents.sweep import SWEEP_SOURCE
 from agent.planning.conditions import log_lines
 from infrastructure.configuration.loader import UICIConfig
+from infrastructure.observability.context import problems as observability_problems
 
 # Loki's own cap on the entries of one query (max_entries_limit_per_query).
 _LOKI_MAX_ENTRIES = 5000
@@ -41,7 +43,14 @@ class ObservabilitySteps:
         steps: list[PlanStep] = []
         notes: list[str] = []
         expression = self.settings.alert_expression
-        if phase == "triage" and expression.enabled and self._source(context, "prometheus"):
+        sweep = self.config.agents.health_sweep
+        from_sweep = context.alert.labels.get(sweep.source_label) == SWEEP_SOURCE
+        if (
+            phase == "triage"
+            and expression.enabled
+            and not from_sweep  # the sweep's incidents come from no alerting rule
+            and self._source(context, "prometheus")
+        ):
             parameters: dict[str, object] = {"since": expression.window}
             if context.alert.expression:
                 parameters["expression"] = context.alert.expression
@@ -89,6 +98,9 @@ class ObservabilitySteps:
         newest = reads[-1]
         if not newest.success:
             reason = newest.error or "failed"
+            if reason.startswith(("denied", "unsupported")):
+                # Refused, not gone: reading it elsewhere would go around the refusal.
+                return ""
             return f"could not be read ({reason[:160]})"
         if not any(line.strip() for line in log_lines(newest)):
             return "held no lines"
@@ -114,14 +126,29 @@ class ObservabilitySteps:
         there is none)."""
         kept: list[PlanStep] = []
         notes: list[str] = []
+        environment = self.config.environments.environments.get(context.environment)
         for step in steps:
             spec = self.config.operations.operations.get(step.operation)
             kind = spec.requires if spec is not None else None
-            if kind is not None and not self._source(context, kind):
+            if spec is None or kind is None or environment is None:
+                kept.append(step)
+                continue
+            if not self._source(context, kind):
                 notes.append(
                     f"{step.operation} skipped: environment {context.environment!r} has no"
                     f" {kind} source"
                 )
+                continue
+            # E.g. a resource the environment has no query for: said, not sent to be refused.
+            parameters = {
+                **{n: p.default for n, p in spec.parameters.items() if p.default is not None},
+                **step.parameters,
+            }
+            problems = observability_problems(
+                step.operation, spec, context.environment, environment, step.target, parameters
+            )
+            if problems:
+                notes.append(f"{step.operation} skipped: {problems[0][1]}")
                 continue
             kept.append(step)
         return kept, notes
@@ -147,8 +174,9 @@ class ObservabilitySteps:
             parameters["since"] = given["since"]
         else:
             parameters["start"] = self.window_start(context)
-        if "lines" in given:
-            parameters["limit"] = min(int(given["lines"]), _LOKI_MAX_ENTRIES)
+        lines = given.get("lines")
+        if isinstance(lines, int) and not isinstance(lines, bool) and lines > 0:
+            parameters["limit"] = min(lines, _LOKI_MAX_ENTRIES)
         regex = given.get("pattern") or self._level_regex(given.get("level"))
         if regex:
             parameters["regex"] = regex

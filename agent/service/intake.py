@@ -232,9 +232,11 @@ def parse_notification(
                 given.get("annotations", {}), max_value_chars, "annotations", truncated, redact
             ),
         }
-        if isinstance(item.get("generatorURL"), str):
-            # Long enough for an alert's expression (g0.expr); the store keeps 2000 characters.
-            item["generatorURL"] = item["generatorURL"][:MAX_GENERATOR_URL_CHARS]
+        url = item.get("generatorURL")
+        if isinstance(url, str) and len(url) > MAX_GENERATOR_URL_CHARS:
+            # Too long to keep whole: without its query (a cut expression would be wrong; the
+            # alerting rule is looked up by name instead). The store keeps 2000 characters.
+            item["generatorURL"] = url.split("?", 1)[0][:MAX_GENERATOR_URL_CHARS]
         try:
             alert = AlertmanagerAlert.model_validate(item)
         except ValidationError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -642,6 +643,8 @@ class _HttpSource(StrictModel):
     ca_file: str = ""
     verify_tls: bool = True
     timeout_seconds: PositiveSeconds
+    # A bigger answer is not read: the query is refused, saying how to narrow it.
+    max_response_bytes: int = Field(default=33_554_432, ge=65_536, le=1_073_741_824)
 
     @field_validator("bearer_token", "password", mode="before")
     @classmethod
@@ -656,6 +659,13 @@ class _HttpSource(StrictModel):
                 f"url {value!r} is not an http(s) URL without query (e.g. http://prometheus:9090)"
             )
         return value.rstrip("/")
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_exists(cls, value: str) -> str:
+        if value and not Path(value).expanduser().is_file():
+            raise ValueError(f"ca_file {value!r} is not a file (a PEM bundle of CA certificates)")
+        return str(Path(value).expanduser()) if value else value
 
     @model_validator(mode="after")
     def _one_kind_of_auth(self) -> _HttpSource:

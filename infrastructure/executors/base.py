@@ -254,7 +254,7 @@ class EnvironmentExecutor(RedactorHolder, ABC):
         query: str,
         start: str,
         end: str,
-        step: str | None = None,
+        step: float | None = None,
         max_points: int = 300,
         max_series: int = 20,
     ) -> MethodOutput:
@@ -265,7 +265,7 @@ class EnvironmentExecutor(RedactorHolder, ABC):
                 start=start,
                 end=end,
                 since=None,
-                step=_seconds(step),
+                step=step,
                 max_points=max_points,
                 max_series=max_series,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,13 +30,56 @@ def http_client(source: PrometheusSource | LokiSource, timeout_seconds: float) -
     if isinstance(source, LokiSource) and source.tenant:
         headers["X-Scope-OrgID"] = source.tenant
     # Plain http needs no TLS context (building one costs ~170 ms per client).
-    verify: bool | str = (
-        (source.ca_file or source.verify_tls) if source.url.startswith("https:") else False
-    )
+    verify: bool | ssl.SSLContext = False
+    if source.url.startswith("https:") and source.verify_tls:
+        verify = ssl.create_default_context(cafile=source.ca_file or None)
     timeout = min(source.timeout_seconds, timeout_seconds)
     return httpx.Client(
         base_url=source.url, headers=headers, auth=auth, verify=verify, timeout=timeout
     )
+
+
+def bounded_request(
+    client: httpx.Client,
+    source: PrometheusSource | LokiSource,
+    method: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    data: dict[str, str] | None = None,
+) -> httpx.Response:
+    """The answer, read at most up to the source's max_response_bytes: a query that matches
+    too much is refused (permanent, saying how to narrow it) before it fills the memory."""
+    limit = source.max_response_bytes
+    try:
+        with client.stream(method, path, params=params, data=data) as response:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise ExecutorError(
+                        ErrorKind.PERMANENT,
+                        f"{kind_of(source)} {source.name!r} answered more than {limit} bytes"
+                        " (max_response_bytes); the rest was not read",
+                        "narrow the query: a shorter window, fewer series or streams, a larger"
+                        " step or a lower limit",
+                    )
+                chunks.append(chunk)
+            # The bytes are decoded already: the rebuilt answer must not decode them again.
+            headers = [
+                (k, v)
+                for k, v in response.headers.multi_items()
+                if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+            ]
+            return httpx.Response(
+                response.status_code,
+                headers=headers,
+                content=b"".join(chunks),
+                request=response.request,
+            )
+    except httpx.HTTPError as exc:
+        raise request_error(source, exc) from exc
 
 
 def request_error(source: PrometheusSource | LokiSource, exc: httpx.HTTPError) -> ExecutorError:

@@ -11,6 +11,7 @@ target, a log query with neither a target nor a selector, a resource with no que
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,6 +30,7 @@ OBSERVABILITY_CONTEXT_KEYS: tuple[str, ...] = (
     "loki_tenant",
     "range_start",
     "range_end",
+    "range_step",
     "forward",
     "stream_selector",
     "logql",
@@ -58,6 +60,8 @@ def always_set(spec: OperationSpec) -> set[str]:
     present = {*ALWAYS_SET[spec.requires], "loki_tenant", "forward"}
     if "since" in spec.parameters:
         present.update(("range_start", "range_end"))
+        if spec.requires == "prometheus" and "step" in spec.parameters:
+            present.add("range_step")
     if "contains" in spec.parameters:
         present.add("logql")
         if "max_points" in spec.parameters:
@@ -165,6 +169,21 @@ def problems(
                     f"set environments.{environment_name}.observability.metric_labels",
                 )
             )
+    names = service_names(environment, target)
+    if (
+        environment.type is EnvironmentType.KUBERNETES
+        and names
+        and names["namespace"] not in environment.connection.allowed_namespaces
+    ):
+        # The same boundary as every Kubernetes read: a namespace the environment allows.
+        found.append(
+            (
+                ("target",),
+                f"namespace {names['namespace']!r} is not in environments.{environment_name}"
+                f".connection.allowed_namespaces {environment.connection.allowed_namespaces}",
+                "name a service in an allowed namespace",
+            )
+        )
     if kind == "loki" and target:
         try:
             log_selector(environment, target)
@@ -242,6 +261,8 @@ def values(
             derived["range_start"] = _iso(base - timedelta(seconds=since))
         derived["range_end"] = end_at
     derived["forward"] = parameters.get("direction") == "forward"
+    if spec.requires == "prometheus" and "step" in spec.parameters and "range_start" in derived:
+        derived["range_step"] = _step(derived, parameters)
     query = parameters.get("query")
     if isinstance(query, str) and target and SERVICE_MATCHERS_PLACEHOLDER in query:
         derived["query"] = with_service(query, environment, target)
@@ -280,8 +301,10 @@ def values(
     return derived
 
 
-def _count_step(derived: dict[str, Any], parameters: dict[str, Any]) -> int:
-    """Seconds per count: the requested step, widened so the window fits max_points."""
+def _step(derived: dict[str, Any], parameters: dict[str, Any]) -> float:
+    """Seconds per point: the requested step, widened so the window fits max_points, exactly
+    as the clients choose it (series.choose_step), so the dry run shows the step that runs."""
+    from infrastructure.observability import series
     from infrastructure.registry import duration_seconds
 
     start = _parse(derived["range_start"], datetime.now(UTC))
@@ -289,9 +312,15 @@ def _count_step(derived: dict[str, Any], parameters: dict[str, Any]) -> int:
     window = max(1.0, (end - start).total_seconds())
     points = int(parameters.get("max_points") or _DEFAULT_COUNT_POINTS)
     requested = parameters.get("step")
-    step = duration_seconds(str(requested)) if requested else 0
-    needed = -(-int(window) // max(1, points - 1))
-    return max(1, step, needed)
+    chosen, _ = series.choose_step(
+        window, points, float(duration_seconds(str(requested))) if requested else None
+    )
+    return int(chosen) if chosen.is_integer() else chosen
+
+
+def _count_step(derived: dict[str, Any], parameters: dict[str, Any]) -> int:
+    """Whole seconds per count (a LogQL range), as the Loki client rounds it."""
+    return max(1, math.ceil(_step(derived, parameters) - 1e-9))
 
 
 def _iso(moment: datetime) -> str:

@@ -30,6 +30,7 @@ from infrastructure.executors.base import ErrorKind, ExecutorError, MethodOutput
 from infrastructure.observability import series
 from infrastructure.observability.common import (
     Window,
+    bounded_request,
     http_client,
     json_body,
     request_error,
@@ -230,6 +231,13 @@ class LokiClient:
         text, note = _bounded(header, _body(ordered, levels), cut, max_bytes, len(ordered))
         if note is not None:
             cut.append(note)
+        kept = _within(ordered, [name for name, _ in levels], max_bytes)
+        if len(kept) < len(ordered):
+            cut.append(
+                f"data: {len(ordered) - len(kept)} of {len(ordered)} unique lines left out to stay"
+                f" within max_bytes {max_bytes} (the most severe and the newest kept)"
+            )
+        ordered = kept
         data = {
             "query": query_text,
             "start": iso_ns(start_ns),
@@ -440,10 +448,7 @@ class LokiClient:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        try:
-            response = self._client.get(path, params=params)
-        except httpx.HTTPError as exc:
-            raise request_error(self.source, exc) from exc
+        response = bounded_request(self._client, self.source, "GET", path, params=params)
         if not response.is_success:
             raise status_error(self.source, response, _error_text(response))
         body = json_body(self.source, response)
@@ -631,3 +636,22 @@ def _plural(count: int, noun: str) -> str:
 
 def _iso(moment: datetime) -> str:
     return iso_ns(to_ns(moment))
+
+
+def _within(ordered: list[_Line], levels: list[str], max_bytes: int) -> list[_Line]:
+    """The unique lines whose text fits max_bytes (UTF-8): the most severe first, the newest
+    first within a level; returned in their time order (the newest line last)."""
+    rank = {name: index for index, name in enumerate(levels)}
+    by_priority = sorted(
+        range(len(ordered)),
+        key=lambda i: (rank.get(ordered[i].level or "", len(rank)), -ordered[i].last_ns),
+    )
+    chosen: set[int] = set()
+    used = 0
+    for index in by_priority:
+        size = len(ordered[index].line.encode()) + 1
+        if used + size > max_bytes and chosen:
+            continue
+        chosen.add(index)
+        used += size
+    return [line for i, line in enumerate(ordered) if i in chosen]

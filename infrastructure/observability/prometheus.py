@@ -21,10 +21,10 @@ from infrastructure.executors.base import ErrorKind, ExecutorError, MethodOutput
 from infrastructure.observability import series
 from infrastructure.observability.common import (
     Window,
+    bounded_request,
     http_client,
     json_body,
     parse_time,
-    request_error,
     status_error,
     window,
 )
@@ -98,10 +98,7 @@ class PrometheusClient:
                 f"Prometheus source {self._source.name!r} has no url",
                 "set its url in environments.yml observability_sources",
             )
-        try:
-            return self._client.request(method, path, params=params, data=form)
-        except httpx.HTTPError as exc:
-            raise request_error(self._source, exc) from exc
+        return bounded_request(self._client, self._source, method, path, params=params, data=form)
 
     def _query(self, query: str, moment: datetime) -> tuple[dict[str, Any], list[str]]:
         # POST: a long expression fits in a form body where a URL might be cut by a proxy.
@@ -370,6 +367,11 @@ class PrometheusClient:
                 entry, entry_warnings = self._trend(
                     usage, capacity, win, horizon_seconds, max_points
                 )
+            except _NoData as exc:
+                # An answer, not a failure: nothing matches (no such series yet, or not here).
+                data[name] = {"error": exc.message, "kind": "no_data"}
+                lines.append(f"{name}: no data: {exc.message}")
+                continue
             except ExecutorError as exc:
                 errors.append(exc)
                 data[name] = {"error": exc.message, "kind": exc.kind.value}
@@ -397,7 +399,7 @@ class PrometheusClient:
         ]
         parsed = [(metric, points) for metric, points in parsed if points]
         if not parsed:
-            raise ExecutorError(
+            raise _NoData(
                 ErrorKind.PERMANENT,
                 f"usage query {usage} returned no series {_span(win)}",
                 "check the query and the service's metric labels",
@@ -519,6 +521,10 @@ class PrometheusClient:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+class _NoData(ExecutorError):
+    """A resource's usage query matched no series."""
 
 
 def _rise(points: list[tuple[float, float]]) -> dict[str, Any]:
