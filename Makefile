@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format docker-engine packages logql test serve up down demo bench clean
+.PHONY: help venv install lint format docker-engine packages logql test test-slow serve up down demo bench clean
 
 help:
 	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
 	@echo "make up     start Prefect (server, work pool, deployments, worker); make down stops it"
 	@echo "make serve  run the agent service (uici serve): webhook, API, events, metrics"
-	@echo "make test   lint, type-check and run the test suite"
+	@echo "make test   lint, type-check and run the test suite (make test-slow: the slow tests)"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make format apply ruff formatting"
 
@@ -57,6 +57,13 @@ logql:
 test: lint docker-engine packages logql
 	@rc=0; $(BIN)/python -m pytest $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
+	exit $$rc
+
+# The slow tests (marked `slow`: minutes each, e.g. every Docker scenario of the evaluation
+# corpus created for real); .ci/run runs them after `make test`.
+test-slow: docker-engine packages logql
+	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no slow tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc
 
 # The agent service (Alertmanager webhook, API, events, metrics) on platform.yml's host and port.

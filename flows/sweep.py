@@ -90,7 +90,10 @@ async def health_sweep(
                 try:
                     [(_, result)] = await run_environment_steps("triage", environment, [step], run)
                 except Exception as exc:  # a forecast is a bonus: it never fails the sweep
-                    logger.warning("forecast of %s on %s: %s", step.target, environment, exc)
+                    logger.error(
+                        "forecasts on %s stopped: %s (%s)", environment, exc, type(exc).__name__
+                    )
+                    unreachable.append(environment)
                     return None
             if not result.success:
                 logger.warning(

@@ -94,6 +94,7 @@ def test_uici_eval_replays_the_whole_corpus_and_meets_the_thresholds() -> None:
     }
 
 
+@pytest.mark.slow  # about 200 s: every Docker scenario created for real (make test-slow)
 @pytest.mark.timeout(900)
 def test_the_live_docker_part_scores_as_its_replay(docker_client: Any) -> None:
     """Every Docker scenario created for real and diagnosed on the engine; those with metrics

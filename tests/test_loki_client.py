@@ -205,19 +205,17 @@ def test_text_is_bounded_on_line_boundaries_and_says_what_was_cut(
     )
     out = client.query('{app="big"}', **window(), max_bytes=4000)
     assert len(out.output.encode()) <= 4000
-    note = next(n for n in out.data["cut"] if n.startswith("text cut to 4000 bytes"))
-    shown = [line for line in out.output.splitlines()[1:] if not line.startswith("cut: ")]
-    assert shown == rendered[: len(shown)]  # whole lines, oldest first, none broken
-    assert f"{200 - len(shown)} of 200 unique lines left out" in note
-    assert out.output.splitlines()[-1] == f"cut: {note}"
-    # The data is bounded too (it is stored and read by rules): the newest lines kept.
+    # One selection for text and data: the newest lines within max_bytes, oldest first.
     kept = out.data["lines"]
     assert 0 < len(kept) < 200 and kept[-1] == rendered[-1]
-    assert sum(len(line.encode()) + 1 for line in kept) <= 4000
     assert kept == rendered[-len(kept) :] and len(out.data["entries"]) == len(kept)
-    assert any(
-        n.startswith(f"data: {200 - len(kept)} of 200 unique lines") for n in out.data["cut"]
-    )
+    assert sum(len(line.encode()) + 1 for line in kept) <= 4000
+    note = next(n for n in out.data["cut"] if "unique lines left out to stay within" in n)
+    assert note.startswith(f"{200 - len(kept)} of 200 unique lines left out")
+    shown = [line for line in out.output.splitlines()[1:] if not line.startswith("cut: ")]
+    assert shown == kept[: len(shown)]  # whole lines, oldest first, none broken
+    assert set(shown) <= set(kept)  # the text never shows a line the data lacks
+    assert out.output.splitlines()[-1].startswith("cut: ")
     whole = client.query('{app="big"}', **window(), max_bytes=1_000_000)
     assert not whole.data["cut"] and len(whole.output.splitlines()) == 201
 

@@ -599,3 +599,118 @@ def test_a_forecast_covers_only_forecasts(shipped: UICIConfig, tmp_path: Path) -
         observed_state="exited",
     )
     assert covering_incident(store, crashed, settings) is None  # the failure is news
+
+
+def test_a_condition_reads_the_newest_answer_about_its_own_field(shipped: UICIConfig) -> None:
+    from agent.planning.conditions import check
+    from infrastructure.configuration.models import Condition
+
+    rising = Condition.model_validate(
+        {
+            "observation": "get_resource_trend",
+            "field": "memory.trend",
+            "operator": "eq",
+            "value": "rising",
+        }
+    )
+    context = _context()
+    memory = Observation(
+        id="obs-1",
+        operation="get_resource_trend",
+        target="web",
+        success=True,
+        data={"memory": {"trend": "rising"}},
+    )
+    disk_no_data = memory.model_copy(
+        update={"id": "obs-2", "data": {"disk": {"error": "no series", "kind": "no_data"}}}
+    )
+    disk_failed = memory.model_copy(
+        update={"id": "obs-3", "success": False, "error": "permanent: 1:1: parse error",
+                "data": {"disk": {"error": "parse error"}}}
+    )  # fmt: skip
+    unreachable = memory.model_copy(
+        update={"id": "obs-4", "success": False, "error": "retryable: unreachable", "data": None}
+    )
+    # An answer about disk, or a failed read about disk, says nothing about memory.
+    assert check(rising, [memory, disk_no_data, disk_failed], context)[1] == ["obs-1"]
+    # A newest read that failed and says nothing: memory's state is unknown now.
+    assert check(rising, [memory, unreachable], context)[0] is False
+    stale_status = Observation(
+        id="obs-5", operation="get_status", target="web", success=True, data=[{"oom_killed": True}]
+    )
+    gone = stale_status.model_copy(update={"id": "obs-6", "success": False, "data": None})
+    oom = Condition.model_validate(
+        {"observation": "get_status", "field": "oom_killed", "operator": "eq", "value": True}
+    )
+    assert check(oom, [stale_status], context)[0] is True
+    assert check(oom, [stale_status, gone], context)[0] is False
+
+
+def test_a_kubernetes_selector_must_name_an_allowed_namespace(shipped: UICIConfig) -> None:
+    ok = command(shipped, "query_logs", "staging-k8s", selector='{namespace="default", app="api"}')
+    assert ok[-1] == '{namespace="default", app="api"}'
+    for selector in ('{namespace="kube-system"}', '{app="api"}', '{namespace=~".+", app="x"}'):
+        text = refusal(shipped, "query_logs", None, "staging-k8s", selector=selector)
+        assert "must name its namespace exactly" in text, selector
+    # A target and a selector: the selector is still checked.
+    text = refusal(
+        shipped, "query_logs", "default/web", "staging-k8s", selector='{namespace="kube-system"}'
+    )
+    assert "must name its namespace exactly" in text
+
+
+def test_a_missing_ca_file_is_refused_at_load_and_a_given_one_is_used(tmp_path: Path) -> None:
+    import ssl
+
+    from infrastructure.configuration.models import PrometheusSource
+    from infrastructure.configuration.problems import ConfigError
+    from infrastructure.observability.common import http_client
+
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_config(
+            SHIPPED_CONFIG,
+            environ={**URLS, "UICI_PROMETHEUS_CA_FILE": str(tmp_path / "missing.pem")},
+        )
+    bundle = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    source = PrometheusSource(
+        name="tls", url="https://prometheus.example:9090", ca_file=str(bundle), timeout_seconds=5
+    )
+    client = http_client(source, 5)
+    client.close()
+    plain = PrometheusSource(name="plain", url="http://127.0.0.1:9", timeout_seconds=5)
+    http_client(plain, 5).close()  # no TLS context built for plain http
+
+
+def test_a_generator_url_too_long_to_keep_carries_no_cut_expression() -> None:
+    from agent.service.intake import MAX_GENERATOR_URL_CHARS, parse_notification
+
+    expression = "sum(rate(x[5m])) > " + "1" * (MAX_GENERATOR_URL_CHARS + 10)
+    import json
+    import urllib.parse
+
+    url = "http://p/graph?" + urllib.parse.urlencode({"g0.expr": expression})
+    body = {
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "A", "service": "web"},
+                "startsAt": "2026-12-02T05:00:00Z",
+                "generatorURL": url,
+            }
+        ]
+    }
+    parsed = parse_notification(json.dumps(body).encode(), 4096, None)
+    [alert] = parsed.notification.alerts
+    assert alert.generatorURL == "http://p/graph" and expression_of(alert.generatorURL) is None
+
+
+def test_sweep_incidents_get_no_rules_lookup(shipped: UICIConfig) -> None:
+    sweep = shipped.agents.health_sweep
+    context = _context().model_copy(
+        update={
+            "alert": AlertInfo(
+                labels={"alertname": "HealthSweep", "service": "web", sweep.source_label: "sweep"}
+            )
+        }
+    )
+    assert ObservabilitySteps(shipped).steps(context, "triage", []) == ([], [])

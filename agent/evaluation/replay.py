@@ -28,6 +28,9 @@ _Key = tuple[str, str | None, tuple[tuple[str, str], ...]]
 # window: `since: 1h`, or the incident's window, becomes start and end): a replay runs at
 # another time, so they are no part of what identifies a call.
 CLOCK_ARGUMENTS = frozenset({"start", "end", "time"})
+# Arguments the translator derives that say what a metric or log call reads (the LogQL with
+# its filters, a resource's queries): part of a call's identity though no parameter is named so.
+DERIVED_ARGUMENTS = frozenset({"logql", "usage_query", "capacity_query"})
 
 
 class RecordingExecutor(EnvironmentExecutor):
@@ -98,15 +101,17 @@ class ReplayExecutor(EnvironmentExecutor):
         self.missing: list[str] = []
 
     def _key(self, operation: str, target: str | None, arguments: dict[str, Any]) -> _Key:
-        names = self._parameters.get(operation, set())
-        shown = tuple(
-            sorted(
-                (name, json.dumps(value, sort_keys=True, default=str))
-                for name, value in arguments.items()
-                if name in names and name not in CLOCK_ARGUMENTS
-            )
-        )
-        return operation, target, shown
+        names = self._parameters.get(operation, set()) | DERIVED_ARGUMENTS
+        shown = [
+            (name, json.dumps(value, sort_keys=True, default=str))
+            for name, value in arguments.items()
+            if name in names and name not in CLOCK_ARGUMENTS
+        ]
+        # The window's length identifies a call (since: 2h is not 10m); its moments do not.
+        window = _window_minutes(arguments.get("start"), arguments.get("end"))
+        if window is not None:
+            shown.append(("window_minutes", str(window)))
+        return operation, target, tuple(sorted(shown))
 
     def unused(self) -> list[str]:
         """Recorded calls this replay never made: the diagnosis no longer asks for them."""
@@ -151,3 +156,15 @@ class ReplayExecutor(EnvironmentExecutor):
 
     def check_connection(self) -> MethodOutput:
         return MethodOutput(output="replay: no backend")
+
+
+def _window_minutes(start: Any, end: Any) -> int | None:
+    """The length of a resolved window in whole minutes, or None without one."""
+    if not isinstance(start, str) or not isinstance(end, str):
+        return None
+    try:
+        began = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((ended - began).total_seconds() / 60)

@@ -131,11 +131,11 @@ def _reporting(
     for observation in observations:
         if observation.operation != condition.observation or observation.target not in targets:
             continue
+        reported = items(observation)
         if (
-            not observation.success
-            or condition.operator is ConditionOperator.ABSENT
-            or not items(observation)
-            or any(_lookup(item, head) is not _MISSING for item in items(observation))
+            condition.operator is ConditionOperator.ABSENT
+            or not any(reported)  # a read that says nothing (failed, or empty) is the news
+            or any(_lookup(item, head) is not _MISSING for item in reported)
         ):
             found[observation.target] = observation
     return [found[t] for t in targets if t in found and found[t].success]
@@ -179,7 +179,9 @@ _FACT_CHARS = 240
 
 def _fact(name: str, value: Any) -> str:
     # A measured number (seconds to a limit, a ratio) with the precision that means something.
-    shown = f"{value:.4g}" if isinstance(value, float) else value
+    shown = value
+    if isinstance(value, float):
+        shown = round(value) if abs(value) >= 1e4 else round(value, 4)
     text = " ".join(str(shown).split())
     if len(text) > _FACT_CHARS:
         text = text[: _FACT_CHARS - 1] + "…"

@@ -12,6 +12,7 @@ target, a log query with neither a target nor a selector, a resource with no que
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -184,6 +185,19 @@ def problems(
                 "name a service in an allowed namespace",
             )
         )
+    selector = parameters.get("selector")
+    if environment.type is EnvironmentType.KUBERNETES and isinstance(selector, str):
+        named = set(re.findall(r'\bnamespace\s*=\s*"([^"]*)"', selector))
+        allowed = set(environment.connection.allowed_namespaces)
+        if not named or not named <= allowed or re.search(r"\bnamespace\s*(!=|=~|!~)", selector):
+            found.append(
+                (
+                    ("selector",),
+                    f"a selector on {environment_name!r} must name its namespace exactly, one of"
+                    f" allowed_namespaces {sorted(allowed)}",
+                    'e.g. {namespace="default", app="api"}',
+                )
+            )
     if kind == "loki" and target:
         try:
             log_selector(environment, target)

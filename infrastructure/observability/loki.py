@@ -228,16 +228,19 @@ class LokiClient:
             f" {_iso(span.end)} ({direction}, limit {limit}): {_plural(len(received), 'entry')},"
             f" {_plural(len(ordered), 'unique line')} in {_plural(streams, 'stream')}"
         )
+        # One selection for the data and the text: the most severe and newest lines within
+        # max_bytes; the text shows those (a subset when its own formatting needs more room).
+        total = len(ordered)
+        kept = _within(ordered, [name for name, _ in levels], max_bytes)
+        if len(kept) < total:
+            cut.append(
+                f"{total - len(kept)} of {total} unique lines left out to stay within max_bytes"
+                f" {max_bytes} (the most severe and the newest kept)"
+            )
+        ordered = kept
         text, note = _bounded(header, _body(ordered, levels), cut, max_bytes, len(ordered))
         if note is not None:
             cut.append(note)
-        kept = _within(ordered, [name for name, _ in levels], max_bytes)
-        if len(kept) < len(ordered):
-            cut.append(
-                f"data: {len(ordered) - len(kept)} of {len(ordered)} unique lines left out to stay"
-                f" within max_bytes {max_bytes} (the most severe and the newest kept)"
-            )
-        ordered = kept
         data = {
             "query": query_text,
             "start": iso_ns(start_ns),
@@ -535,8 +538,8 @@ def _bounded(
 
     def cut_note(left_out: int) -> str:
         return (
-            f"text cut to {max_bytes} bytes: {left_out} of {total} unique lines left out of it"
-            " (all are in data.entries)"
+            f"text cut to {max_bytes} bytes: {left_out} of the {total} unique lines kept left"
+            " out of it (they are in data.entries)"
         )
 
     used = len("\n".join([header, *notes, f"cut: {cut_note(total)}"]).encode())

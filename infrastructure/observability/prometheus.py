@@ -381,8 +381,10 @@ class PrometheusClient:
             lines.append(f"{name}: {_trend_line(entry, horizon_seconds)}")
             cut.extend(f"{name}: {note}" for note in entry["cut"])
             warnings.extend(f"{name}: {warning}" for warning in entry_warnings)
-        if len(errors) == len(queries):
-            raise errors[0]
+        if errors and len(errors) == len(queries):
+            first = errors[0]
+            # Which resources failed, so a condition on another resource is not misled.
+            raise ExecutorError(first.kind, first.message, first.hint, data=data)
         data["cut"] = cut
         data["warnings"] = warnings
         lines.extend(f"cut: {note}" for note in cut)
