@@ -714,3 +714,29 @@ def test_sweep_incidents_get_no_rules_lookup(shipped: UICIConfig) -> None:
         }
     )
     assert ObservabilitySteps(shipped).steps(context, "triage", []) == ([], [])
+
+
+def test_the_dry_runs_promtool_command_runs_and_answers_as_uici_does(live: UICIConfig) -> None:
+    """The command a dry run shows is a real one: Debian's promtool runs it against the same
+    Prometheus and sees the series UICI summarised."""
+    import subprocess
+
+    registry = OperationRegistry.from_config(live)
+    translator = CommandTranslator.from_config(live)
+    cases = [
+        ("query_metrics", "web", {"query": "uici_test_memory_limit_bytes{$service}"}, "=> 1000000000"),
+        ("query_metrics_range", "web", {"query": "uici_test_memory_bytes{$service}"}, "web"),
+        ("list_metric_label_values", None, {"label": "service"}, "web"),
+    ]
+    for operation, target, params, expected in cases:
+        spec = translator.translate(registry.validate(operation, "local-docker", params, target))
+        assert spec.command[0] == "promtool"
+        done = subprocess.run(
+            ["/usr/bin/promtool", *spec.command[1:]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, (spec.command, done.stderr)
+        assert expected in done.stdout, (spec.command, done.stdout[:500])
