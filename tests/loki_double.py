@@ -60,10 +60,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from tests.loopback_server import LoopbackServer, TrackedHandler
+from tests.loopback_server import LoopbackServer, Reply, TrackedHandler
 
 Obj = dict[str, Any]
 
@@ -808,18 +808,10 @@ class _Failure:
     delay: float
 
 
-@dataclass
-class _Reply:
-    status: int
-    body: Any = None  # dict/list -> JSON; str -> text/plain; None -> empty
-    headers: dict[str, str] = field(default_factory=dict)
+class _Reply(Reply):
+    """Loki writes its JSON with an explicit charset."""
 
-    def payload(self) -> tuple[bytes, str]:
-        if self.body is None:
-            return b"", ""
-        if isinstance(self.body, str):
-            return self.body.encode(), "text/plain; charset=utf-8"
-        return json.dumps(self.body).encode(), "application/json; charset=UTF-8"
+    JSON_TYPE: ClassVar[str] = "application/json; charset=UTF-8"
 
 
 class LokiDouble(LoopbackServer):

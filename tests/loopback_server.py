@@ -1,16 +1,19 @@
-"""The HTTP plumbing the API doubles share (tests/k8s_double.py, tests/oci_double.py): a
+"""The HTTP plumbing the API doubles share (tests/k8s_double.py, tests/oci_double.py,
+tests/loki_double.py): a
 threaded server on a free 127.0.0.1 port, run from a background thread, that knows its open
 connections so that stop() need not wait for idle keep-alive ones."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import sys
 import threading
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 
 class QuietServer(ThreadingHTTPServer):
@@ -65,6 +68,25 @@ class TrackedHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # tests read `requests`, not a log
+
+
+@dataclass
+class Reply:
+    """A double's answer: a dict or list is sent as JSON, a str as plain text, None as an
+    empty body. `JSON_TYPE` is the Content-Type the imitated server writes for JSON."""
+
+    JSON_TYPE: ClassVar[str] = "application/json"
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def payload(self) -> tuple[bytes, str]:
+        if self.body is None:
+            return b"", ""
+        if isinstance(self.body, str):
+            return self.body.encode(), "text/plain; charset=utf-8"
+        return json.dumps(self.body).encode(), self.JSON_TYPE
 
 
 class LoopbackServer:

@@ -62,7 +62,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from tests.loopback_server import LoopbackServer, TrackedHandler
+from tests.loopback_server import LoopbackServer, Reply, TrackedHandler
 
 Obj = dict[str, Any]
 
@@ -282,20 +282,6 @@ class _Failure:
 
 
 @dataclass
-class _Reply:
-    status: int
-    body: Any = None  # dict/list -> JSON; str -> text/plain; None -> empty
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def payload(self) -> tuple[bytes, str]:
-        if self.body is None:
-            return b"", ""
-        if isinstance(self.body, str):
-            return self.body.encode(), "text/plain; charset=utf-8"
-        return json.dumps(self.body).encode(), "application/json"
-
-
-@dataclass
 class _Behaviour:
     """What a container does when (re)started: the double's side of a container."""
 
@@ -349,7 +335,7 @@ class _Call:
     headers: dict[str, str]
 
 
-Handler = Callable[[_Call], _Reply]
+Handler = Callable[[_Call], Reply]
 
 
 # --- the double -------------------------------------------------------------------------------
@@ -382,7 +368,7 @@ class OciDouble(LoopbackServer):
         self._etags: dict[str, str] = {}
         self._work_requests: dict[str, _WorkRequest] = {}
         self._doomed: dict[str, list[str]] = {}  # instance id -> messages of work requests to fail
-        self._retry_tokens: dict[str, tuple[str, str, _Reply]] = {}
+        self._retry_tokens: dict[str, tuple[str, str, Reply]] = {}
         self._log_groups: dict[str, tuple[str, str]] = {}  # name -> (ocid, compartment)
         self._logs: dict[str, _Log] = {}
         self._series: list[_Series] = []
@@ -1005,7 +991,7 @@ class OciDouble(LoopbackServer):
             )
         self._touch(container["id"], container, moment)
 
-    def _action(self, instance_id: str, operation: str, headers: dict[str, str]) -> _Reply:
+    def _action(self, instance_id: str, operation: str, headers: dict[str, str]) -> Reply:
         instance = self._instance(instance_id)
         self._check_etag(instance_id, headers)
         state = instance["lifecycleState"]
@@ -1032,7 +1018,7 @@ class OciDouble(LoopbackServer):
             "DELETING" if operation == "DELETE_CONTAINER_INSTANCE" else "UPDATING"
         )
         self._touch(instance_id, instance, moment)
-        return _Reply(202, None, {"opc-work-request-id": wr.record["id"]})
+        return Reply(202, None, {"opc-work-request-id": wr.record["id"]})
 
     def _check_etag(self, resource_id: str, headers: dict[str, str]) -> None:
         expected = headers.get("if-match")
@@ -1045,7 +1031,7 @@ class OciDouble(LoopbackServer):
 
     # -- HTTP --------------------------------------------------------------------------------
 
-    def _handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> _Reply:
+    def _handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> Reply:
         parts = urlsplit(raw_path)
         path = parts.path
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -1079,10 +1065,10 @@ class OciDouble(LoopbackServer):
                     method, path, headers, lambda: handler(_Call(params, query, body, headers))
                 )
         except OciError as exc:
-            reply = _Reply(exc.status, exc.body(), dict(exc.headers))
+            reply = Reply(exc.status, exc.body(), dict(exc.headers))
         except Exception as exc:
             traceback.print_exc()
-            reply = _Reply(500, OciError(500, f"Internal error in the OCI double: {exc}").body())
+            reply = Reply(500, OciError(500, f"Internal error in the OCI double: {exc}").body())
         rid = _request_id()  # OCI appends its own ids to the client's opc-request-id
         reply.headers["opc-request-id"] = (
             f"{client_request_id}/{rid.split('/', 1)[1]}" if client_request_id else rid
@@ -1091,8 +1077,8 @@ class OciDouble(LoopbackServer):
         return reply
 
     def _idempotent(
-        self, method: str, path: str, headers: dict[str, str], run: Callable[[], _Reply]
-    ) -> _Reply:
+        self, method: str, path: str, headers: dict[str, str], run: Callable[[], Reply]
+    ) -> Reply:
         """opc-retry-token: the same token on the same request replays the first answer."""
         token = headers.get("opc-retry-token")
         if method not in ("POST", "DELETE") or not token:
@@ -1106,13 +1092,13 @@ class OciDouble(LoopbackServer):
                     "The retry token was already used for a different request",
                     "RetryTokenConflict",
                 )
-            return _Reply(reply.status, copy.deepcopy(reply.body), dict(reply.headers))
+            return Reply(reply.status, copy.deepcopy(reply.body), dict(reply.headers))
         reply = run()
         if 200 <= reply.status < 300:
             self._retry_tokens[token] = (
                 method,
                 path,
-                _Reply(reply.status, copy.deepcopy(reply.body), dict(reply.headers)),
+                Reply(reply.status, copy.deepcopy(reply.body), dict(reply.headers)),
             )
         return reply
 
@@ -1245,7 +1231,7 @@ class OciDouble(LoopbackServer):
         order = query.get("sortOrder") or default_order
         return sorted(items, key=lambda o: str(o.get(key) or ""), reverse=order == "DESC")
 
-    def _list_instances(self, call: _Call) -> _Reply:
+    def _list_instances(self, call: _Call) -> Reply:
         query = call.query
         compartment = self._check_compartment(query)
         items = [
@@ -1258,30 +1244,30 @@ class OciDouble(LoopbackServer):
         ]
         page, extra = self._page(self._sorted(items, query), query)
         summaries = [{k: copy.deepcopy(i.get(k)) for k in INSTANCE_SUMMARY_FIELDS} for i in page]
-        return _Reply(200, {"items": summaries}, extra)
+        return Reply(200, {"items": summaries}, extra)
 
-    def _get_instance(self, call: _Call) -> _Reply:
+    def _get_instance(self, call: _Call) -> Reply:
         params = call.params
         instance = self._instance(params["id"])
-        return _Reply(200, copy.deepcopy(instance), {"etag": self._etags[params["id"]]})
+        return Reply(200, copy.deepcopy(instance), {"etag": self._etags[params["id"]]})
 
-    def _restart(self, call: _Call) -> _Reply:
+    def _restart(self, call: _Call) -> Reply:
         params, headers = call.params, call.headers
         return self._action(params["id"], "RESTART_CONTAINER_INSTANCE", headers)
 
-    def _start(self, call: _Call) -> _Reply:
+    def _start(self, call: _Call) -> Reply:
         params, headers = call.params, call.headers
         return self._action(params["id"], "START_CONTAINER_INSTANCE", headers)
 
-    def _stop(self, call: _Call) -> _Reply:
+    def _stop(self, call: _Call) -> Reply:
         params, headers = call.params, call.headers
         return self._action(params["id"], "STOP_CONTAINER_INSTANCE", headers)
 
-    def _delete_instance(self, call: _Call) -> _Reply:
+    def _delete_instance(self, call: _Call) -> Reply:
         params, headers = call.params, call.headers
         return self._action(params["id"], "DELETE_CONTAINER_INSTANCE", headers)
 
-    def _create_instance(self, call: _Call) -> _Reply:
+    def _create_instance(self, call: _Call) -> Reply:
         body = call.body
         if not isinstance(body, dict):
             raise invalid("CreateContainerInstanceDetails is required")
@@ -1345,13 +1331,13 @@ class OciDouble(LoopbackServer):
         doomed = self._doomed.get(instance_id)
         if doomed:
             wr.fail_message = doomed.pop(0)
-        return _Reply(
+        return Reply(
             200,
             copy.deepcopy(self._instances[instance_id]),
             {"etag": self._etags[instance_id], "opc-work-request-id": wr.record["id"]},
         )
 
-    def _list_containers(self, call: _Call) -> _Reply:
+    def _list_containers(self, call: _Call) -> Reply:
         query = call.query
         compartment = self._check_compartment(query)
         items = [
@@ -1366,21 +1352,21 @@ class OciDouble(LoopbackServer):
         ]
         page, extra = self._page(self._sorted(items, query), query)
         summaries = [{k: copy.deepcopy(c.get(k)) for k in CONTAINER_SUMMARY_FIELDS} for c in page]
-        return _Reply(200, {"items": summaries}, extra)
+        return Reply(200, {"items": summaries}, extra)
 
-    def _get_container(self, call: _Call) -> _Reply:
+    def _get_container(self, call: _Call) -> Reply:
         params = call.params
         container = self._container(params["id"])
-        return _Reply(200, copy.deepcopy(container), {"etag": self._etags[params["id"]]})
+        return Reply(200, copy.deepcopy(container), {"etag": self._etags[params["id"]]})
 
-    def _retrieve_logs(self, call: _Call) -> _Reply:
+    def _retrieve_logs(self, call: _Call) -> Reply:
         params, query = call.params, call.query
         self._container(params["id"])
         behaviour = self._behaviour[params["id"]]
         previous = query.get("isPrevious", "false").lower() == "true"
-        return _Reply(200, behaviour.previous_log if previous else behaviour.log)
+        return Reply(200, behaviour.previous_log if previous else behaviour.log)
 
-    def _list_work_requests(self, call: _Call) -> _Reply:
+    def _list_work_requests(self, call: _Call) -> Reply:
         query = call.query
         compartment = self._check_compartment(query)
         items = [
@@ -1396,7 +1382,7 @@ class OciDouble(LoopbackServer):
         ]
         page, extra = self._page(self._sorted(items, query, "timeAccepted"), query)
         summaries = [{k: copy.deepcopy(w.get(k)) for k in WORK_REQUEST_FIELDS} for w in page]
-        return _Reply(200, {"items": summaries}, extra)
+        return Reply(200, {"items": summaries}, extra)
 
     def _work_request_of(self, work_request_id: str) -> _WorkRequest:
         wr = self._work_requests.get(work_request_id)
@@ -1404,30 +1390,30 @@ class OciDouble(LoopbackServer):
             raise not_found()
         return wr
 
-    def _get_work_request(self, call: _Call) -> _Reply:
+    def _get_work_request(self, call: _Call) -> Reply:
         params = call.params
         wr = self._work_request_of(params["id"])
-        reply = _Reply(200, copy.deepcopy(wr.record))
+        reply = Reply(200, copy.deepcopy(wr.record))
         if wr.step < 2:
             reply.headers["retry-after"] = "1"
         self._advance(wr)  # the next poll sees the next step
         return reply
 
-    def _work_request_errors(self, call: _Call) -> _Reply:
+    def _work_request_errors(self, call: _Call) -> Reply:
         params, query = call.params, call.query
         wr = self._work_request_of(params["id"])
         page, extra = self._page(copy.deepcopy(wr.errors), query)
-        return _Reply(200, {"items": page}, extra)
+        return Reply(200, {"items": page}, extra)
 
-    def _work_request_logs(self, call: _Call) -> _Reply:
+    def _work_request_logs(self, call: _Call) -> Reply:
         params, query = call.params, call.query
         wr = self._work_request_of(params["id"])
         page, extra = self._page(copy.deepcopy(wr.logs), query)
-        return _Reply(200, {"items": page}, extra)
+        return Reply(200, {"items": page}, extra)
 
     # -- logging search ----------------------------------------------------------------------
 
-    def _search_logs(self, call: _Call) -> _Reply:
+    def _search_logs(self, call: _Call) -> Reply:
         query, body = call.query, call.body
         if not isinstance(body, dict):
             raise invalid("SearchLogsDetails is required")
@@ -1458,11 +1444,11 @@ class OciDouble(LoopbackServer):
             fields = _field_info(page)
             response["fields"] = fields
             response["summary"]["fieldCount"] = len(fields)
-        return _Reply(200, response, extra)
+        return Reply(200, response, extra)
 
     # -- monitoring --------------------------------------------------------------------------
 
-    def _summarize_metrics(self, call: _Call) -> _Reply:
+    def _summarize_metrics(self, call: _Call) -> Reply:
         query, body = call.query, call.body
         compartment = self._check_compartment(query)
         if not isinstance(body, dict) or not body.get("namespace") or not body.get("query"):
@@ -1481,9 +1467,9 @@ class OciDouble(LoopbackServer):
             and (body.get("resourceGroup") in (None, ""))
             and mql.matches(s.dimensions)
         ]
-        return _Reply(200, mql.summarize(series, start, end))
+        return Reply(200, mql.summarize(series, start, end))
 
-    def _list_metrics(self, call: _Call) -> _Reply:
+    def _list_metrics(self, call: _Call) -> Reply:
         query, body = call.query, call.body
         compartment = self._check_compartment(query)
         body = body if isinstance(body, dict) else {}
@@ -1504,7 +1490,7 @@ class OciDouble(LoopbackServer):
         ]
         metrics.sort(key=lambda m: (m["namespace"], m["name"]))
         page, extra = self._page(metrics, query)
-        return _Reply(200, page, extra)
+        return Reply(200, page, extra)
 
 
 def _is_failing(container: Obj) -> bool:
