@@ -724,7 +724,12 @@ def test_the_dry_runs_promtool_command_runs_and_answers_as_uici_does(live: UICIC
     registry = OperationRegistry.from_config(live)
     translator = CommandTranslator.from_config(live)
     cases = [
-        ("query_metrics", "web", {"query": "uici_test_memory_limit_bytes{$service}"}, "=> 1000000000"),
+        (
+            "query_metrics",
+            "web",
+            {"query": "uici_test_memory_limit_bytes{$service}"},
+            "=> 1000000000",
+        ),
         ("query_metrics_range", "web", {"query": "uici_test_memory_bytes{$service}"}, "web"),
         ("list_metric_label_values", None, {"label": "service"}, "web"),
     ]
