@@ -79,7 +79,7 @@ async def reconcile_incidents(config: UICIConfig, now: float | None = None) -> l
                 notes = [_resolve(gate, write) for write in unfinished]
                 store.set_status(incident.id, "escalated")
                 # People are told (notifications): the run is gone, a person must look.
-                EventLog(store.path).emit(
+                EventLog(store.database).emit(
                     "incident.escalated", incident.id, reason=reason, intents=notes
                 )
                 findings.append({"incident": incident.id, "reason": reason, "intents": notes})

@@ -37,6 +37,26 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("UICI_CONFIG_DIR")
 
 
+# --- PostgreSQL: a real cluster (tests/postgres.py) ----------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    from tests.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty store on each backend: an SQLite file, or a database of the cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/uici.db"
+    return str(request.getfixturevalue("postgres").database())
+
+
 # --- Docker: a real engine ------------------------------------------------------------------
 
 DOCKER_SOCKET = "unix:///var/run/docker.sock"

@@ -380,6 +380,36 @@ def test_a_store_failure_answers_503_so_alertmanager_retries(
     assert "retry" in response.json()["error"]
 
 
+def test_a_postgresql_outage_answers_503_and_the_service_recovers(
+    test_config_dir: Path, tmp_path: Path
+) -> None:
+    """The store on PostgreSQL goes away under a running service: the webhook and the API
+    answer 503 (Alertmanager retries), readiness says not ready, liveness stays up; once the
+    server is back the same process takes the retried notification, with no restart."""
+    from tests.postgres import PostgresCluster
+
+    cluster = PostgresCluster()
+    try:
+        url = cluster.database()
+        configs = ConfigCache(test_config_dir, environ=key_env(tmp_path, UICI_TEST_STORAGE_URL=url))
+        with TestClient(create_app(configs, run_dispatcher=False)) as client:
+            assert post(client, notification(alert("web"))).status_code == 202
+            cluster.stop()
+            retried = notification(alert("api", fingerprint="pgoutage00000001"))
+            down = post(client, retried)
+            assert down.status_code == 503 and down.headers["retry-after"] == "5"
+            listed = client.get("/incidents", headers=auth("reader"))
+            assert listed.status_code == 503 and "unavailable" in listed.json()["error"]
+            assert client.get("/health/ready").status_code == 503
+            assert client.get("/health").status_code == 200
+            cluster.start()
+            assert post(client, retried).status_code == 202
+            incidents = client.get("/incidents", headers=auth("reader")).json()
+            assert {i["service"] for i in incidents} == {"web", "api"}
+    finally:
+        cluster.close()
+
+
 def test_the_webhook_credential_is_never_answered_429(make_client: MakeClient) -> None:
     client = make_client(
         # Slow refills (one token per 100 s): the counts cannot depend on how fast this runs.

@@ -38,7 +38,7 @@ from agent.evaluation.replay import ReplayExecutor
 from agent.incidents.approvals import ApprovalDesk
 from agent.incidents.events import EventLog
 from agent.incidents.models import PlanStep
-from agent.incidents.storage import IncidentStore, insert_event, read_cursor
+from agent.incidents.storage import Database, IncidentStore, insert_event, read_cursor
 from agent.notifications.notifier import CURSOR
 from agent.planning.llm import LLMClient, LLMFailure
 from agent.safety.gate import ExecutionGate, GateOutcome, GateRequest
@@ -195,7 +195,7 @@ def test_the_provisioning_files_point_at_the_dashboard() -> None:
 
 def test_an_empty_store_is_scraped_with_every_store_metric_at_zero(tmp_path: Path) -> None:
     store = IncidentStore(tmp_path / "uici.db")
-    found = store_samples(store.path)
+    found = store_samples(store.database)
     assert found["uici_incidents_opened_total"] == 0
     assert found["uici_dispatch_pending"] == 0
     assert found['uici_events_total{type="incident.failed"}'] == 0
@@ -364,7 +364,7 @@ class Flows:
 
         def record(failures: int) -> None:
             data = json.dumps({"provider": "openai", "failures": failures})
-            insert_event(self.store.path, time.time(), "llm.circuit_open", None, data)
+            insert_event(self.store.database, time.time(), "llm.circuit_open", None, data)
 
         client = LLMClient(settings, on_circuit_open=record)
         with pytest.raises(LLMFailure) as failure:
@@ -402,10 +402,10 @@ def exposition(service: ServiceProcess) -> dict[str, float]:
     return samples(httpx.get(f"{service.url}/metrics", timeout=10).text)
 
 
-def store_samples(path: Path) -> dict[str, float]:
+def store_samples(source: Database) -> dict[str, float]:
     """What a collector that never scraped this store before reads from it."""
     registry = CollectorRegistry()
-    registry.register(StoreCollector(path))
+    registry.register(StoreCollector(source))
     return samples(generate_latest(registry).decode())
 
 
@@ -468,7 +468,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # The notifier's first round takes what is in the store as history (not news):
             # what follows must come after it to be notified.
             wait_for(
-                "the notifier's first round", lambda: read_cursor(store.path, CURSOR) is not None
+                "the notifier's first round", lambda: read_cursor(store.database, CURSOR) is not None
             )
             # Round 1, before Prometheus starts: the history it finds on its first scrape.
             web = new_incident(service, "web", "critical")
@@ -601,7 +601,7 @@ def test_the_service_added_up_what_a_fresh_count_of_the_store_finds(stack: Stack
     """The service counts the event log and the audit trail from the rows new since its last
     scrape; after dozens of scrapes during the rounds it must agree with one full count."""
     served = exposition(stack.service)
-    fresh = store_samples(stack.store.path)
+    fresh = store_samples(stack.store.database)
     assert len(fresh) > 100
     differ = {
         name: (served.get(name), value)

@@ -1,5 +1,6 @@
 """Issue 12, no SQL outside the storage module: every SQL statement of the product code is in
-agent/incidents/storage.py, so the schema and its queries change in one place."""
+agent/incidents/storage.py, so the schema and its queries change in one place. The schema's
+history (the Alembic revisions under agent/incidents/migrations/, issue 16) is part of it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.conftest import REPO_ROOT
 
 CODE_DIRS = ("agent", "flows", "tasks", "infrastructure")
 STORAGE = REPO_ROOT / "agent" / "incidents" / "storage.py"
+MIGRATIONS = REPO_ROOT / "agent" / "incidents" / "migrations"
 SOURCES = sorted(p for d in CODE_DIRS for p in (REPO_ROOT / d).rglob("*.py"))
 
 # A string that starts an SQL statement (upper case, as this code base writes SQL). The data
@@ -56,7 +58,7 @@ def test_no_sql_outside_the_storage_module() -> None:
     offenders = [
         f"{path.relative_to(REPO_ROOT)}:{line}: {text.strip()[:60]!r}"
         for path in SOURCES
-        if path != STORAGE
+        if path != STORAGE and MIGRATIONS not in path.parents
         for line, text in sql_strings(ast.parse(path.read_text(), str(path)))
     ]
     assert offenders == [], "SQL outside agent/incidents/storage.py:\n" + "\n".join(offenders)

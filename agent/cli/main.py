@@ -557,16 +557,16 @@ def _run_through_gate(
     actor, and with --yes the approver. Imported here so that listing and dry runs never load
     an executor or its SDK."""
     import getpass
-    import sqlite3
     import uuid
 
-    from agent.incidents.storage import IncidentStore
+    from agent.incidents.storage import UNRECORDABLE, IncidentStore, StoreFailure
     from agent.safety.gate import ExecutionGate, requested_operation
 
+    unusable: tuple[type[Exception], ...] = (*UNRECORDABLE, ValueError)
     try:
         store = IncidentStore.from_config(config)
         known = store.get(incident) if incident else None
-    except (OSError, sqlite3.Error, ValueError) as exc:
+    except unusable as exc:
         _fail(
             f"refused: the incident store ({config.platform.storage.url}) cannot be used: {exc}; "
             "without it no operation is recorded, so none runs (platform.yml: storage.url)"
@@ -586,7 +586,7 @@ def _run_through_gate(
     )
     try:
         outcome = gate.execute(request)
-    except sqlite3.Error as exc:  # fail closed: what cannot be recorded is not done
+    except StoreFailure as exc:  # fail closed: what cannot be recorded is not done
         _fail(
             f"refused: the incident store ({config.platform.storage.url}) failed: {exc}; "
             "the operation was not sent, or its outcome could not be recorded "
@@ -780,9 +780,12 @@ def plan(
 
 
 def _store(ctx: typer.Context) -> Any:
-    from agent.incidents.storage import IncidentStore
+    from agent.incidents.storage import IncidentStore, StorageError
 
-    return IncidentStore.from_config(_load(ctx))
+    try:
+        return IncidentStore.from_config(_load(ctx))
+    except StorageError as exc:
+        _fail(f"the incident store cannot be used: {exc}", EXIT_FAILED)
 
 
 @writes_app.command("list")
@@ -860,7 +863,7 @@ def writes_resolve(
         )
     state: Literal["done", "failed"] = "done" if outcome == "done" else "failed"
     store.finish_write(key, state, {**(record.outcome or {}), "resolved_by": who, "reason": reason})
-    AuditLog(store.path).record(
+    AuditLog(store.database).record(
         who,
         "writes.resolve",
         f"{record.state} -> {outcome}: {reason}",
@@ -1048,11 +1051,15 @@ def serve(
     config = configs.get()
     import uvicorn
 
+    from agent.incidents.storage import StorageError
     from agent.logs import configure_logging
     from agent.service.app import create_app
 
     configure_logging(config.platform.logging.level, config.platform.logging.format)
-    application = create_app(configs, run_dispatcher=not no_dispatch)
+    try:
+        application = create_app(configs, run_dispatcher=not no_dispatch)
+    except StorageError as exc:  # fail fast: no service without its store
+        _fail(f"uici serve: the incident store cannot be used: {exc}", EXIT_FAILED)
     bind_host = host or config.platform.service.host
     bind_port = port or config.platform.service.port
     stderr.print(Text(f"uici serve: http://{bind_host}:{bind_port} (docs at /docs)"))
@@ -1104,12 +1111,8 @@ def audit(
 ) -> None:
     """The audit trail: requests that changed something and every executed operation."""
     from agent.incidents.audit import AuditLog
-    from agent.incidents.storage import sqlite_path
 
-    config = _load(ctx)
-    records = AuditLog(sqlite_path(config.platform.storage.url)).query(
-        incident, actor, action, None, limit
-    )
+    records = AuditLog(_store(ctx).database).query(incident, actor, action, None, limit)
     if as_json:
         _print_json([r.model_dump(mode="json") for r in records])
         return

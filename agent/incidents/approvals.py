@@ -56,8 +56,8 @@ def unauthenticated(name: str) -> str:
 class ApprovalDesk:
     def __init__(self, store: IncidentStore) -> None:
         self.store = store
-        self.audit = AuditLog(store.path)
-        self.events = EventLog(store.path)
+        self.audit = AuditLog(store.database)
+        self.events = EventLog(store.database)
 
     def pending(self, incident_id: str, step_key: str | None) -> ApprovalRecord:
         waiting = self.store.approvals(incident_id, "pending")

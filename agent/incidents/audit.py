@@ -1,6 +1,7 @@
 """The audit trail: every state-changing request and every executed operation, append-only.
 
-SQLite triggers refuse UPDATE and DELETE on the table, so a bug cannot rewrite history.
+Triggers in the database refuse UPDATE and DELETE on the table (and TRUNCATE on PostgreSQL),
+so a bug cannot rewrite history.
 Everything is redacted before it is written: parameters (the values of secret-looking keys
 masked, the configuration's redaction patterns on every value), the result text (whole, before
 it is cut to its column's length), the target and the action (infrastructure/redaction.py: the
@@ -10,14 +11,13 @@ given redactor, else the one of the configuration this process runs with).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from agent.incidents.storage import audit_rows, insert_audit
+from agent.incidents.storage import Connection, Database, audit_rows, database, insert_audit
 from infrastructure.redaction import Redactor, RedactorHolder, mask_secrets
 
 # The result column keeps this much of the redacted text.
@@ -37,8 +37,8 @@ class AuditRecord(BaseModel):
 
 
 class AuditLog(RedactorHolder):
-    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
-        self.path = path
+    def __init__(self, source: Database | Path, redactor: Redactor | None = None) -> None:
+        self.database = database(source)
         self._redactor = redactor
 
     def record(
@@ -50,12 +50,12 @@ class AuditLog(RedactorHolder):
         parameters: dict[str, Any] | None = None,
         incident_id: str | None = None,
         request_id: str | None = None,
-        db: sqlite3.Connection | None = None,
+        db: Connection | None = None,
     ) -> None:
         redact = self.redactor
         masked = mask_secrets(json.loads(json.dumps(parameters or {}, default=str)))
         insert_audit(
-            self.path,
+            self.database,
             time.time(),
             redact(actor),
             redact(action),
@@ -75,7 +75,7 @@ class AuditLog(RedactorHolder):
         since: float | None = None,
         limit: int = 100,
     ) -> list[AuditRecord]:
-        rows = audit_rows(self.path, incident_id, actor, action, since, limit)
+        rows = audit_rows(self.database, incident_id, actor, action, since, limit)
         return [
             AuditRecord(
                 id=r["id"],

@@ -11,14 +11,21 @@ the timeline and the API show no secret, whoever emitted the event.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agent.incidents.storage import events_after, insert_event, last_event_id
+from agent.incidents.storage import (
+    Connection,
+    Database,
+    Row,
+    database,
+    events_after,
+    insert_event,
+    last_event_id,
+)
 from infrastructure.redaction import Redactor, RedactorHolder
 
 EventType = Literal[
@@ -58,32 +65,32 @@ class Event(BaseModel):
 
 
 class EventLog(RedactorHolder):
-    def __init__(self, path: Path, redactor: Redactor | None = None) -> None:
-        self.path = path
+    def __init__(self, source: Database | Path, redactor: Redactor | None = None) -> None:
+        self.database = database(source)
         self._redactor = redactor
 
     def emit(
         self,
         type_: EventType,
         incident_id: str | None = None,
-        db: sqlite3.Connection | None = None,
+        db: Connection | None = None,
         **data: Any,
     ) -> None:
         """Record an event, its data redacted; inside `db`'s transaction when given (so it
         commits with the change)."""
         payload = json.dumps(self.redactor.json_data(data))
-        insert_event(self.path, time.time(), type_, incident_id, payload, db)
+        insert_event(self.database, time.time(), type_, incident_id, payload, db)
 
     def since(
         self, after_id: int = 0, limit: int = 1000, incident_id: str | None = None
     ) -> list[Event]:
-        return [_event(r) for r in events_after(self.path, after_id, limit, incident_id)]
+        return [_event(r) for r in events_after(self.database, after_id, limit, incident_id)]
 
     def last_id(self) -> int:
-        return last_event_id(self.path)
+        return last_event_id(self.database)
 
 
-def _event(row: sqlite3.Row) -> Event:
+def _event(row: Row) -> Event:
     return Event(
         id=row["id"],
         at=row["at"],

@@ -8,13 +8,14 @@ from typing import Any
 
 from agent.incidents.audit import AuditLog
 from agent.incidents.events import EventLog
+from agent.incidents.storage import Database
 from infrastructure.executors.base import OperationResult
 
 
 class Journal:
-    def __init__(self, store_path: Path) -> None:
-        self.events = EventLog(store_path)
-        self.audit = AuditLog(store_path)
+    def __init__(self, source: Database | Path) -> None:
+        self.events = EventLog(source)
+        self.audit = AuditLog(source)
 
     def started(
         self,

@@ -41,8 +41,8 @@ class OperationRequests:
     def __init__(self, config: UICIConfig, store: IncidentStore) -> None:
         self.config = config
         self.store = store
-        self.events = EventLog(store.path)
-        self.audit = AuditLog(store.path)
+        self.events = EventLog(store.database)
+        self.audit = AuditLog(store.database)
 
     def open(
         self,

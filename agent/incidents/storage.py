@@ -1,23 +1,42 @@
-"""The incident store (SQLite at platform.yml `storage.url`): incidents, their reports, and the
-remediation intents that make a write operation happen at most once.
+"""The incident store: incidents, their reports, the alert and notification outboxes, the
+remediation intents that make a write happen at most once, approvals, events and the audit
+trail. Every SQL statement of UICI is in this module.
 
-SQLite serialises writes; every connection waits up to 30 s for the lock, and each method is
-one short transaction, so several processes (service, workers, CLI) can share the file.
+Two backends, one behaviour (platform.yml `storage.url`):
+- `sqlite:///path`: the embedded default. WAL; every write transaction is BEGIN IMMEDIATE, so
+  writers queue for SQLite's one write lock (30 s at most) and several processes (service,
+  workers, CLI) share the file.
+- `postgresql://user:password@host:port/db`: the production topology (several API processes and
+  workers), through SQLAlchemy Core and psycopg 3. A write transaction first takes one
+  transaction-scoped advisory lock, the equivalent of BEGIN IMMEDIATE: the check-then-write
+  logic (write intents, alert dedupe, outbox claims, the notifier's cursor) holds as on SQLite,
+  and event and audit ids are committed in id order, so a reader that follows ids (the event
+  stream, the metrics, the notifier) never skips a row committed late. Single statements run
+  in autocommit and rely on row locks.
+The schema is versioned (Alembic, agent/incidents/migrations) and brought to the head when a
+store is opened, in one transaction under the same lock: idempotent, done once when several
+processes start at once, and a failed revision leaves the schema as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import secrets
-import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
+import sqlalchemy
+import sqlalchemy.exc
 from pydantic import BaseModel, Field
+from sqlalchemy import CursorResult, RowMapping, TextClause, create_engine, event, make_url, text
+from sqlalchemy.pool import NullPool
 
 from agent.incidents.models import IncidentContext, PlanStep
 from infrastructure.configuration.loader import UICIConfig
@@ -34,293 +53,380 @@ SENT_STATES: tuple[WriteState, ...] = ("pending", "done", "unknown")
 # What begin_write answers when the write's key is already recorded.
 DUPLICATE_KEY = "duplicate key"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS incidents (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    service TEXT NOT NULL,
-    fingerprint TEXT,
-    starts_at TEXT,
-    context TEXT NOT NULL,
-    report TEXT,
-    flow_run_id TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS incidents_service ON incidents (environment, service, status);
-CREATE TABLE IF NOT EXISTS approvals (
-    incident_id TEXT NOT NULL,
-    step_key TEXT NOT NULL,
-    step TEXT NOT NULL,
-    command TEXT NOT NULL,
-    status TEXT NOT NULL,
-    actor TEXT,
-    reason TEXT,
-    created_at REAL NOT NULL,
-    decided_at REAL,
-    expires_at REAL,
-    required INTEGER NOT NULL DEFAULT 1,
-    requested_by TEXT,
-    via TEXT,
-    runner TEXT NOT NULL DEFAULT 'flow',
-    warned_at REAL,
-    acted_at REAL,
-    nonce TEXT,
-    PRIMARY KEY (incident_id, step_key)
-);
--- One row per person's answer to an approval request (the two-person rule counts them).
-CREATE TABLE IF NOT EXISTS approval_votes (
-    incident_id TEXT NOT NULL,
-    step_key TEXT NOT NULL,
-    approver TEXT NOT NULL,
-    approve INTEGER NOT NULL,
-    via TEXT NOT NULL,
-    address TEXT,
-    reason TEXT,
-    at REAL NOT NULL,
-    PRIMARY KEY (incident_id, step_key, approver)
-);
-CREATE TABLE IF NOT EXISTS alerts (
-    key TEXT PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    starts_at TEXT NOT NULL,
-    state TEXT NOT NULL,
-    labels TEXT NOT NULL,
-    annotations TEXT NOT NULL,
-    ends_at TEXT,
-    generator_url TEXT,
-    receiver TEXT,
-    group_key TEXT,
-    environment TEXT,
-    target TEXT,
-    reason TEXT,
-    incident_id TEXT,
-    deliveries INTEGER NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    resolved_at REAL,
-    request_id TEXT,
-    truncated TEXT
-);
-CREATE INDEX IF NOT EXISTS alerts_incident ON alerts (incident_id);
--- Alerts of a notification that could not be read: kept with the reason, never dropped.
-CREATE TABLE IF NOT EXISTS invalid_alerts (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    source TEXT,
-    receiver TEXT,
-    group_key TEXT,
-    status TEXT,
-    alerts INTEGER NOT NULL,
-    truncated_alerts INTEGER NOT NULL,
-    summary TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS dispatch (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    result TEXT,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (kind, key)
-);
-CREATE INDEX IF NOT EXISTS dispatch_due ON dispatch (state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    type TEXT NOT NULL,
-    incident_id TEXT,
-    data TEXT NOT NULL
-);
--- /metrics aggregates events by type at every scrape.
-CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT,
-    parameters TEXT NOT NULL,
-    result TEXT NOT NULL,
-    incident_id TEXT,
-    request_id TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_incident ON audit (incident_id);
-CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
--- Every write any entry point sends, recorded before it is sent (its remediation intent) and
--- finished after: pending -> done | failed | unknown. Cool-down, budgets and the per-target
--- lock read it; `write_targets` holds what the write really touches (container ids, the
--- Kubernetes workload, the OCI instance), so `web`, its container id and `project/web` meet.
-CREATE TABLE IF NOT EXISTS writes (
-    key TEXT PRIMARY KEY,
-    incident_id TEXT,
-    environment TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    target TEXT,
-    step TEXT NOT NULL,
-    state TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    entry TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    finished_at REAL,
-    outcome TEXT,
-    owner TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS writes_incident ON writes (incident_id, state);
-CREATE INDEX IF NOT EXISTS writes_state ON writes (state);
-CREATE TABLE IF NOT EXISTS write_targets (
-    write_key TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    identity TEXT NOT NULL,
-    name TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (write_key, identity)
-);
-CREATE INDEX IF NOT EXISTS write_targets_identity ON write_targets (environment, identity, at);
--- Incident memory: one row per finished diagnosis, found again by service and class.
-CREATE TABLE IF NOT EXISTS diagnoses (
-    incident_id TEXT PRIMARY KEY,
-    environment TEXT NOT NULL,
-    service TEXT NOT NULL,
-    failure_class TEXT NOT NULL,
-    signature TEXT NOT NULL,
-    root_cause TEXT NOT NULL,
-    remediations TEXT NOT NULL,
-    recovered INTEGER,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS diagnoses_service ON diagnoses (environment, service, failure_class, at);
--- Each remediation sent, with the cause the rules named when it was decided.
-CREATE TABLE IF NOT EXISTS remediations (
-    incident_id TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    target TEXT NOT NULL,
-    cause TEXT NOT NULL,
-    step TEXT NOT NULL,
-    at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS remediations_target ON remediations (environment, target, cause, at);
--- The notification outbox: one row per sink and (incident, event, discriminator), so a message
--- is queued once however often its event is seen, and delivered with retries and back-off by
--- the service, surviving its restarts. `cursors` remembers the last event turned into rows.
-CREATE TABLE IF NOT EXISTS notifications (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    sink TEXT NOT NULL,
-    event TEXT NOT NULL,
-    incident_id TEXT NOT NULL,
-    dedup TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT,
-    status_code INTEGER,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (sink, incident_id, event, dedup)
-);
-CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
--- One row the readiness probe rewrites: the store takes writes.
-CREATE TABLE IF NOT EXISTS readiness (id INTEGER PRIMARY KEY, at REAL);
-"""
+# --- the database: engines, transactions, migrations --------------------------------------
+
+# Rows as this module returns them: read by column name (`row["id"]`), `dict(row)` copies.
+Row = RowMapping
+Connection = sqlalchemy.Connection
+
+# The advisory lock every PostgreSQL write transaction takes first (any constant; this one
+# spells "UICI" in ASCII), and the one migrations take.
+_WRITE_LOCK = 0x55494349
+_MIGRATION_LOCK = 0x55494350
+# The revision a store must be at (agent/incidents/migrations/versions): a store already there
+# is opened without loading Alembic at all. tests/test_storage_backends.py checks it is the head.
+HEAD_REVISION = "0001_baseline"
+MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-# Columns added to a table after it first shipped: a store made by an older UICI gets them.
-_ADDED_COLUMNS = {
-    "writes": {"owner": "TEXT NOT NULL DEFAULT ''"},
-    "alerts": {"truncated": "TEXT"},
-    "approvals": {
-        "expires_at": "REAL",
-        "required": "INTEGER NOT NULL DEFAULT 1",
-        "requested_by": "TEXT",
-        "via": "TEXT",
-        "runner": "TEXT NOT NULL DEFAULT 'flow'",
-        "warned_at": "REAL",
-        "acted_at": "REAL",
-        "nonce": "TEXT",
-    },
-}
+class StorageError(RuntimeError):
+    """The store cannot be opened: unreachable, refused, or its schema cannot be migrated. The
+    message names the store (password masked) and the fix."""
 
 
-def _migrate(db: sqlite3.Connection) -> None:
-    for table, columns in _ADDED_COLUMNS.items():
-        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, declaration in columns.items():
-            if name not in present:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+# What a failing store raises, whichever backend: the driver's errors (wrapped by SQLAlchemy)
+# and StorageError when it cannot be opened.
+StoreFailure: tuple[type[Exception], ...] = (sqlalchemy.exc.SQLAlchemyError, StorageError)
+# ... and a store that cannot be reached at all (a file that cannot be opened).
+UNRECORDABLE: tuple[type[Exception], ...] = (*StoreFailure, OSError)
+
+
+class StorageSettingsLike(Protocol):
+    """platform.yml `storage` (StorageSettings), or the defaults for a bare path or URL."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def lock_timeout_seconds(self) -> float: ...
+    @property
+    def connect_timeout_seconds(self) -> int: ...
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def max_overflow(self) -> int: ...
+
+
+class _Defaults:
+    """Settings for a store opened by path or URL alone (tests, tools): platform.yml's values."""
+
+    lock_timeout_seconds = 30.0
+    connect_timeout_seconds = 5
+    pool_size = 5
+    max_overflow = 10
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+def store_url(source: Path | str) -> str:
+    """A URL for a path (an SQLite file) or a URL; `postgres://` and `postgresql://` mean
+    psycopg 3."""
+    text_ = str(source)
+    if "://" not in text_:
+        return f"sqlite:///{text_}"
+    scheme, rest = text_.split("://", 1)
+    if scheme in ("postgres", "postgresql"):
+        return f"postgresql+psycopg://{rest}"
+    return text_
 
 
 def sqlite_path(url: str) -> Path:
     """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> a path."""
     if not url.startswith("sqlite:///"):
-        raise ValueError(f"storage.url {url!r}: only sqlite:/// URLs are supported")
+        raise ValueError(f"storage.url {url!r} is not an SQLite store (sqlite:///path)")
     return Path(url.removeprefix("sqlite:///"))
 
 
-@contextmanager
-def connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """An autocommit connection. WAL with synchronous=NORMAL: a committed write survives the
-    process being killed (not a power cut), and readers never block the writer."""
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
-    connection.row_factory = sqlite3.Row
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        yield connection
-    finally:
-        connection.close()
+class Database:
+    """One store: its SQLAlchemy engine and the two ways this module uses it, `connect()`
+    (autocommit: single statements and reads) and `transaction()` (one write transaction that
+    commits on success, rolls back on error and is serialised with every other)."""
 
+    def __init__(self, settings: StorageSettingsLike) -> None:
+        self.url = store_url(settings.url)
+        self.settings = settings
+        parsed = make_url(self.url)
+        self.dialect = parsed.get_backend_name()
+        # What messages show: the store without its password.
+        self.name = parsed.render_as_string(hide_password=True)
+        self.file: tuple[int, int] | None = None  # the SQLite file's device and inode, once open
+        if self.dialect == "sqlite":
+            self.path: Path | None = Path(parsed.database or "")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # A connection per use, as sqlite3 costs little to open: nothing stays open
+            # between calls, and a process that forks inherits no open file.
+            self.engine = create_engine(
+                self.url,
+                poolclass=NullPool,
+                connect_args={
+                    "timeout": settings.lock_timeout_seconds,
+                    "isolation_level": None,
+                    "check_same_thread": False,
+                },
+            )
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif self.dialect == "postgresql":
+            self.path = None
+            self.engine = create_engine(
+                self.url,
+                pool_size=settings.pool_size,
+                max_overflow=settings.max_overflow,
+                # A connection the server dropped (restart, failover) is replaced, not used.
+                pool_pre_ping=True,
+                connect_args={
+                    "connect_timeout": settings.connect_timeout_seconds,
+                    "application_name": "uici",
+                },
+            )
+        else:
+            raise StorageError(
+                f"storage.url {self.name}: {self.dialect} is not supported; use sqlite:///path"
+                " or postgresql://user:password@host:5432/database (platform.yml storage.url)"
+            )
 
-@contextmanager
-def write_transaction(path: Path) -> Iterator[sqlite3.Connection]:
-    with connect(path) as db:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+    def __repr__(self) -> str:
+        return f"Database({self.name})"
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        if self.dialect == "postgresql":
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as db:
+                yield db
+            return
+        with self.engine.connect() as db:
             yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        with self.engine.connect() as db:
+            if self.dialect == "sqlite":
+                db.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                db.begin()
+                db.execute(
+                    _sql("SELECT set_config('lock_timeout', :wait, true)"),
+                    {"wait": f"{int(self.settings.lock_timeout_seconds * 1000)}ms"},
+                )
+                db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
+            try:
+                yield db
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction: every query in it sees the same committed state."""
+        with self.engine.connect() as db:
+            if self.dialect == "sqlite":
+                db.exec_driver_sql("BEGIN")
+            else:
+                db = db.execution_options(isolation_level="REPEATABLE READ")
+                db.begin()
+                db.exec_driver_sql("SET TRANSACTION READ ONLY")
+            try:
+                yield db
+            finally:
+                db.rollback()
+
+    def migrate(self, script_location: Path = MIGRATIONS) -> None:
+        """Bring the schema to the head revision, in one transaction under a lock, so two
+        processes starting at once migrate once and a failed revision changes nothing."""
+        with self.engine.connect() as db:
+            if self.dialect == "sqlite":
+                db.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                db.begin()
+                db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+            try:
+                if script_location != MIGRATIONS or _revision(db) != HEAD_REVISION:
+                    _upgrade(db, script_location)
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()
+
+    def open(self) -> Database:
+        """Migrate, turning the driver's failure into a StorageError that names the store."""
+        try:
+            self.migrate()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise StorageError(f"{self.name}: {_reason(exc)}. {self._fix(exc)}") from exc
+        self.file = None if self.path is None else _file_identity(self.path)
+        return self
+
+    def _fix(self, exc: Exception) -> str:
+        if self.dialect == "sqlite":
+            return "Check that the directory is writable (platform.yml storage.url)."
+        url = make_url(self.url)
+        where = f"{url.host or 'localhost'}:{url.port or 5432}"
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and "password" in str(exc):
+            return (
+                f"PostgreSQL at {where} refused the credentials: check the user and password"
+                " in UICI_STORAGE_URL (platform.yml storage.url)."
+            )
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and "does not exist" in str(exc):
+            return (
+                f"Create the database on {where} (createdb {url.database}) or fix its name in"
+                " UICI_STORAGE_URL (platform.yml storage.url)."
+            )
+        return (
+            f"Check that PostgreSQL runs and accepts connections at {where}, and that"
+            " UICI_STORAGE_URL names it (platform.yml storage.url)."
+        )
 
 
-def execute(
-    path: Path, query: str, values: tuple[Any, ...], db: sqlite3.Connection | None = None
-) -> None:
-    """One statement inside the caller's transaction `db` when given (so it commits with the
-    caller's change), otherwise on its own autocommit connection."""
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    """WAL with synchronous=NORMAL: a committed write survives the process being killed (not a
+    power cut), and readers never block the writer."""
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's first line, without SQLAlchemy's advice links."""
+    original = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return lines[0] if lines else type(original).__name__
+
+
+def _revision(db: Connection) -> str | None:
+    if not sqlalchemy.inspect(db).has_table("alembic_version"):
+        return None
+    row = db.execute(_sql("SELECT version_num FROM alembic_version")).first()
+    return None if row is None else str(row[0])
+
+
+def _upgrade(db: Connection, script_location: Path) -> None:
+    # Imported only when a store needs migrating: opening a current store stays cheap.
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(script_location))
+    config.attributes["connection"] = db
+    command.upgrade(config, "head")
+
+
+_DATABASES: dict[str, Database] = {}
+_DATABASES_LOCK = threading.Lock()
+
+
+def database(
+    source: Database | Path | str, settings: StorageSettingsLike | None = None
+) -> Database:
+    """The one Database of this process for a store (a path, a URL or a Database), migrated
+    the first time it is asked for."""
+    if isinstance(source, Database):
+        return source
+    url = store_url(source)
+    with _DATABASES_LOCK:
+        found = _DATABASES.get(url)
+        # An SQLite file removed or replaced since (a new store at the same path) is opened,
+        # and migrated, anew.
+        if found is None or (found.path is not None and _file_identity(found.path) != found.file):
+            found = Database(settings or _Defaults(url)).open()
+            _DATABASES[url] = found
+        return found
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_dev, status.st_ino)
+
+
+def _forget_databases() -> None:
+    """In a forked child: the parent's pooled connections are not the child's to use."""
+    for known in _DATABASES.values():
+        known.engine.dispose(close=False)
+    _DATABASES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_databases)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sql(query: str) -> TextClause:
+    return text(query)
+
+
+def run(db: Connection, query: str, values: Mapping[str, Any] | None = None) -> CursorResult[Any]:
+    """One statement with named parameters (`:name`)."""
+    return db.execute(_sql(query), dict(values or {}))
+
+
+def run_many(db: Connection, query: str, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        db.execute(_sql(query), rows)
+
+
+def rows(db: Connection, query: str, values: Mapping[str, Any] | None = None) -> list[Row]:
+    return list(run(db, query, values).mappings())
+
+
+def first(db: Connection, query: str, values: Mapping[str, Any] | None = None) -> Row | None:
+    return run(db, query, values).mappings().first()
+
+
+def scalar(db: Connection, query: str, values: Mapping[str, Any] | None = None) -> Any:
+    return run(db, query, values).scalar()
+
+
+def insert_sql(table: str, columns: tuple[str, ...], conflict: str = "") -> str:
+    """`INSERT INTO table (a, b) VALUES (:a, :b) <conflict>`; `conflict` is an ON CONFLICT
+    clause (both backends speak it)."""
+    names = ", ".join(columns)
+    marks = ", ".join(f":{c}" for c in columns)
+    return f"INSERT INTO {table} ({names}) VALUES ({marks}) {conflict}".rstrip()  # noqa: S608 - fixed names
+
+
+def upsert_sql(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """An insert that replaces the row with the same key (SQLite's INSERT OR REPLACE)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    return insert_sql(table, columns, f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+@contextmanager
+def within(source: Database, db: Connection | None) -> Iterator[Connection]:
+    """The caller's transaction when given, else a write transaction of its own."""
     if db is not None:
-        db.execute(query, values)
+        yield db
         return
-    with connect(path) as own:
-        own.execute(query, values)
+    with source.transaction() as own:
+        yield own
 
 
-def where_clause(filters: tuple[tuple[str, Any], ...]) -> tuple[str, list[Any]]:
-    """`WHERE a = ? AND ...` from fixed clauses whose value is not None, and their values."""
-    used = [(clause, value) for clause, value in filters if value is not None]
+def _json_text(dialect: str, column: str, key: str) -> str:
+    """A JSON document's top-level `key` as text (NULL when missing or null)."""
+    if dialect == "postgresql":
+        return f"(CAST({column} AS json) ->> '{key}')"
+    return f"json_extract({column}, '$.{key}')"
+
+
+def _json_number(dialect: str, column: str, key: str) -> str:
+    """A JSON document's top-level `key` as a number; NULL when it is not one."""
+    if dialect == "postgresql":
+        value = f"CAST({column} AS json) -> '{key}'"
+        return (
+            f"(CASE WHEN json_typeof({value}) = 'number'"
+            f" THEN CAST(CAST({column} AS json) ->> '{key}' AS double precision) END)"
+        )
+    raw = f"json_extract({column}, '$.{key}')"
+    return f"(CASE WHEN typeof({raw}) IN ('integer', 'real') THEN {raw} END)"
+
+
+def _position(dialect: str, haystack: str, needle: str) -> str:
+    """1-based position of `needle` (a literal) in `haystack`, 0 when absent."""
+    return f"{'strpos' if dialect == 'postgresql' else 'instr'}({haystack}, '{needle}')"
+
+
+def _greatest(dialect: str) -> str:
+    return "GREATEST" if dialect == "postgresql" else "MAX"
+
+
+def where_clause(filters: tuple[tuple[str, str, Any], ...]) -> tuple[str, dict[str, Any]]:
+    """`WHERE a = :a AND ...` from fixed (clause, parameter, value) triples whose value is not
+    None, and the values by parameter name."""
+    used = [(clause, name, value) for clause, name, value in filters if value is not None]
     if not used:
-        return "", []
-    return "WHERE " + " AND ".join(c for c, _ in used), [v for _, v in used]
+        return "", {}
+    return "WHERE " + " AND ".join(c for c, _, _ in used), {n: v for _, n, v in used}
 
 
 class IncidentRecord(BaseModel):
@@ -394,8 +500,14 @@ class ApprovalVote(BaseModel):
     at: float
 
 
+_INCIDENT_COLUMNS = (
+    "id", "status", "environment", "service", "fingerprint", "starts_at", "context", "report",
+    "flow_run_id", "created_at", "updated_at",
+)  # fmt: skip
+
+
 def insert_incident(
-    db: sqlite3.Connection,
+    db: Connection,
     context: IncidentContext,
     flow_run_id: str | None = None,
     now: float | None = None,
@@ -404,19 +516,22 @@ def insert_incident(
     """Write a new incident inside the caller's transaction; an existing id is left as it is.
     The alert's labels and annotations are stored redacted (they may carry secrets)."""
     now = time.time() if now is None else now
-    db.execute(
-        "INSERT OR IGNORE INTO incidents VALUES (?, 'open', ?, ?, ?, ?, ?, NULL, ?, ?, ?)",
-        (
-            context.incident_id,
-            context.environment,
-            context.service,
-            context.alert.fingerprint,
-            context.alert.starts_at,
-            _redacted_context(context, redactor or configured_redactor()),
-            flow_run_id,
-            now,
-            now,
-        ),
+    run(
+        db,
+        insert_sql("incidents", _INCIDENT_COLUMNS, "ON CONFLICT DO NOTHING"),
+        {
+            "id": context.incident_id,
+            "status": "open",
+            "environment": context.environment,
+            "service": context.service,
+            "fingerprint": context.alert.fingerprint,
+            "starts_at": context.alert.starts_at,
+            "context": _redacted_context(context, redactor or configured_redactor()),
+            "report": None,
+            "flow_run_id": flow_run_id,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
 
 
@@ -426,42 +541,45 @@ def insert_incident(
 NotificationState = Literal["pending", "sent", "failed"]
 
 
-def read_cursor_in(db: sqlite3.Connection, name: str) -> int | None:
-    row = db.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
-    return None if row is None else int(row[0])
+def read_cursor_in(db: Connection, name: str) -> int | None:
+    value = scalar(db, "SELECT value FROM cursors WHERE name = :name", {"name": name})
+    return None if value is None else int(value)
 
 
-def read_cursor(path: Path, name: str) -> int | None:
-    with connect(path) as db:
+def read_cursor(source: Database, name: str) -> int | None:
+    with source.connect() as db:
         return read_cursor_in(db, name)
 
 
-def write_cursor(db: sqlite3.Connection, name: str, value: int) -> None:
-    db.execute(
-        "INSERT INTO cursors (name, value) VALUES (?, ?)"
+def write_cursor(db: Connection, name: str, value: int) -> None:
+    run(
+        db,
+        "INSERT INTO cursors (name, value) VALUES (:name, :value)"
         " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        (name, value),
+        {"name": name, "value": value},
     )
 
 
-def events_batch(path: Path, after_id: int, limit: int) -> list[sqlite3.Row]:
-    with connect(path) as db:
-        return db.execute(
-            "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
-        ).fetchall()
+def events_batch(source: Database, after_id: int, limit: int) -> list[Row]:
+    with source.connect() as db:
+        return rows(
+            db,
+            "SELECT * FROM events WHERE id > :after ORDER BY id LIMIT :limit",
+            {"after": after_id, "limit": limit},
+        )
 
 
-def max_event_id_in(db: sqlite3.Connection) -> int:
-    return int(db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+def max_event_id_in(db: Connection) -> int:
+    return int(scalar(db, "SELECT COALESCE(MAX(id), 0) FROM events"))
 
 
-def max_event_id(path: Path) -> int:
-    with connect(path) as db:
+def max_event_id(source: Database) -> int:
+    with source.connect() as db:
         return max_event_id_in(db)
 
 
 def insert_notification(
-    db: sqlite3.Connection,
+    db: Connection,
     sink: str,
     event: str,
     incident_id: str,
@@ -470,35 +588,58 @@ def insert_notification(
     now: float,
 ) -> bool:
     """Queue one message; False when the same one is already queued or sent."""
-    cursor = db.execute(
-        "INSERT OR IGNORE INTO notifications (sink, event, incident_id, dedup, payload, state,"
+    result = run(
+        db,
+        "INSERT INTO notifications (sink, event, incident_id, dedup, payload, state,"
         " attempts, next_attempt_at, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-        (sink, event, incident_id, dedup, payload, now, now, now),
+        " VALUES (:sink, :event, :incident_id, :dedup, :payload, 'pending', 0, :now, :now, :now)"
+        " ON CONFLICT DO NOTHING",
+        {
+            "sink": sink,
+            "event": event,
+            "incident_id": incident_id,
+            "dedup": dedup,
+            "payload": payload,
+            "now": now,
+        },
     )
-    return cursor.rowcount == 1
+    return result.rowcount == 1
+
+
+def _lease(
+    db: Connection, table: str, where: str, values: dict[str, Any], lease: float
+) -> list[Row]:
+    """The due rows of an outbox table (`where` selects them, oldest first, at most :limit),
+    leased to the caller until `lease`: another process on the same store does not take them
+    too, and a caller that dies lets the lease run out. Inside a write transaction, which is
+    serialised on both backends; SKIP LOCKED on PostgreSQL also steps over rows a statement
+    outside it holds."""
+    skip = " FOR UPDATE SKIP LOCKED" if db.dialect.name == "postgresql" else ""
+    due = rows(db, f"SELECT * FROM {table} WHERE {where} ORDER BY id LIMIT :limit{skip}", values)  # noqa: S608 - fixed tables and clauses
+    run_many(
+        db,
+        f"UPDATE {table} SET next_attempt_at = :lease WHERE id = :id",  # noqa: S608 - fixed tables
+        [{"lease": lease, "id": row["id"]} for row in due],
+    )
+    return due
 
 
 def claim_notifications(
-    path: Path, sink: str, now: float, limit: int, lease_until: float
-) -> list[sqlite3.Row]:
-    """Due messages of a sink, leased to the caller until `lease_until` (another service on
-    the same store does not send them too; a caller that dies lets the lease run out)."""
-    with write_transaction(path) as db:
-        rows = db.execute(
-            "SELECT * FROM notifications WHERE sink = ? AND state = 'pending'"
-            " AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (sink, now, limit),
-        ).fetchall()
-        db.executemany(
-            "UPDATE notifications SET next_attempt_at = ? WHERE id = ?",
-            [(lease_until, row["id"]) for row in rows],
+    source: Database, sink: str, now: float, limit: int, lease_until: float
+) -> list[Row]:
+    """Due messages of a sink, leased to the caller until `lease_until`."""
+    with source.transaction() as db:
+        return _lease(
+            db,
+            "notifications",
+            "sink = :sink AND state = 'pending' AND next_attempt_at <= :now",
+            {"sink": sink, "now": now, "limit": limit},
+            lease_until,
         )
-        return rows
 
 
 def finish_notification(
-    path: Path,
+    source: Database,
     notification_id: int,
     state: NotificationState,
     attempts: int,
@@ -507,96 +648,113 @@ def finish_notification(
     status_code: int | None,
     now: float,
 ) -> None:
-    with write_transaction(path) as db:
-        db.execute(
-            "UPDATE notifications SET state = ?, attempts = ?, next_attempt_at = ?,"
-            " last_error = ?, status_code = ?, updated_at = ? WHERE id = ?",
-            (state, attempts, next_attempt_at, error, status_code, now, notification_id),
+    with source.transaction() as db:
+        run(
+            db,
+            "UPDATE notifications SET state = :state, attempts = :attempts,"
+            " next_attempt_at = :next, last_error = :error, status_code = :code,"
+            " updated_at = :now WHERE id = :id",
+            {
+                "state": state,
+                "attempts": attempts,
+                "next": next_attempt_at,
+                "error": error,
+                "code": status_code,
+                "now": now,
+                "id": notification_id,
+            },
         )
 
 
-def notification_summary(path: Path) -> list[sqlite3.Row]:
+def notification_summary(source: Database) -> list[Row]:
     """Per sink and state: how many, the oldest pending, the last error and when."""
-    with connect(path) as db:
-        return db.execute(
+    with source.connect() as db:
+        return rows(
+            db,
             "SELECT sink, state, COUNT(*) AS count, MIN(created_at) AS oldest,"
-            " MAX(updated_at) AS latest FROM notifications GROUP BY sink, state"
-        ).fetchall()
+            " MAX(updated_at) AS latest FROM notifications GROUP BY sink, state",
+        )
 
 
-def last_notification(path: Path, sink: str) -> sqlite3.Row | None:
+def last_notification(source: Database, sink: str) -> Row | None:
     """The sink's latest finished or retried delivery (its health)."""
-    with connect(path) as db:
-        row: sqlite3.Row | None = db.execute(
-            "SELECT * FROM notifications WHERE sink = ? AND (state != 'pending' OR attempts > 0)"
-            " ORDER BY updated_at DESC LIMIT 1",
-            (sink,),
-        ).fetchone()
-        return row
+    with source.connect() as db:
+        return first(
+            db,
+            "SELECT * FROM notifications WHERE sink = :sink"
+            " AND (state != 'pending' OR attempts > 0) ORDER BY updated_at DESC LIMIT 1",
+            {"sink": sink},
+        )
 
 
-def approvals_to_warn(path: Path, before: float) -> list[sqlite3.Row]:
+def approvals_to_warn(source: Database, before: float) -> list[Row]:
     """Pending approval requests that expire before `before` and were not warned about."""
-    with connect(path) as db:
-        return db.execute(
+    with source.connect() as db:
+        return rows(
+            db,
             "SELECT incident_id, step_key FROM approvals WHERE status = 'pending'"
-            " AND warned_at IS NULL AND expires_at IS NOT NULL AND expires_at <= ?"
-            " AND expires_at > ?",
-            (before, time.time()),
-        ).fetchall()
+            " AND warned_at IS NULL AND expires_at IS NOT NULL AND expires_at <= :before"
+            " AND expires_at > :now",
+            {"before": before, "now": time.time()},
+        )
 
 
-def mark_warned(db: sqlite3.Connection, incident_id: str, step_key: str, now: float) -> None:
-    db.execute(
-        "UPDATE approvals SET warned_at = ? WHERE incident_id = ? AND step_key = ?",
-        (now, incident_id, step_key),
+def mark_warned(db: Connection, incident_id: str, step_key: str, now: float) -> bool:
+    """False when another process warned about it first."""
+    result = run(
+        db,
+        "UPDATE approvals SET warned_at = :now WHERE incident_id = :incident_id"
+        " AND step_key = :step_key AND warned_at IS NULL",
+        {"now": now, "incident_id": incident_id, "step_key": step_key},
     )
+    return result.rowcount == 1
 
 
 # --- the event log (agent.incidents.events) --------------------------------------------
 
 
 def insert_event(
-    path: Path,
+    source: Database,
     at: float,
     type_: str,
     incident_id: str | None,
     data: str,
-    db: sqlite3.Connection | None = None,
+    db: Connection | None = None,
 ) -> None:
-    """An event row (`data` is JSON); inside `db`'s transaction when given."""
-    execute(
-        path,
-        "INSERT INTO events (at, type, incident_id, data) VALUES (?, ?, ?, ?)",
-        (at, type_, incident_id, data),
-        db,
-    )
+    """An event row (`data` is JSON); inside `db`'s transaction when given, else in a write
+    transaction of its own (ids commit in order: see the module's docstring)."""
+    with within(source, db) as conn:
+        run(
+            conn,
+            "INSERT INTO events (at, type, incident_id, data)"
+            " VALUES (:at, :type, :incident_id, :data)",
+            {"at": at, "type": type_, "incident_id": incident_id, "data": data},
+        )
 
 
 def events_after(
-    path: Path, after_id: int, limit: int, incident_id: str | None = None
-) -> list[sqlite3.Row]:
+    source: Database, after_id: int, limit: int, incident_id: str | None = None
+) -> list[Row]:
     """Events with an id above `after_id`, oldest first, of one incident when given."""
-    query = "SELECT * FROM events WHERE id > ?"
-    values: list[Any] = [after_id]
+    query = "SELECT * FROM events WHERE id > :after"
+    values: dict[str, Any] = {"after": after_id, "limit": limit}
     if incident_id is not None:
-        query += " AND incident_id = ?"
-        values.append(incident_id)
-    with connect(path) as db:
-        return db.execute(query + " ORDER BY id LIMIT ?", (*values, limit)).fetchall()
+        query += " AND incident_id = :incident_id"
+        values["incident_id"] = incident_id
+    with source.connect() as db:
+        return rows(db, query + " ORDER BY id LIMIT :limit", values)
 
 
-def last_event_id(path: Path) -> int:
-    with connect(path) as db:
-        row = db.execute("SELECT MAX(id) FROM events").fetchone()
-    return int(row[0] or 0)
+def last_event_id(source: Database) -> int:
+    with source.connect() as db:
+        return max_event_id_in(db)
 
 
 # --- the audit trail (agent.incidents.audit) -------------------------------------------
 
 
 def insert_audit(
-    path: Path,
+    source: Database,
     at: float,
     actor: str,
     action: str,
@@ -605,48 +763,69 @@ def insert_audit(
     result: str,
     incident_id: str | None,
     request_id: str | None,
-    db: sqlite3.Connection | None = None,
+    db: Connection | None = None,
 ) -> None:
     """An audit row (`parameters` is JSON, already masked); inside `db`'s transaction when
     given."""
-    execute(
-        path,
-        "INSERT INTO audit (at, actor, action, target, parameters, result, incident_id,"
-        " request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (at, actor, action, target, parameters, result, incident_id, request_id),
-        db,
-    )
+    with within(source, db) as conn:
+        run(
+            conn,
+            insert_sql(
+                "audit",
+                (
+                    "at",
+                    "actor",
+                    "action",
+                    "target",
+                    "parameters",
+                    "result",
+                    "incident_id",
+                    "request_id",
+                ),
+            ),
+            {
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "parameters": parameters,
+                "result": result,
+                "incident_id": incident_id,
+                "request_id": request_id,
+            },
+        )
 
 
 def audit_rows(
-    path: Path,
+    source: Database,
     incident_id: str | None,
     actor: str | None,
     action: str | None,
     since: float | None,
     limit: int,
-) -> list[sqlite3.Row]:
+) -> list[Row]:
     """Audit rows matching the filters that are not None, newest first."""
     where, values = where_clause(
         (
-            ("incident_id = ?", incident_id),
-            ("actor = ?", actor),
-            ("action = ?", action),
-            ("at >= ?", since),
+            ("incident_id = :incident_id", "incident_id", incident_id),
+            ("actor = :actor", "actor", actor),
+            ("action = :action", "action", action),
+            ("at >= :since", "since", since),
         )
     )
-    with connect(path) as db:
-        return db.execute(
-            f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?",  # noqa: S608 - fixed clauses
-            (*values, limit),
-        ).fetchall()
+    with source.connect() as db:
+        return rows(
+            db,
+            f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT :limit",  # noqa: S608 - fixed clauses
+            {**values, "limit": limit},
+        )
 
 
 # --- alerts and deliveries (agent.service.intake), inside the webhook's transaction ----
 
 
 def insert_delivery(
-    db: sqlite3.Connection,
+    db: Connection,
     at: float,
     request_id: str,
     source: str,
@@ -658,20 +837,26 @@ def insert_delivery(
     summary: str,
 ) -> None:
     """One received notification (`summary` is JSON)."""
-    db.execute(
-        "INSERT INTO deliveries (at, request_id, source, receiver, group_key, status,"
-        " alerts, truncated_alerts, summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (at, request_id, source, receiver, group_key, status, alerts, truncated_alerts, summary),
-    )
+    values = {
+        "at": at,
+        "request_id": request_id,
+        "source": source,
+        "receiver": receiver,
+        "group_key": group_key,
+        "status": status,
+        "alerts": alerts,
+        "truncated_alerts": truncated_alerts,
+        "summary": summary,
+    }
+    run(db, insert_sql("deliveries", tuple(values)), values)
 
 
-def alert_by_key(db: sqlite3.Connection, key: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute("SELECT * FROM alerts WHERE key = ?", (key,)).fetchone()
-    return row
+def alert_by_key(db: Connection, key: str) -> Row | None:
+    return first(db, "SELECT * FROM alerts WHERE key = :key", {"key": key})
 
 
 def insert_alert(
-    db: sqlite3.Connection,
+    db: Connection,
     key: str,
     fingerprint: str,
     starts_at: str,
@@ -695,95 +880,103 @@ def insert_alert(
     """A first delivery of an alert (`labels`, `annotations` and `truncated` are JSON); what
     the alert says is stored redacted (labels, annotations, generator URL, group key)."""
     redact = redactor or configured_redactor()
-    labels, annotations = _redacted_json(labels, redact), _redacted_json(annotations, redact)
-    generator_url, group_key = redact(generator_url), redact(group_key)
-    db.execute(
-        "INSERT INTO alerts (key, fingerprint, starts_at, state, labels, annotations, ends_at,"
-        " generator_url, receiver, group_key, environment, target, reason, incident_id,"
-        " deliveries, first_seen, last_seen, resolved_at, request_id, truncated)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
-        (
-            key,
-            fingerprint,
-            starts_at,
-            state,
-            labels,
-            annotations,
-            ends_at,
-            generator_url,
-            receiver,
-            group_key,
-            environment,
-            target,
-            reason,
-            incident_id,
-            now,
-            now,
-            resolved_at,
-            request_id,
-            truncated,
-        ),
-    )
+    values = {
+        "key": key,
+        "fingerprint": fingerprint,
+        "starts_at": starts_at,
+        "state": state,
+        "labels": _redacted_json(labels, redact),
+        "annotations": _redacted_json(annotations, redact),
+        "ends_at": ends_at,
+        "generator_url": redact(generator_url),
+        "receiver": receiver,
+        "group_key": redact(group_key),
+        "environment": environment,
+        "target": target,
+        "reason": reason,
+        "incident_id": incident_id,
+        "deliveries": 1,
+        "first_seen": now,
+        "last_seen": now,
+        "resolved_at": resolved_at,
+        "request_id": request_id,
+        "truncated": truncated,
+    }
+    run(db, insert_sql("alerts", tuple(values)), values)
 
 
 def insert_invalid_alert(
-    db: sqlite3.Connection, at: float, request_id: str, position: int, reason: str, body: str
+    db: Connection, at: float, request_id: str, position: int, reason: str, body: str
 ) -> None:
-    db.execute(
-        "INSERT INTO invalid_alerts (at, request_id, position, reason, body)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (at, request_id, position, reason, body),
-    )
+    values = {
+        "at": at,
+        "request_id": request_id,
+        "position": position,
+        "reason": reason,
+        "body": body,
+    }
+    run(db, insert_sql("invalid_alerts", tuple(values)), values)
 
 
-def count_alert_delivery(db: sqlite3.Connection, key: str, now: float) -> None:
+def count_alert_delivery(db: Connection, key: str, now: float) -> None:
     """One more delivery of a known alert."""
-    db.execute(
-        "UPDATE alerts SET deliveries = deliveries + 1, last_seen = ? WHERE key = ?",
-        (now, key),
+    run(
+        db,
+        "UPDATE alerts SET deliveries = deliveries + 1, last_seen = :now WHERE key = :key",
+        {"now": now, "key": key},
     )
 
 
 def set_alert_annotations(
-    db: sqlite3.Connection, key: str, annotations: str, redactor: Redactor | None = None
+    db: Connection, key: str, annotations: str, redactor: Redactor | None = None
 ) -> None:
     stored = _redacted_json(annotations, redactor or configured_redactor())
-    db.execute("UPDATE alerts SET annotations = ? WHERE key = ?", (stored, key))
+    run(
+        db,
+        "UPDATE alerts SET annotations = :annotations WHERE key = :key",
+        {"annotations": stored, "key": key},
+    )
 
 
-def _redacted_json(text: str, redactor: Redactor) -> str:
+def _redacted_json(text_: str, redactor: Redactor) -> str:
     """A JSON document with every string in it redacted (text that is no JSON: redacted)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text_)
     except ValueError:
-        return redactor(text)
+        return redactor(text_)
     return json.dumps(redactor.data(value))
 
 
-def resolve_alert(db: sqlite3.Connection, key: str, ends_at: str | None, now: float) -> None:
-    db.execute(
-        "UPDATE alerts SET state = 'resolved', ends_at = ?, resolved_at = ? WHERE key = ?",
-        (ends_at, now, key),
+def resolve_alert(db: Connection, key: str, ends_at: str | None, now: float) -> None:
+    run(
+        db,
+        "UPDATE alerts SET state = 'resolved', ends_at = :ends_at, resolved_at = :now"
+        " WHERE key = :key",
+        {"ends_at": ends_at, "now": now, "key": key},
     )
 
 
-def touch_incident(db: sqlite3.Connection, incident_id: str, now: float) -> None:
-    db.execute("UPDATE incidents SET updated_at = ? WHERE id = ?", (now, incident_id))
+def touch_incident(db: Connection, incident_id: str, now: float) -> None:
+    run(
+        db, "UPDATE incidents SET updated_at = :now WHERE id = :id", {"now": now, "id": incident_id}
+    )
 
 
-def resolve_incident(db: sqlite3.Connection, incident_id: str, now: float) -> None:
+def resolve_incident(db: Connection, incident_id: str, now: float) -> None:
     """The incident's alert resolved: the incident is resolved, whatever its status was."""
-    db.execute(
-        "UPDATE incidents SET status = 'resolved', updated_at = ? WHERE id = ?",
-        (now, incident_id),
+    run(
+        db,
+        "UPDATE incidents SET status = 'resolved', updated_at = :now WHERE id = :id",
+        {"now": now, "id": incident_id},
     )
 
 
-def set_flow_run(db: sqlite3.Connection, incident_id: str, flow_run_id: str, now: float) -> None:
+def set_flow_run(db: Connection, incident_id: str, flow_run_id: str, now: float) -> None:
     """The flow run the outbox started for the incident."""
-    db.execute(
-        "UPDATE incidents SET flow_run_id = ?, updated_at = ? WHERE id = ?",
-        (flow_run_id, now, incident_id),
+    run(
+        db,
+        "UPDATE incidents SET flow_run_id = :run, updated_at = :now WHERE id = :id",
+        {"run": flow_run_id, "now": now, "id": incident_id},
     )
 
 
@@ -791,7 +984,7 @@ def set_flow_run(db: sqlite3.Connection, incident_id: str, flow_run_id: str, now
 
 
 def insert_dispatch(
-    db: sqlite3.Connection,
+    db: Connection,
     kind: str,
     key: str,
     incident_id: str,
@@ -799,32 +992,50 @@ def insert_dispatch(
     now: float,
 ) -> None:
     """An outbox row (`payload` is JSON), at most one per (kind, key)."""
-    db.execute(
-        "INSERT OR IGNORE INTO dispatch (kind, key, incident_id, payload, state, attempts,"
-        " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-        (kind, key, incident_id, payload, now, now, now),
+    run(
+        db,
+        "INSERT INTO dispatch (kind, key, incident_id, payload, state, attempts,"
+        " next_attempt_at, created_at, updated_at)"
+        " VALUES (:kind, :key, :incident_id, :payload, 'pending', 0, :now, :now, :now)"
+        " ON CONFLICT DO NOTHING",
+        {"kind": kind, "key": key, "incident_id": incident_id, "payload": payload, "now": now},
     )
 
 
-def skip_pending_diagnosis(db: sqlite3.Connection, key: str, now: float) -> None:
+def skip_pending_diagnosis(db: Connection, key: str, now: float) -> None:
     """The alert resolved: its diagnosis, if not yet started, is not started."""
-    db.execute(
+    run(
+        db,
         "UPDATE dispatch SET state = 'skipped', result = 'alert resolved before dispatch',"
-        " updated_at = ? WHERE kind = 'diagnose' AND key = ? AND state = 'pending'",
-        (now, key),
+        " updated_at = :now WHERE kind = 'diagnose' AND key = :key AND state = 'pending'",
+        {"now": now, "key": key},
     )
 
 
-def dispatch_done(db: sqlite3.Connection, dispatch_id: int, result: str, now: float) -> None:
-    db.execute(
-        "UPDATE dispatch SET state = 'done', result = ?, attempts = attempts + 1,"
-        " updated_at = ? WHERE id = ?",
-        (result, now, dispatch_id),
+def claim_dispatch(source: Database, now: float, limit: int, lease_until: float) -> list[Row]:
+    """Pending outbox rows whose next attempt is due, oldest first, leased to the caller until
+    `lease_until`: two dispatchers on one store never start the same row."""
+    with source.transaction() as db:
+        return _lease(
+            db,
+            "dispatch",
+            "state = 'pending' AND next_attempt_at <= :now",
+            {"now": now, "limit": limit},
+            lease_until,
+        )
+
+
+def dispatch_done(db: Connection, dispatch_id: int, result: str, now: float) -> None:
+    run(
+        db,
+        "UPDATE dispatch SET state = 'done', result = :result, attempts = attempts + 1,"
+        " updated_at = :now WHERE id = :id",
+        {"result": result, "now": now, "id": dispatch_id},
     )
 
 
 def dispatch_failed(
-    db: sqlite3.Connection,
+    db: Connection,
     dispatch_id: int,
     attempts: int,
     next_attempt_at: float,
@@ -832,10 +1043,17 @@ def dispatch_failed(
     now: float,
 ) -> None:
     """A failed attempt: retried at `next_attempt_at`."""
-    db.execute(
-        "UPDATE dispatch SET attempts = ?, next_attempt_at = ?, last_error = ?,"
-        " updated_at = ? WHERE id = ?",
-        (attempts, next_attempt_at, error, now, dispatch_id),
+    run(
+        db,
+        "UPDATE dispatch SET attempts = :attempts, next_attempt_at = :next, last_error = :error,"
+        " updated_at = :now WHERE id = :id",
+        {
+            "attempts": attempts,
+            "next": next_attempt_at,
+            "error": error,
+            "now": now,
+            "id": dispatch_id,
+        },
     )
 
 
@@ -843,7 +1061,7 @@ def dispatch_failed(
 
 
 class MetricRows(NamedTuple):
-    """What `GET /metrics` reads from the store: aggregates only, computed by SQLite.
+    """What `GET /metrics` reads from the store: aggregates only, computed by the database.
 
     The event log and the audit trail only grow (the audit is append-only by trigger, events
     are never deleted, and both get their ids in commit order), so what is counted from them
@@ -854,132 +1072,161 @@ class MetricRows(NamedTuple):
 
     last_event_id: int
     last_audit_id: int
-    incidents: sqlite3.Row  # opened (COUNT(*)), resolved
-    by_status: list[sqlite3.Row]  # environment, status, count
-    approvals: list[sqlite3.Row]  # environment, status, count, oldest (created_at)
-    pending_dispatch: sqlite3.Row  # count, oldest (created_at)
-    diagnosis: list[sqlite3.Row]  # environment, count, seconds, b*
-    writes: list[sqlite3.Row]  # environment, state, count
+    incidents: Row  # opened, resolved
+    by_status: list[Row]  # environment, status, count
+    approvals: list[Row]  # environment, status, count, oldest (created_at)
+    pending_dispatch: Row  # count, oldest (created_at)
+    diagnosis: list[Row]  # environment, count, seconds, b*
+    writes: list[Row]  # environment, state, count
     # New since the given ids:
-    events: list[sqlite3.Row]  # type, count, last (at), calls, prompt, completion, cost
-    operations: list[sqlite3.Row]  # environment, operation, outcome, count, timed, seconds, b*
-    gate_writes: list[sqlite3.Row]  # environment, outcome, count
-    gate_refusals: list[sqlite3.Row]  # environment, risk, reason, count
+    events: list[Row]  # type, count, last (at), calls, prompt, completion, cost
+    operations: list[Row]  # environment, operation, outcome, count, timed, seconds, b*
+    gate_writes: list[Row]  # environment, outcome, count
+    gate_refusals: list[Row]  # environment, risk, reason, count
 
 
-def _bucket_columns(value: str, buckets: tuple[float, ...]) -> str:
-    """`, TOTAL(value <= ?) AS b0, ...`: one placeholder per bucket (bound by the caller)."""
-    return "".join(f", TOTAL({value} <= ?) AS b{i}" for i in range(len(buckets)))
+def _bucket_columns(value: str, buckets: tuple[float, ...]) -> tuple[str, dict[str, float]]:
+    """`, SUM(...) AS b0, ...`: one count per bucket, and the bucket bounds by parameter."""
+    columns = "".join(
+        f", COALESCE(SUM(CASE WHEN {value} <= :bucket{i} THEN 1 ELSE 0 END), 0) AS b{i}"
+        for i in range(len(buckets))
+    )
+    return columns, {f"bucket{i}": bound for i, bound in enumerate(buckets)}
 
 
 def metric_rows(
-    path: Path,
+    source: Database,
     operation_buckets: tuple[float, ...],
     diagnosis_buckets: tuple[float, ...],
     after_event_id: int = 0,
     after_audit_id: int = 0,
 ) -> MetricRows:
     """One read transaction, so every figure of a scrape comes from the same snapshot."""
-    with connect(path) as db:
-        db.execute("BEGIN")
-        try:
-            return _metric_rows(
-                db, operation_buckets, diagnosis_buckets, after_event_id, after_audit_id
-            )
-        finally:
-            db.execute("COMMIT")
+    with source.snapshot() as db:
+        return _metric_rows(
+            db, operation_buckets, diagnosis_buckets, after_event_id, after_audit_id
+        )
 
 
 def _metric_rows(
-    db: sqlite3.Connection,
+    db: Connection,
     operation_buckets: tuple[float, ...],
     diagnosis_buckets: tuple[float, ...],
     after_event_id: int,
     after_audit_id: int,
 ) -> MetricRows:
-    last_event = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
-    last_audit = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()[0])
-    new_events = (after_event_id, last_event)
-    new_audit = (after_audit_id, last_audit)
-    incidents = db.execute(
-        "SELECT COUNT(*) AS opened, TOTAL(status = 'resolved') AS resolved FROM incidents"
-    ).fetchone()
-    by_status = db.execute(
-        "SELECT environment, status, COUNT(*) AS count FROM incidents GROUP BY environment, status"
-    ).fetchall()
-    approvals = db.execute(
-        "SELECT COALESCE(json_extract(step, '$.environment'), '') AS environment, status,"
-        " COUNT(*) AS count, MIN(created_at) AS oldest FROM approvals GROUP BY 1, 2"
-    ).fetchall()
-    dispatch = db.execute(
-        "SELECT COUNT(*) AS count, MIN(created_at) AS oldest FROM dispatch WHERE state = 'pending'"
-    ).fetchone()
+    dialect = db.dialect.name
+
+    def json_text(column: str, key: str) -> str:
+        return _json_text(dialect, column, key)
+
+    def json_number(column: str, key: str) -> str:
+        return _json_number(dialect, column, key)
+
+    last_event = max_event_id_in(db)
+    last_audit = int(scalar(db, "SELECT COALESCE(MAX(id), 0) FROM audit"))
+    new_events = {"after": after_event_id, "last": last_event}
+    new_audit = {"after": after_audit_id, "last": last_audit}
+    incidents = first(
+        db,
+        "SELECT COUNT(*) AS opened,"
+        " COALESCE(SUM(CASE WHEN status = 'resolved' THEN 1 ELSE 0 END), 0) AS resolved"
+        " FROM incidents",
+    )
+    by_status = rows(
+        db,
+        "SELECT environment, status, COUNT(*) AS count FROM incidents GROUP BY environment, status",
+    )
+    approvals = rows(
+        db,
+        f"SELECT COALESCE({json_text('step', 'environment')}, '') AS environment, status,"  # noqa: S608 - fixed fragments
+        " COUNT(*) AS count, MIN(created_at) AS oldest FROM approvals GROUP BY 1, 2",
+    )
+    dispatch = first(
+        db,
+        "SELECT COUNT(*) AS count, MIN(created_at) AS oldest FROM dispatch WHERE state = 'pending'",
+    )
     # From the first delivery of the alert that opened an incident to the end of the
     # incident's first diagnosis (its first incident.diagnosed event). Incidents no alert
     # opened (operation requests, the health sweep) have no such time.
-    diagnosis = db.execute(
-        "SELECT i.environment AS environment, COUNT(*) AS count, TOTAL(d.seconds) AS seconds"  # noqa: S608 - bucket placeholders only
-        + _bucket_columns("d.seconds", diagnosis_buckets)
-        + " FROM (SELECT e.incident_id AS incident_id, MAX(0, MIN(e.at) - (SELECT"
-        " MIN(a.first_seen) FROM alerts a WHERE a.incident_id = e.incident_id)) AS seconds"
-        " FROM events e WHERE e.type = 'incident.diagnosed' AND e.incident_id IS NOT NULL"
-        " GROUP BY e.incident_id) d JOIN incidents i ON i.id = d.incident_id"
+    columns, bounds = _bucket_columns("d.seconds", diagnosis_buckets)
+    diagnosis = rows(
+        db,
+        "SELECT i.environment AS environment, COUNT(*) AS count,"  # noqa: S608 - fixed fragments
+        " COALESCE(SUM(d.seconds), 0) AS seconds"
+        + columns
+        + f" FROM (SELECT e.incident_id AS incident_id, {_greatest(dialect)}(0, MIN(e.at) -"  # noqa: S608 - fixed fragments
+        " (SELECT MIN(a.first_seen) FROM alerts a WHERE a.incident_id = e.incident_id))"
+        " AS seconds FROM events e WHERE e.type = 'incident.diagnosed'"
+        " AND e.incident_id IS NOT NULL GROUP BY e.incident_id) d"
+        " JOIN incidents i ON i.id = d.incident_id"
         " WHERE d.seconds IS NOT NULL GROUP BY i.environment",
-        diagnosis_buckets,
-    ).fetchall()
-    writes = db.execute(
-        "SELECT environment, state, COUNT(*) AS count FROM writes GROUP BY environment, state"
-    ).fetchall()
+        bounds,
+    )
+    writes = rows(
+        db, "SELECT environment, state, COUNT(*) AS count FROM writes GROUP BY environment, state"
+    )
+
     # The counts by type and what the LLM calls spent, in one pass (an llm.call event sums
     # the calls of one planning phase: `calls`, else one).
-    events = db.execute(
-        "SELECT type, COUNT(*) AS count, MAX(at) AS last,"
-        " TOTAL(CASE WHEN type = 'llm.call' THEN COALESCE(json_extract(data, '$.calls'), 1) END)"
-        " AS calls,"
-        " TOTAL(CASE WHEN type = 'llm.call' THEN json_extract(data, '$.prompt_tokens') END)"
-        " AS prompt,"
-        " TOTAL(CASE WHEN type = 'llm.call' THEN json_extract(data, '$.completion_tokens') END)"
-        " AS completion,"
-        " TOTAL(CASE WHEN type = 'llm.call' THEN json_extract(data, '$.cost') END) AS cost"
-        " FROM events WHERE id > ? AND id <= ? GROUP BY type",
+    def llm_sum(expression: str) -> str:
+        return f"COALESCE(SUM(CASE WHEN type = 'llm.call' THEN {expression} END), 0)"
+
+    events = rows(
+        db,
+        "SELECT type, COUNT(*) AS count, MAX(at) AS last,"  # noqa: S608 - fixed fragments
+        f" {llm_sum('COALESCE(' + json_number('data', 'calls') + ', 1)')} AS calls,"
+        f" {llm_sum(json_number('data', 'prompt_tokens'))} AS prompt,"
+        f" {llm_sum(json_number('data', 'completion_tokens'))} AS completion,"
+        f" {llm_sum(json_number('data', 'cost'))} AS cost"
+        " FROM events WHERE id > :after AND id <= :last GROUP BY type",
         new_events,
-    ).fetchall()
+    )
     # Materialized: each event's JSON is read once, not once per bucket column.
-    operations = db.execute(
-        "WITH finished AS MATERIALIZED (SELECT"  # noqa: S608 - bucket placeholders only
-        " COALESCE(json_extract(data, '$.environment'), '') AS environment,"
-        " COALESCE(json_extract(data, '$.operation'), '') AS operation,"
-        " COALESCE(json_extract(data, '$.outcome'), '') AS outcome,"
-        " json_extract(data, '$.duration_seconds') AS raw"
-        " FROM events WHERE id > ? AND id <= ? AND type = 'operation.finished'),"
-        " timed AS (SELECT environment, operation, outcome,"
-        " CASE WHEN typeof(raw) IN ('integer', 'real') THEN raw END AS seconds FROM finished)"
+    columns, bounds = _bucket_columns("seconds", operation_buckets)
+    operations = rows(
+        db,
+        "WITH finished AS MATERIALIZED (SELECT"  # noqa: S608 - fixed fragments
+        f" COALESCE({json_text('data', 'environment')}, '') AS environment,"
+        f" COALESCE({json_text('data', 'operation')}, '') AS operation,"
+        f" COALESCE({json_text('data', 'outcome')}, '') AS outcome,"
+        f" {json_number('data', 'duration_seconds')} AS seconds"
+        " FROM events WHERE id > :after AND id <= :last AND type = 'operation.finished')"
         " SELECT environment, operation, outcome, COUNT(*) AS count, COUNT(seconds) AS timed,"
-        " TOTAL(seconds) AS seconds"
-        + _bucket_columns("seconds", operation_buckets)
-        + " FROM timed GROUP BY environment, operation, outcome",
-        (*new_events, *operation_buckets),
-    ).fetchall()
+        " COALESCE(SUM(seconds), 0) AS seconds"
+        + columns
+        + " FROM finished GROUP BY environment, operation, outcome",
+        {**new_events, **bounds},
+    )
     # The gate's audit rows (agent/safety/gate.py): an operation it sent is journaled with its
     # risk and a result that starts with the outcome ("success", "retryable: ..."); one it
     # refused has `refused_by`.
-    gate_writes = db.execute(
-        "SELECT substr(target, 1, instr(target, '/') - 1) AS environment,"
-        " CASE WHEN instr(result, ':') > 0 THEN substr(result, 1, instr(result, ':') - 1)"
-        " ELSE result END AS outcome, COUNT(*) AS count FROM audit"
-        " WHERE id > ? AND id <= ? AND action LIKE 'operation.%' AND instr(target, '/') > 0"
-        " AND json_extract(parameters, '$.risk') IN ('write', 'destructive')"
-        " AND json_extract(parameters, '$.refused_by') IS NULL GROUP BY 1, 2",
+    slash, colon = _position(dialect, "target", "/"), _position(dialect, "result", ":")
+    environment = f"substr(target, 1, {slash} - 1)"
+    gate_rows = (
+        " FROM audit WHERE id > :after AND id <= :last AND action LIKE 'operation.%'"
+        f" AND {slash} > 0"
+    )
+    gate_writes = rows(
+        db,
+        f"SELECT {environment} AS environment,"
+        f" CASE WHEN {colon} > 0 THEN substr(result, 1, {colon} - 1) ELSE result END"
+        " AS outcome, COUNT(*) AS count"
+        + gate_rows
+        + f" AND {json_text('parameters', 'risk')} IN ('write', 'destructive')"
+        f" AND {json_text('parameters', 'refused_by')} IS NULL GROUP BY 1, 2",
         new_audit,
-    ).fetchall()
-    gate_refusals = db.execute(
-        "SELECT substr(target, 1, instr(target, '/') - 1) AS environment,"
-        " COALESCE(json_extract(parameters, '$.risk'), 'unknown') AS risk,"
-        " json_extract(parameters, '$.refused_by') AS reason, COUNT(*) AS count FROM audit"
-        " WHERE id > ? AND id <= ? AND action LIKE 'operation.%' AND instr(target, '/') > 0"
-        " AND json_extract(parameters, '$.refused_by') IS NOT NULL GROUP BY 1, 2, 3",
+    )
+    gate_refusals = rows(
+        db,
+        f"SELECT {environment} AS environment,"
+        f" COALESCE({json_text('parameters', 'risk')}, 'unknown') AS risk,"
+        f" {json_text('parameters', 'refused_by')} AS reason, COUNT(*) AS count"
+        + gate_rows
+        + f" AND {json_text('parameters', 'refused_by')} IS NOT NULL GROUP BY 1, 2, 3",
         new_audit,
-    ).fetchall()
+    )
+    assert incidents is not None and dispatch is not None  # aggregates always give a row
     return MetricRows(
         last_event,
         last_audit,
@@ -1010,26 +1257,34 @@ def _redacted_context(context: IncidentContext, redactor: Redactor) -> str:
 class IncidentStore(RedactorHolder):
     """`redactor` redacts what the store keeps from outside (reports, alert labels and
     annotations); from_config builds it from the configuration, else it is the one of the
-    configuration this process runs with (infrastructure/redaction.py)."""
+    configuration this process runs with (infrastructure/redaction.py).
 
-    def __init__(self, path: Path | str, redactor: Redactor | None = None) -> None:
-        self.path = Path(path)
+    `source` is an SQLite path, a store URL or a Database; opening it migrates its schema
+    (raises StorageError, naming the store and the fix, when it cannot be used)."""
+
+    def __init__(self, source: Database | Path | str, redactor: Redactor | None = None) -> None:
+        self.database = database(source)
         self._redactor = redactor
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-            _migrate(db)
 
     @classmethod
     def from_config(cls, config: UICIConfig) -> IncidentStore:
-        return cls(sqlite_path(config.platform.storage.url), Redactor.from_config(config))
+        settings = config.platform.storage
+        return cls(database(settings.url, settings), Redactor.from_config(config))
 
-    def _db(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return connect(self.path)
+    @property
+    def path(self) -> Path:
+        """The SQLite file (tools and tests that open it directly); no path on PostgreSQL."""
+        if self.database.path is None:
+            raise AttributeError(f"{self.database.name} is not an SQLite file")
+        return self.database.path
 
-    def transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
-        return write_transaction(self.path)
+    def _db(self) -> contextlib.AbstractContextManager[Connection]:
+        return self.database.connect()
+
+    def transaction(self) -> contextlib.AbstractContextManager[Connection]:
+        """One write transaction, serialised with every other: committed on success, rolled
+        back on error."""
+        return self.database.transaction()
 
     # --- incidents --------------------------------------------------------------------
 
@@ -1045,7 +1300,7 @@ class IncidentStore(RedactorHolder):
 
     def get(self, incident_id: str) -> IncidentRecord | None:
         with self._db() as db:
-            row = db.execute("SELECT * FROM incidents WHERE id = ?", (incident_id,)).fetchone()
+            row = first(db, "SELECT * FROM incidents WHERE id = :id", {"id": incident_id})
         return None if row is None else _incident(row)
 
     def incidents(
@@ -1059,53 +1314,62 @@ class IncidentStore(RedactorHolder):
     ) -> list[IncidentRecord]:
         where, values = where_clause(
             (
-                ("status = ?", status),
-                ("service = ?", service),
-                ("environment = ?", environment),
-                ("created_at >= ?", since),
-                ("created_at < ?", until),
+                ("status = :status", "status", status),
+                ("service = :service", "service", service),
+                ("environment = :environment", "environment", environment),
+                ("created_at >= :since", "since", since),
+                ("created_at < :until", "until", until),
             )
         )
         with self._db() as db:
-            rows = db.execute(
-                f"SELECT * FROM incidents {where} ORDER BY created_at DESC LIMIT ?",  # noqa: S608 - fixed column names
-                (*values, limit),
-            ).fetchall()
-        return [_incident(row) for row in rows]
+            found = rows(
+                db,
+                f"SELECT * FROM incidents {where} ORDER BY created_at DESC LIMIT :limit",  # noqa: S608 - fixed column names
+                {**values, "limit": limit},
+            )
+        return [_incident(row) for row in found]
 
     def open_for(self, environment: str, service: str) -> list[IncidentRecord]:
         """Incidents on this service that are not finished (for the sweep's dedupe)."""
         with self._db() as db:
-            rows = db.execute(
-                "SELECT * FROM incidents WHERE environment = ? AND service = ? AND status IN "
-                "('open', 'diagnosing', 'awaiting_approval')",
-                (environment, service),
-            ).fetchall()
-        return [_incident(row) for row in rows]
+            found = rows(
+                db,
+                "SELECT * FROM incidents WHERE environment = :environment AND service = :service"
+                " AND status IN ('open', 'diagnosing', 'awaiting_approval')",
+                {"environment": environment, "service": service},
+            )
+        return [_incident(row) for row in found]
 
     # An incident closed because its alert resolved stays resolved, whatever its run does later.
+    _KEEP_RESOLVED = (
+        "status = CASE WHEN status = 'resolved' AND EXISTS (SELECT 1 FROM alerts"
+        " WHERE alerts.incident_id = incidents.id AND alerts.state = 'resolved')"
+        " THEN status ELSE :status END"
+    )
+
     def set_status(
         self, incident_id: str, status: IncidentStatus, flow_run_id: str | None = None
     ) -> None:
         with self._db() as db:
-            db.execute(
-                "UPDATE incidents SET updated_at = ?, flow_run_id = COALESCE(?, flow_run_id),"
-                " status = CASE WHEN status = 'resolved' AND EXISTS (SELECT 1 FROM alerts"
-                " WHERE alerts.incident_id = incidents.id AND alerts.state = 'resolved')"
-                " THEN status ELSE ? END WHERE id = ?",
-                (time.time(), flow_run_id, status, incident_id),
+            run(
+                db,
+                "UPDATE incidents SET updated_at = :now,"  # noqa: S608 - a fixed clause
+                " flow_run_id = COALESCE(:run, flow_run_id), "
+                + self._KEEP_RESOLVED
+                + " WHERE id = :id",
+                {"now": time.time(), "run": flow_run_id, "status": status, "id": incident_id},
             )
 
     def save_report(self, incident_id: str, report: dict[str, Any], status: IncidentStatus) -> None:
         """Every stored report is redacted here, whoever built it: the one choke point."""
         stored = json.dumps(self.redactor.json_data(report))
         with self._db() as db:
-            db.execute(
-                "UPDATE incidents SET report = ?, updated_at = ?,"
-                " status = CASE WHEN status = 'resolved' AND EXISTS (SELECT 1 FROM alerts"
-                " WHERE alerts.incident_id = incidents.id AND alerts.state = 'resolved')"
-                " THEN status ELSE ? END WHERE id = ?",
-                (stored, time.time(), status, incident_id),
+            run(
+                db,
+                "UPDATE incidents SET report = :report, updated_at = :now, "  # noqa: S608 - a fixed clause
+                + self._KEEP_RESOLVED
+                + " WHERE id = :id",
+                {"report": stored, "now": time.time(), "status": status, "id": incident_id},
             )
 
     # --- incident memory ----------------------------------------------------------------
@@ -1123,53 +1387,59 @@ class IncidentStore(RedactorHolder):
         at: float | None = None,
     ) -> None:
         """Remember one finished diagnosis (a re-run of the incident replaces its row)."""
+        values = {
+            "incident_id": incident_id,
+            "environment": environment,
+            "service": service,
+            "failure_class": failure_class,
+            "signature": signature,
+            "root_cause": root_cause,
+            "remediations": json.dumps(remediations),
+            "recovered": None if recovered is None else int(recovered),
+            "at": time.time() if at is None else at,
+        }
         with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO diagnoses (incident_id, environment, service,"
-                " failure_class, signature, root_cause, remediations, recovered, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    incident_id,
-                    environment,
-                    service,
-                    failure_class,
-                    signature,
-                    root_cause,
-                    json.dumps(remediations),
-                    None if recovered is None else int(recovered),
-                    time.time() if at is None else at,
-                ),
-            )
+            run(db, upsert_sql("diagnoses", tuple(values), ("incident_id",)), values)
 
     def record_remediation(
         self, incident_id: str, environment: str, target: str, cause: str, step: str
     ) -> None:
+        values = {
+            "incident_id": incident_id,
+            "environment": environment,
+            "target": target,
+            "cause": cause,
+            "step": step,
+            "at": time.time(),
+        }
         with self._db() as db:
-            db.execute(
-                "INSERT INTO remediations (incident_id, environment, target, cause, step, at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (incident_id, environment, target, cause, step, time.time()),
-            )
+            run(db, insert_sql("remediations", tuple(values)), values)
 
     def remediated_incidents(
         self, environment: str, target: str, cause: str, since: float, exclude_incident: str
     ) -> list[str]:
         """The incidents that remediated `cause` on `target` since `since`, oldest first."""
         with self._db() as db:
-            rows = db.execute(
-                "SELECT incident_id, MIN(at) AS first FROM remediations WHERE environment = ?"
-                " AND target = ? AND cause = ? AND at >= ? AND incident_id != ?"
+            found = rows(
+                db,
+                "SELECT incident_id, MIN(at) AS first FROM remediations"
+                " WHERE environment = :environment AND target = :target AND cause = :cause"
+                " AND at >= :since AND incident_id != :exclude"
                 " GROUP BY incident_id ORDER BY first",
-                (environment, target, cause, since, exclude_incident),
-            ).fetchall()
-        return [row["incident_id"] for row in rows]
+                {
+                    "environment": environment,
+                    "target": target,
+                    "cause": cause,
+                    "since": since,
+                    "exclude": exclude_incident,
+                },
+            )
+        return [row["incident_id"] for row in found]
 
     def diagnosis_time(self, incident_id: str) -> float | None:
         with self._db() as db:
-            row = db.execute(
-                "SELECT at FROM diagnoses WHERE incident_id = ?", (incident_id,)
-            ).fetchone()
-        return None if row is None else float(row["at"])
+            at = scalar(db, "SELECT at FROM diagnoses WHERE incident_id = :id", {"id": incident_id})
+        return None if at is None else float(at)
 
     def past_diagnoses(
         self,
@@ -1184,50 +1454,54 @@ class IncidentStore(RedactorHolder):
         """Earlier diagnoses of the service (of one class), newest first; before `until` when
         given, and before the excluded incident's own diagnosis when it has one."""
         query = (
-            "SELECT * FROM diagnoses WHERE environment = ? AND service = ? AND at >= ?"
-            " AND incident_id != ? AND at < COALESCE(?, (SELECT at FROM diagnoses"
-            " WHERE incident_id = ?), 1e300)"
+            "SELECT * FROM diagnoses WHERE environment = :environment AND service = :service"
+            " AND at >= :since AND incident_id != :exclude AND at < COALESCE(:until,"
+            " (SELECT at FROM diagnoses WHERE incident_id = :exclude), 1e300)"
         )
-        arguments: list[Any] = [
-            environment,
-            service,
-            since,
-            exclude_incident or "",
-            until,
-            exclude_incident or "",
-        ]
+        values: dict[str, Any] = {
+            "environment": environment,
+            "service": service,
+            "since": since,
+            "exclude": exclude_incident or "",
+            "until": until,
+            "limit": limit,
+        }
         if failure_class is not None:
-            query += " AND failure_class = ?"
-            arguments.append(failure_class)
-        query += " ORDER BY at DESC LIMIT ?"
-        arguments.append(limit)
+            query += " AND failure_class = :failure_class"
+            values["failure_class"] = failure_class
         with self._db() as db:
-            rows = db.execute(query, arguments).fetchall()
+            found = rows(db, query + " ORDER BY at DESC LIMIT :limit", values)
         return [
             {
                 **dict(row),
                 "remediations": json.loads(row["remediations"]),
                 "recovered": None if row["recovered"] is None else bool(row["recovered"]),
             }
-            for row in rows
+            for row in found
         ]
 
-    def alerts_of(self, incident_id: str) -> list[sqlite3.Row]:
+    def alerts_of(self, incident_id: str) -> list[Row]:
         """The alerts that opened or repeated this incident."""
         with self._db() as db:
-            return db.execute(
-                "SELECT * FROM alerts WHERE incident_id = ?", (incident_id,)
-            ).fetchall()
+            return rows(db, "SELECT * FROM alerts WHERE incident_id = :id", {"id": incident_id})
 
     def alert_resolved(self, incident_id: str) -> bool:
         """Whether the alert that opened this incident has resolved (no remediation then)."""
         with self._db() as db:
-            row = db.execute(
-                "SELECT 1 FROM alerts WHERE incident_id = ? AND state = 'resolved'", (incident_id,)
-            ).fetchone()
+            row = first(
+                db,
+                "SELECT 1 AS resolved FROM alerts WHERE incident_id = :id AND state = 'resolved'",
+                {"id": incident_id},
+            )
         return row is not None
 
     # --- approvals --------------------------------------------------------------------
+
+    _APPROVAL_COLUMNS = (
+        "incident_id", "step_key", "step", "command", "status", "actor", "reason", "created_at",
+        "decided_at", "expires_at", "required", "requested_by", "via", "runner", "warned_at",
+        "acted_at", "nonce",
+    )  # fmt: skip
 
     def request_approval(
         self,
@@ -1239,22 +1513,37 @@ class IncidentStore(RedactorHolder):
         requested_by: str | None = None,
         runner: str = "flow",
     ) -> None:
-        now = time.time()
-        with self._db() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO approvals (incident_id, step_key, step, command, status,"
-                " actor, reason, created_at, decided_at, expires_at, required, requested_by, via,"
-                " runner, nonce)"
-                " VALUES (?, ?, ?, ?, 'pending', NULL, NULL, ?, NULL, ?, ?, ?, NULL, ?, ?)",
-                (
-                    incident_id, step.key(), step.model_dump_json(), self.redactor(command), now,
-                    expires_at, required, requested_by, runner, secrets.token_hex(16),
-                ),
-            )  # fmt: skip
+        values = {
+            "incident_id": incident_id,
+            "step_key": step.key(),
+            "step": step.model_dump_json(),
+            "command": self.redactor(command),
+            "status": "pending",
+            "actor": None,
+            "reason": None,
+            "created_at": time.time(),
+            "decided_at": None,
+            "expires_at": expires_at,
+            "required": required,
+            "requested_by": requested_by,
+            "via": None,
+            "runner": runner,
+            "warned_at": None,
+            "acted_at": None,
+            "nonce": secrets.token_hex(16),
+        }
+        with self.transaction() as db:
+            run(
+                db,
+                upsert_sql("approvals", self._APPROVAL_COLUMNS, ("incident_id", "step_key")),
+                values,
+            )
             # A request asked again (a new run of the same step) starts with no answers.
-            db.execute(
-                "DELETE FROM approval_votes WHERE incident_id = ? AND step_key = ?",
-                (incident_id, step.key()),
+            run(
+                db,
+                "DELETE FROM approval_votes WHERE incident_id = :incident_id"
+                " AND step_key = :step_key",
+                {"incident_id": incident_id, "step_key": step.key()},
             )
 
     def decide_approval(
@@ -1268,51 +1557,64 @@ class IncidentStore(RedactorHolder):
     ) -> bool:
         """Record the decision if the request is still pending; False if it was not."""
         with self._db() as db:
-            cursor = db.execute(
-                "UPDATE approvals SET status = ?, actor = ?, reason = ?, decided_at = ?, via = ?"
-                " WHERE incident_id = ? AND step_key = ? AND status = 'pending'",
-                (status, actor, self.redactor(reason), time.time(), via, incident_id, step_key),
+            result = run(
+                db,
+                "UPDATE approvals SET status = :status, actor = :actor, reason = :reason,"
+                " decided_at = :now, via = :via WHERE incident_id = :incident_id"
+                " AND step_key = :step_key AND status = 'pending'",
+                {
+                    "status": status,
+                    "actor": actor,
+                    "reason": self.redactor(reason),
+                    "now": time.time(),
+                    "via": via,
+                    "incident_id": incident_id,
+                    "step_key": step_key,
+                },
             )
-            return cursor.rowcount == 1
+            return result.rowcount == 1
 
     def reopen_approval(self, incident_id: str, step_key: str, actor: str) -> bool:
         """Undo a decision `actor` recorded (the run could not be told): pending again.
         False when its runner already acted on it: then it stands."""
         with self._db() as db:
-            cursor = db.execute(
+            result = run(
+                db,
                 "UPDATE approvals SET status = 'pending', actor = NULL, reason = NULL,"
-                " decided_at = NULL, via = NULL"
-                " WHERE incident_id = ? AND step_key = ? AND actor = ? AND acted_at IS NULL",
-                (incident_id, step_key, actor),
+                " decided_at = NULL, via = NULL WHERE incident_id = :incident_id"
+                " AND step_key = :step_key AND actor = :actor AND acted_at IS NULL",
+                {"incident_id": incident_id, "step_key": step_key, "actor": actor},
             )
-            return cursor.rowcount == 1
+            return result.rowcount == 1
 
     def claim_decision(self, incident_id: str, step_key: str) -> ApprovalRecord | None:
         """The decided request, taken up by this caller: from now on an undo no longer
         applies and nobody else can take it up. None while it is pending, or when another
         caller took it up already (a decision is acted on once)."""
         with self._db() as db:
-            cursor = db.execute(
-                "UPDATE approvals SET acted_at = ? WHERE incident_id = ? AND step_key = ?"
-                " AND status != 'pending' AND acted_at IS NULL",
-                (time.time(), incident_id, step_key),
+            result = run(
+                db,
+                "UPDATE approvals SET acted_at = :now WHERE incident_id = :incident_id"
+                " AND step_key = :step_key AND status != 'pending' AND acted_at IS NULL",
+                {"now": time.time(), "incident_id": incident_id, "step_key": step_key},
             )
-            if cursor.rowcount != 1:
+            if result.rowcount != 1:
                 return None
         return self.approval(incident_id, step_key)
 
     def service_approvals(self, status: ApprovalStatus) -> list[ApprovalRecord]:
         """Requests the service itself runs once approved (operation requests)."""
         with self._db() as db:
-            ids = db.execute(
+            ids = rows(
+                db,
                 "SELECT DISTINCT incident_id FROM approvals"
-                " WHERE status = ? AND runner = 'service'",
-                (status,),
-            ).fetchall()
+                " WHERE status = :status AND runner = 'service'",
+                {"status": status},
+            )
         return [
             a
-            for (incident_id,) in ids
-            for a in self.approvals(incident_id, status)
+            for row in ids
+            for a in self.approvals(row["incident_id"], status)
             if a.runner == "service"
         ]
 
@@ -1330,37 +1632,39 @@ class IncidentStore(RedactorHolder):
         reason: str,
     ) -> bool:
         """One person's answer; False if this person already answered this request."""
+        values = {
+            "incident_id": incident_id,
+            "step_key": step_key,
+            "approver": approver,
+            "approve": int(approve),
+            "via": via,
+            "address": address,
+            "reason": self.redactor(reason),
+            "at": time.time(),
+        }
         with self._db() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO approval_votes (incident_id, step_key, approver, approve,"
-                " via, address, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    incident_id,
-                    step_key,
-                    approver,
-                    int(approve),
-                    via,
-                    address,
-                    self.redactor(reason),
-                    time.time(),
-                ),
+            result = run(
+                db, insert_sql("approval_votes", tuple(values), "ON CONFLICT DO NOTHING"), values
             )
-            return cursor.rowcount == 1
+            return result.rowcount == 1
 
     def withdraw_vote(self, incident_id: str, step_key: str, approver: str) -> None:
         with self._db() as db:
-            db.execute(
-                "DELETE FROM approval_votes"
-                " WHERE incident_id = ? AND step_key = ? AND approver = ?",
-                (incident_id, step_key, approver),
+            run(
+                db,
+                "DELETE FROM approval_votes WHERE incident_id = :incident_id"
+                " AND step_key = :step_key AND approver = :approver",
+                {"incident_id": incident_id, "step_key": step_key, "approver": approver},
             )
 
     def votes(self, incident_id: str, step_key: str) -> list[ApprovalVote]:
         with self._db() as db:
-            rows = db.execute(
-                "SELECT * FROM approval_votes WHERE incident_id = ? AND step_key = ? ORDER BY at",
-                (incident_id, step_key),
-            ).fetchall()
+            found = rows(
+                db,
+                "SELECT * FROM approval_votes WHERE incident_id = :incident_id"
+                " AND step_key = :step_key ORDER BY at",
+                {"incident_id": incident_id, "step_key": step_key},
+            )
         return [
             ApprovalVote(
                 approver=r["approver"],
@@ -1370,19 +1674,19 @@ class IncidentStore(RedactorHolder):
                 reason=r["reason"],
                 at=r["at"],
             )
-            for r in rows
+            for r in found
         ]
 
     def approvals(
         self, incident_id: str, status: ApprovalStatus | None = None
     ) -> list[ApprovalRecord]:
-        query = "SELECT * FROM approvals WHERE incident_id = ?"
-        values: tuple[str, ...] = (incident_id,)
+        query = "SELECT * FROM approvals WHERE incident_id = :incident_id"
+        values: dict[str, Any] = {"incident_id": incident_id}
         if status is not None:
-            query += " AND status = ?"
-            values = (incident_id, status)
+            query += " AND status = :status"
+            values["status"] = status
         with self._db() as db:
-            rows = db.execute(query + " ORDER BY created_at", values).fetchall()
+            found = rows(db, query + " ORDER BY created_at", values)
         return [
             ApprovalRecord(
                 incident_id=r["incident_id"],
@@ -1402,10 +1706,15 @@ class IncidentStore(RedactorHolder):
                 acted_at=r["acted_at"],
                 nonce=r["nonce"],
             )
-            for r in rows
+            for r in found
         ]
 
     # --- writes: intents, outcomes, history ------------------------------------------
+
+    _WRITE_COLUMNS = (
+        "key", "incident_id", "environment", "operation", "target", "step", "state", "actor",
+        "entry", "recorded_at", "finished_at", "outcome", "owner",
+    )  # fmt: skip
 
     def begin_write(
         self,
@@ -1415,35 +1724,50 @@ class IncidentStore(RedactorHolder):
         history_start: float | None = None,
     ) -> str | None:
         """Record a write before it is sent, unless `check` (the policy) refuses it given the
-        history: both in one BEGIN IMMEDIATE transaction, so two writers racing for one target
-        cannot both pass. Returns the refusal, or None when recorded."""
+        history: both in one write transaction (serialised with every other on both
+        backends), so two writers racing for one target cannot both pass. Returns the
+        refusal, or None when recorded."""
         with self.transaction() as db:
             facts = self._write_facts(db, record, window_start, history_start)
             refusal = check(facts)
             if refusal is not None:
                 return refusal
-            inserted = db.execute(
-                "INSERT OR IGNORE INTO writes"
-                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, NULL, NULL, ?)",
-                (
-                    record.key,
-                    record.incident_id,
-                    record.step.environment,
-                    record.step.operation,
-                    record.step.target,
-                    record.step.model_dump_json(),
-                    record.actor,
-                    record.entry,
-                    record.recorded_at,
-                    record.owner,
-                ),
+            inserted = run(
+                db,
+                insert_sql("writes", self._WRITE_COLUMNS, "ON CONFLICT DO NOTHING"),
+                {
+                    "key": record.key,
+                    "incident_id": record.incident_id,
+                    "environment": record.step.environment,
+                    "operation": record.step.operation,
+                    "target": record.step.target,
+                    "step": record.step.model_dump_json(),
+                    "state": "pending",
+                    "actor": record.actor,
+                    "entry": record.entry,
+                    "recorded_at": record.recorded_at,
+                    "finished_at": None,
+                    "outcome": None,
+                    "owner": record.owner,
+                },
             )
             if inserted.rowcount == 0:
                 return DUPLICATE_KEY  # another caller recorded this very write first
-            db.executemany(
-                "INSERT OR IGNORE INTO write_targets VALUES (?, ?, ?, ?, ?)",
+            run_many(
+                db,
+                insert_sql(
+                    "write_targets",
+                    ("write_key", "environment", "identity", "name", "at"),
+                    "ON CONFLICT DO NOTHING",
+                ),
                 [
-                    (record.key, record.step.environment, t.identity, t.name, record.recorded_at)
+                    {
+                        "write_key": record.key,
+                        "environment": record.step.environment,
+                        "identity": t.identity,
+                        "name": t.name,
+                        "at": record.recorded_at,
+                    }
                     for t in record.targets
                 ],
             )
@@ -1455,9 +1779,11 @@ class IncidentStore(RedactorHolder):
         with self._db() as db:
             return self._write_facts(db, record, window_start, history_start)
 
+    _SENT = ", ".join(f"'{s}'" for s in SENT_STATES)
+
     def _write_facts(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         record: WriteRecord,
         window_start: float,
         history_start: float | None = None,
@@ -1465,31 +1791,31 @@ class IncidentStore(RedactorHolder):
         """`window_start`: writes since then count per target; `history_start` (default the
         window's start): older finished writes are not read at all."""
         since = window_start if history_start is None else min(window_start, history_start)
-        sent = ",".join(f"'{s}'" for s in SENT_STATES)
         incident_writes = 0
         if record.incident_id is not None:
-            incident_writes = db.execute(
-                f"SELECT COUNT(*) FROM writes WHERE incident_id = ? AND state IN ({sent})",  # noqa: S608 - fixed states
-                (record.incident_id,),
-            ).fetchone()[0]
-        identities = [t.identity for t in record.targets]
-        marks = ",".join("?" for _ in identities)
-        # Only placeholders are formatted into the query.
-        on_targets = (
-            "SELECT DISTINCT w.* FROM writes w JOIN write_targets t ON t.write_key = w.key"  # noqa: S608
-            " WHERE t.environment = ? AND t.identity IN (" + marks + ") AND w.key != ?"
-        )
-        values = (record.step.environment, *identities, record.key)
-        rows = (
-            []
-            if not identities
-            else db.execute(
-                f"{on_targets} AND (w.recorded_at >= ? OR w.state IN ('pending', 'unknown'))"
-                " ORDER BY w.recorded_at DESC",
-                (*values, since),
-            ).fetchall()
-        )
-        writes = [self._write(db, row) for row in rows]
+            incident_writes = scalar(
+                db,
+                f"SELECT COUNT(*) FROM writes WHERE incident_id = :id AND state IN ({self._SENT})",  # noqa: S608 - fixed states
+                {"id": record.incident_id},
+            )
+        identities = {f"identity{i}": t.identity for i, t in enumerate(record.targets)}
+        found = []
+        if identities:
+            marks = ", ".join(f":{name}" for name in identities)
+            found = rows(
+                db,
+                "SELECT DISTINCT w.* FROM writes w JOIN write_targets t ON t.write_key = w.key"  # noqa: S608 - placeholders only
+                f" WHERE t.environment = :environment AND t.identity IN ({marks})"
+                " AND w.key != :key AND (w.recorded_at >= :since"
+                " OR w.state IN ('pending', 'unknown')) ORDER BY w.recorded_at DESC",
+                {
+                    **identities,
+                    "environment": record.step.environment,
+                    "key": record.key,
+                    "since": since,
+                },
+            )
+        writes = [self._write(db, row) for row in found]
         finished = [w for w in writes if w.state in ("done", "unknown")]
         return WriteFacts(
             incident_writes=int(incident_writes),
@@ -1502,31 +1828,42 @@ class IncidentStore(RedactorHolder):
     def claim_write(self, key: str, owner: str, new_owner: str) -> bool:
         """Take over a pending write whose process is gone: only one caller wins."""
         with self._db() as db:
-            changed = db.execute(
-                "UPDATE writes SET owner = ? WHERE key = ? AND state = 'pending' AND owner = ?",
-                (new_owner, key, owner),
-            ).rowcount
-        return changed == 1
+            result = run(
+                db,
+                "UPDATE writes SET owner = :new_owner WHERE key = :key AND state = 'pending'"
+                " AND owner = :owner",
+                {"new_owner": new_owner, "key": key, "owner": owner},
+            )
+        return result.rowcount == 1
 
     def still_owner(self, key: str, owner: str) -> bool:
         """Right before a write is sent: is it still pending and ours (nobody took it over)?"""
         with self._db() as db:
-            row = db.execute(
-                "SELECT 1 FROM writes WHERE key = ? AND owner = ? AND state = 'pending'",
-                (key, owner),
-            ).fetchone()
+            row = first(
+                db,
+                "SELECT 1 AS ours FROM writes WHERE key = :key AND owner = :owner"
+                " AND state = 'pending'",
+                {"key": key, "owner": owner},
+            )
         return row is not None
 
     def write(self, key: str) -> WriteRecord | None:
         with self._db() as db:
-            row = db.execute("SELECT * FROM writes WHERE key = ?", (key,)).fetchone()
+            row = first(db, "SELECT * FROM writes WHERE key = :key", {"key": key})
             return None if row is None else self._write(db, row)
 
     def finish_write(self, key: str, state: WriteState, outcome: dict[str, Any]) -> None:
         with self._db() as db:
-            db.execute(
-                "UPDATE writes SET state = ?, finished_at = ?, outcome = ? WHERE key = ?",
-                (state, time.time(), json.dumps(outcome, default=str), key),
+            run(
+                db,
+                "UPDATE writes SET state = :state, finished_at = :now, outcome = :outcome"
+                " WHERE key = :key",
+                {
+                    "state": state,
+                    "now": time.time(),
+                    "outcome": json.dumps(outcome, default=str),
+                    "key": key,
+                },
             )
 
     def writes(
@@ -1535,29 +1872,36 @@ class IncidentStore(RedactorHolder):
         incident_id: str | None = None,
         limit: int = 100,
     ) -> list[WriteRecord]:
-        where, values = where_clause((("state = ?", state), ("incident_id = ?", incident_id)))
+        where, values = where_clause(
+            (
+                ("state = :state", "state", state),
+                ("incident_id = :incident_id", "incident_id", incident_id),
+            )
+        )
         with self._db() as db:
-            rows = db.execute(
-                f"SELECT * FROM writes {where} ORDER BY recorded_at DESC LIMIT ?",  # noqa: S608 - fixed column names
-                (*values, limit),
-            ).fetchall()
-            return [self._write(db, row) for row in rows]
+            found = rows(
+                db,
+                f"SELECT * FROM writes {where} ORDER BY recorded_at DESC LIMIT :limit",  # noqa: S608 - fixed column names
+                {**values, "limit": limit},
+            )
+            return [self._write(db, row) for row in found]
 
     def writes_in_incident(self, incident_id: str) -> int:
-        sent = ",".join(f"'{s}'" for s in SENT_STATES)
         with self._db() as db:
-            row = db.execute(
-                f"SELECT COUNT(*) FROM writes WHERE incident_id = ? AND state IN ({sent})",  # noqa: S608 - fixed states
-                (incident_id,),
-            ).fetchone()
-        return int(row[0])
+            count = scalar(
+                db,
+                f"SELECT COUNT(*) FROM writes WHERE incident_id = :id AND state IN ({self._SENT})",  # noqa: S608 - fixed states
+                {"id": incident_id},
+            )
+        return int(count)
 
     @staticmethod
-    def _write(db: sqlite3.Connection, row: sqlite3.Row) -> WriteRecord:
-        targets = db.execute(
-            "SELECT identity, name FROM write_targets WHERE write_key = ? ORDER BY name",
-            (row["key"],),
-        ).fetchall()
+    def _write(db: Connection, row: Row) -> WriteRecord:
+        targets = rows(
+            db,
+            "SELECT identity, name FROM write_targets WHERE write_key = :key ORDER BY name",
+            {"key": row["key"]},
+        )
         return WriteRecord(
             key=row["key"],
             incident_id=row["incident_id"],
@@ -1577,44 +1921,46 @@ class IncidentStore(RedactorHolder):
         updated at or after `since`, newest first: the health sweep opens no new one then."""
         if not services:
             return []
-        names = ", ".join("?" for _ in services)
+        names = {f"service{i}": service for i, service in enumerate(services)}
+        marks = ", ".join(f":{name}" for name in names)
         with self._db() as db:
-            rows = db.execute(
-                f"SELECT * FROM incidents WHERE environment = ? AND service IN ({names}) AND"  # noqa: S608 - placeholders only
-                " (status IN ('open', 'diagnosing', 'awaiting_approval') OR updated_at >= ?)"
-                " ORDER BY updated_at DESC",
-                (environment, *services, since),
-            ).fetchall()
-        return [_incident(row) for row in rows]
+            found = rows(
+                db,
+                "SELECT * FROM incidents WHERE environment = :environment"  # noqa: S608 - placeholders only
+                f" AND service IN ({marks}) AND (status IN ('open', 'diagnosing',"
+                " 'awaiting_approval') OR updated_at >= :since) ORDER BY updated_at DESC",
+                {**names, "environment": environment, "since": since},
+            )
+        return [_incident(row) for row in found]
 
     def attach_flow_run(self, incident_id: str, flow_run_id: str) -> None:
         """Name the flow run started for an incident, unless its run already named itself;
         the status is left as it is (the run may have moved it on already)."""
         with self._db() as db:
-            db.execute(
-                "UPDATE incidents SET flow_run_id = ? WHERE id = ? AND flow_run_id IS NULL",
-                (flow_run_id, incident_id),
+            run(
+                db,
+                "UPDATE incidents SET flow_run_id = :run WHERE id = :id AND flow_run_id IS NULL",
+                {"run": flow_run_id, "id": incident_id},
             )
 
     # --- the dispatch outbox and the readiness probe -------------------------------------
 
-    def due_dispatch(self, now: float, limit: int) -> list[sqlite3.Row]:
-        """Pending outbox rows whose next attempt is due, oldest first."""
-        with self._db() as db:
-            return db.execute(
-                "SELECT * FROM dispatch WHERE state = 'pending' AND next_attempt_at <= ?"
-                " ORDER BY id LIMIT ?",
-                (now, limit),
-            ).fetchall()
+    def claim_dispatch(self, now: float, limit: int, lease_until: float) -> list[Row]:
+        """Due outbox rows, oldest first, leased to this caller until `lease_until`."""
+        return claim_dispatch(self.database, now, limit, lease_until)
 
     def probe_write(self) -> None:
         """Rewrite the readiness row in a write transaction: raises unless the store takes
         writes."""
         with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO readiness VALUES (1, ?)", (time.time(),))
+            run(
+                db,
+                upsert_sql("readiness", ("id", "at"), ("id",)),
+                {"id": 1, "at": time.time()},
+            )
 
 
-def _incident(row: sqlite3.Row) -> IncidentRecord:
+def _incident(row: Row) -> IncidentRecord:
     return IncidentRecord(
         id=row["id"],
         status=row["status"],

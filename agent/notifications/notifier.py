@@ -178,7 +178,7 @@ class Notifier:
     ) -> None:
         self.config = config
         self.store = store
-        self.events = EventLog(store.path)
+        self.events = EventLog(store.database)
         self.on_result = on_result  # (sink, result, final state) for the metrics
         self._busy: dict[str, asyncio.Task[None]] = {}
 
@@ -193,16 +193,16 @@ class Notifier:
         writes never wait on this."""
         config = self.config()
         sinks = [s for s in config.platform.notifications.sinks if s.enabled]
-        after = read_cursor(self.store.path, CURSOR)
+        after = read_cursor(self.store.database, CURSOR)
         if after is None or not sinks:
             # A first start on this store (history is not news), or nothing to send to.
-            if after is None or max_event_id(self.store.path) != after:
+            if after is None or max_event_id(self.store.database) != after:
                 with self.store.transaction() as db:
                     if read_cursor_in(db, CURSOR) == after:
                         write_cursor(db, CURSOR, max_event_id_in(db))
             return 0
         rows = events_batch(
-            self.store.path, after, config.platform.notifications.delivery.batch_size
+            self.store.database, after, config.platform.notifications.delivery.batch_size
         )
         if not rows:
             return 0
@@ -247,12 +247,13 @@ class Notifier:
         window = self.config().platform.notifications.approval_expiring_seconds
         now = time.time()
         warned = 0
-        for row in approvals_to_warn(self.store.path, now + window):
+        for row in approvals_to_warn(self.store.database, now + window):
             request = self.store.approval(row["incident_id"], row["step_key"])
             if request is None:
                 continue
             with self.store.transaction() as db:
-                mark_warned(db, row["incident_id"], row["step_key"], now)
+                if not mark_warned(db, row["incident_id"], row["step_key"], now):
+                    continue  # another service on this store warned first
                 self.events.emit(
                     "approval.expiring", row["incident_id"], db, step=request.step.describe(),
                     step_key=request.step_key, expires_at=request.expires_at,
@@ -267,7 +268,7 @@ class Notifier:
         config = self.config()
         sinks: list[NotificationSinkConfig | str] = list(config.platform.notifications.sinks)
         configured = {s.name for s in config.platform.notifications.sinks}
-        rows = await asyncio.to_thread(notification_summary, self.store.path)
+        rows = await asyncio.to_thread(notification_summary, self.store.database)
         sinks += sorted({r["sink"] for r in rows if r["state"] == "pending"} - configured)
         for sink in sinks:
             name = sink if isinstance(sink, str) else sink.name
@@ -294,7 +295,7 @@ class Notifier:
                 now = time.time()
                 lease = now + 2 * delivery.timeout_seconds + delivery.poll_seconds
                 rows = await asyncio.to_thread(
-                    claim_notifications, self.store.path, name, now, 1, lease
+                    claim_notifications, self.store.database, name, now, 1, lease
                 )
                 if not rows:
                     return
@@ -334,7 +335,7 @@ class Notifier:
         else:
             state, next_at = "failed", now
         finish_notification(
-            self.store.path, row["id"], state, attempts, next_at,  # type: ignore[arg-type]
+            self.store.database, row["id"], state, attempts, next_at,  # type: ignore[arg-type]
             None if result.ok else result.error, result.status_code, now,
         )  # fmt: skip
         if state == "failed":
@@ -384,12 +385,12 @@ class Notifier:
         """Per configured sink: whether its last delivery went well, and what is known."""
         health: dict[str, tuple[bool, str]] = {}
         counts: dict[tuple[str, str], int] = {}
-        for row in notification_summary(self.store.path):
+        for row in notification_summary(self.store.database):
             counts[(row["sink"], row["state"])] = row["count"]
         for sink in self.config().platform.notifications.sinks:
             if not sink.enabled:
                 continue
-            last = last_notification(self.store.path, sink.name)
+            last = last_notification(self.store.database, sink.name)
             pending = counts.get((sink.name, "pending"), 0)
             failed = counts.get((sink.name, "failed"), 0)
             summary = (

@@ -40,10 +40,10 @@ _SHARED_LLM: dict[tuple[str, str], tuple[LLMClient, PlanCache]] = {}
 
 
 def shared_llm(config: UICIConfig, store: IncidentStore) -> tuple[LLMClient, PlanCache]:
-    key = (config.platform.llm.model_dump_json(), str(store.path))
+    key = (config.platform.llm.model_dump_json(), store.database.url)
     if key not in _SHARED_LLM:
         settings = config.platform.llm
-        events = EventLog(store.path, store.redactor)
+        events = EventLog(store.database, store.redactor)
 
         def circuit_opened(failures: int) -> None:
             # The breaker lives in this process; the event lets /metrics and people see it.

@@ -249,7 +249,7 @@ class ExecutionGate:
         self.store = store
         self.policy = policy or SafetyPolicy(config, store, clock)
         self.translator = CommandTranslator.from_config(config)
-        self.journal = Journal(store.path)
+        self.journal = Journal(store.database)
         self.clock = clock
         # Called at each boundary (BOUNDARIES); crash tests use it to kill the process there.
         self.checkpoint = checkpoint or (lambda boundary: None)

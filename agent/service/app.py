@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,7 +35,14 @@ from agent.incidents.journal import Journal
 from agent.incidents.models import AlertInfo, IncidentContext
 from agent.incidents.operation_requests import RUNNER as OPERATION_REQUEST
 from agent.incidents.operation_requests import OperationRequest, OperationRequests
-from agent.incidents.storage import IncidentRecord, IncidentStatus, IncidentStore, insert_incident
+from agent.incidents.storage import (
+    UNRECORDABLE,
+    IncidentRecord,
+    IncidentStatus,
+    IncidentStore,
+    StoreFailure,
+    insert_incident,
+)
 from agent.logs import request_id_var
 from agent.notifications.delivery import DeliveryResult
 from agent.notifications.notifier import Notifier
@@ -177,10 +183,10 @@ class ServiceState:
         self.configs = configs
         config = configs.get()
         self.store = IncidentStore.from_config(config)
-        self.events = EventLog(self.store.path, self.store.redactor)
-        self.audit = AuditLog(self.store.path, self.store.redactor)
-        self.journal = Journal(self.store.path)
-        self.metrics = ServiceMetrics(self.store.path)
+        self.events = EventLog(self.store.database, self.store.redactor)
+        self.audit = AuditLog(self.store.database, self.store.redactor)
+        self.journal = Journal(self.store.database)
+        self.metrics = ServiceMetrics(self.store.database)
         self.launcher: Launcher = launcher or PrefectLauncher(config)
         self.dispatcher = Dispatcher(config, self.store, self.launcher)
         self.notifier = Notifier(self.configs.get, self.store, self._count_notification)
@@ -360,6 +366,22 @@ def create_app(
             ).model_dump(),
         )
 
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away mid-request (restart, failover, network): a 503 the client
+        # retries; the pool replaces the connection, so the service recovers by itself.
+        log.error("the incident store failed: %s", exc)
+        return JSONResponse(
+            status_code=503,
+            content=ErrorResponse(
+                error="the incident store is unavailable; retry",
+                request_id=getattr(request.state, "request_id", None),
+            ).model_dump(),
+            headers={"Retry-After": "5"},
+        )
+
+    for failure in StoreFailure:
+        app.add_exception_handler(failure, store_unavailable)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
@@ -375,8 +397,9 @@ def create_app(
     # --- health and metrics ---------------------------------------------------------------
 
     @app.get("/health", response_model=Liveness, tags=["health"])
-    def health() -> Liveness:
-        """Liveness: the process answers."""
+    async def health() -> Liveness:
+        """Liveness: the process answers (on the event loop, so threads the store holds
+        waiting for a database cannot stall it)."""
         return Liveness(status="ok")
 
     @app.get(
@@ -470,7 +493,7 @@ def create_app(
                 AlertIngestor(config, state.store).ingest,
                 body, request.state.request_id, sender.name, address, parsed.invalid,
             )  # fmt: skip
-        except sqlite3.Error as exc:
+        except StoreFailure as exc:
             log.error("could not store a notification: %s", exc)
             state.metrics.webhook_latency.labels("503").observe(time.perf_counter() - started)
             # 5xx: Alertmanager keeps the notification and retries it.
@@ -782,7 +805,7 @@ def create_app(
             outcome = await asyncio.to_thread(
                 _through_gate, state, config, spec, call.parameters, body, who, request
             )
-        except (sqlite3.Error, OSError) as exc:  # fail closed: nothing runs unrecorded
+        except UNRECORDABLE as exc:  # fail closed: nothing runs unrecorded
             raise HTTPException(
                 503, f"the incident store cannot be used ({exc}); no operation runs without it"
             ) from exc
@@ -1012,7 +1035,7 @@ async def readiness_checks(state: ServiceState, deep: bool) -> list[ReadinessChe
 
     async def store() -> str:
         await asyncio.to_thread(state.store.probe_write)
-        return str(state.store.path)
+        return state.store.database.name
 
     async def prefect() -> str:
         await state.launcher.reachable()

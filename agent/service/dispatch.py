@@ -59,12 +59,17 @@ class Dispatcher:
         self.settings = config.platform.api.dispatch
         self.store = store
         self.launcher = launcher
-        self.events = EventLog(store.path)
-        self.audit = AuditLog(store.path)
+        self.events = EventLog(store.database)
+        self.audit = AuditLog(store.database)
         self.wake = asyncio.Event()
 
     def _due(self) -> list[dict[str, Any]]:
-        rows = self.store.due_dispatch(time.time(), self.settings.batch_size)
+        """The due rows, leased to this dispatcher (another `uici serve` on the same store
+        does not start them too; if this one dies, the lease runs out and they are retried)."""
+        now = time.time()
+        rows = self.store.claim_dispatch(
+            now, self.settings.batch_size, now + self.settings.lease_seconds
+        )
         return [dict(r) for r in rows]
 
     async def run_once(self) -> int:

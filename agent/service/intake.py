@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -23,7 +22,9 @@ from agent.incidents.context import LabelConventions, UnmappedAlert, expression_
 from agent.incidents.events import EventLog
 from agent.incidents.models import AlertInfo, IncidentContext
 from agent.incidents.storage import (
+    Connection,
     IncidentStore,
+    Row,
     alert_by_key,
     count_alert_delivery,
     insert_alert,
@@ -335,8 +336,8 @@ class AlertIngestor:
         # from the sweep, nor pick a runbook by a state UICI never observed.
         sweep = config.agents.health_sweep
         self.reserved = {sweep.source_label, sweep.observed_state_label}
-        self.events = EventLog(store.path, store.redactor)
-        self.audit = AuditLog(store.path, store.redactor)
+        self.events = EventLog(store.database, store.redactor)
+        self.audit = AuditLog(store.database, store.redactor)
 
     def ingest(
         self,
@@ -418,7 +419,7 @@ class AlertIngestor:
 
     def _one(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         alert: AlertmanagerAlert,
         payload: AlertmanagerWebhook,
         request_id: str,
@@ -500,8 +501,8 @@ class AlertIngestor:
 
     def _known(
         self,
-        db: sqlite3.Connection,
-        row: sqlite3.Row,
+        db: Connection,
+        row: Row,
         alert: AlertmanagerAlert,
         base: dict[str, Any],
         now: float,
@@ -535,7 +536,7 @@ class AlertIngestor:
 
     def _insert(
         self,
-        db: sqlite3.Connection,
+        db: Connection,
         alert: AlertmanagerAlert,
         payload: AlertmanagerWebhook,
         state: str,
@@ -570,7 +571,7 @@ class AlertIngestor:
 
 
 def enqueue(
-    db: sqlite3.Connection,
+    db: Connection,
     kind: str,
     key: str,
     incident_id: str,

@@ -12,7 +12,6 @@ on these names; tests/test_dashboard.py runs their queries against a real Promet
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -31,9 +30,12 @@ from prometheus_client.registry import Collector
 from agent.incidents.events import EventType
 from agent.incidents.storage import (
     ApprovalStatus,
+    Database,
     IncidentStatus,
     MetricRows,
+    Row,
     WriteState,
+    database,
     metric_rows,
     notification_summary,
 )
@@ -46,7 +48,7 @@ CIRCUIT_OPEN = "llm.circuit_open"
 
 
 class ServiceMetrics:
-    def __init__(self, store_path: Path) -> None:
+    def __init__(self, source: Database | Path) -> None:
         self.registry = CollectorRegistry()
         self.alerts_received = Counter(
             "uici_alerts_received",
@@ -85,7 +87,7 @@ class ServiceMetrics:
             ["sink", "result"],
             registry=self.registry,
         )
-        self.registry.register(StoreCollector(store_path))
+        self.registry.register(StoreCollector(database(source)))
 
 
 class StoreCollector(Collector):
@@ -93,8 +95,8 @@ class StoreCollector(Collector):
     (which only grow) is added up here from the rows new since the last scrape, so a scrape
     costs the same however long the history is; the rest is a few small GROUP BYs."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, source: Database) -> None:
+        self.database = source
         self._lock = threading.Lock()  # scrapes may overlap (the route runs in a thread pool)
         self._totals = _Totals()
 
@@ -102,18 +104,22 @@ class StoreCollector(Collector):
         with self._lock:
             totals = self._totals
             rows = metric_rows(
-                self.path, OPERATION_BUCKETS, DIAGNOSIS_BUCKETS, totals.event_id, totals.audit_id
+                self.database,
+                OPERATION_BUCKETS,
+                DIAGNOSIS_BUCKETS,
+                totals.event_id,
+                totals.audit_id,
             )
             if rows.last_event_id < totals.event_id or rows.last_audit_id < totals.audit_id:
                 # Another store at this path (recreated): count it from its start.
                 self._totals = totals = _Totals()
-                rows = metric_rows(self.path, OPERATION_BUCKETS, DIAGNOSIS_BUCKETS)
+                rows = metric_rows(self.database, OPERATION_BUCKETS, DIAGNOSIS_BUCKETS)
             totals.add(rows)
             snapshot = totals.copy()
         now = time.time()
         yield from _incident_metrics(rows)
         yield from _approval_metrics(rows, now)
-        yield from _outbox_metrics(rows, self.path, now)
+        yield from _outbox_metrics(rows, self.database, now)
         yield from _event_metrics(snapshot)
         yield from _operation_metrics(snapshot)
         yield from _gate_metrics(rows, snapshot)
@@ -224,7 +230,7 @@ def _approval_metrics(rows: MetricRows, now: float) -> Iterator[Metric]:
     yield by_status
 
 
-def _outbox_metrics(rows: MetricRows, path: Path, now: float) -> Iterator[Metric]:
+def _outbox_metrics(rows: MetricRows, source: Database, now: float) -> Iterator[Metric]:
     queue = GaugeMetricFamily("uici_dispatch_pending", "Stored alerts not yet dispatched.")
     queue.add_metric([], rows.pending_dispatch["count"] or 0)
     yield queue
@@ -234,7 +240,7 @@ def _outbox_metrics(rows: MetricRows, path: Path, now: float) -> Iterator[Metric
     )
     stuck.add_metric([], _age(now, [rows.pending_dispatch["oldest"]]))
     yield stuck
-    summary = notification_summary(path)
+    summary = notification_summary(source)
     counts = {(r["sink"], r["state"]): r["count"] for r in summary}
     notifications = GaugeMetricFamily(
         "uici_notifications",
@@ -357,7 +363,7 @@ def _with_known(known: tuple[str, ...], seen: Iterable[str]) -> list[str]:
     return [*dict.fromkeys(known), *sorted(set(seen) - set(known))]
 
 
-def _buckets(row: sqlite3.Row, buckets: tuple[float, ...], count: float) -> list[tuple[str, float]]:
+def _buckets(row: Row, buckets: tuple[float, ...], count: float) -> list[tuple[str, float]]:
     """A histogram row's cumulative bucket counts (`b0`, `b1`, ...) as (le, count) pairs."""
     return [*((str(b), row[f"b{i}"]) for i, b in enumerate(buckets)), ("+Inf", count)]
 

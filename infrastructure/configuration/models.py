@@ -163,6 +163,26 @@ class ServiceSettings(StrictModel):
 
 class StorageSettings(StrictModel):
     url: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+]*://\S*$")]
+    # How long a write transaction waits for another one (SQLite's write lock, PostgreSQL's
+    # advisory lock) before it fails.
+    lock_timeout_seconds: float = Field(gt=0, le=600)
+    # PostgreSQL only: a connection attempt gives up after this; each process keeps a pool.
+    connect_timeout_seconds: int = Field(ge=1, le=300)
+    pool_size: int = Field(ge=1, le=100)
+    max_overflow: int = Field(ge=0, le=100)
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgresql+psycopg", "postgres"):
+            raise ValueError(
+                f"{scheme}:// is not a supported store: use sqlite:///path/to/uici.db (embedded)"
+                " or postgresql://user:password@host:5432/database"
+            )
+        if scheme == "sqlite" and not value.startswith("sqlite:///"):
+            raise ValueError("a SQLite store is sqlite:///relative/path or sqlite:////abs/path")
+        return value
 
 
 class LoggingSettings(StrictModel):
@@ -235,6 +255,8 @@ class DispatchSettings(StrictModel):
     batch_size: int = Field(ge=1, le=1000)
     retry_backoff_seconds: float = Field(gt=0, le=600)
     max_backoff_seconds: float = Field(gt=0, le=86_400)
+    # A claimed batch is this dispatcher's for this long; then another one may take it.
+    lease_seconds: float = Field(gt=0, le=3600)
 
 
 class EventStreamSettings(StrictModel):

@@ -1,0 +1,407 @@
+"""Issue 16, point 1: the store behaves the same on SQLite and on a real PostgreSQL cluster
+(tests/postgres.py): migrations, alert dedupe, outbox claims, write intents and cool-downs,
+the append-only audit trail enforced by the database, and event ids a reader can follow.
+Every test here runs on both backends (the `store_url` fixture)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from agent.incidents.audit import AuditLog
+from agent.incidents.events import EventLog
+from agent.incidents.models import PlanStep
+from agent.incidents.storage import (
+    DUPLICATE_KEY,
+    HEAD_REVISION,
+    MIGRATIONS,
+    Database,
+    IncidentStore,
+    StorageError,
+    WriteRecord,
+    _Defaults,
+    claim_notifications,
+    insert_notification,
+    metric_rows,
+    run,
+)
+from agent.service.intake import AlertIngestor, AlertmanagerWebhook
+from infrastructure.configuration.loader import load_config
+from infrastructure.executors.base import ResolvedTarget
+from tests.api_support import alert, key_env, notification
+from tests.postgres import PASSWORD, PASSWORD_USER, PostgresCluster, free_port
+
+
+def tables(source: Database) -> set[str]:
+    with source.connect() as db:
+        return set(sqlalchemy.inspect(db).get_table_names())
+
+
+def revision(source: Database) -> list[str]:
+    with source.connect() as db:
+        return [r[0] for r in run(db, "SELECT version_num FROM alembic_version")]
+
+
+def step(target: str = "web") -> PlanStep:
+    return PlanStep(
+        phase="resolution",
+        operation="restart_service",
+        environment="local-docker",
+        target=target,
+        proposed_by="runbook",
+    )
+
+
+def write(key: str, target: str = "web", incident: str | None = "inc-1") -> WriteRecord:
+    return WriteRecord(
+        key=key,
+        incident_id=incident,
+        step=step(target),
+        state="pending",
+        actor="test",
+        entry="test",
+        recorded_at=time.time(),
+        targets=[ResolvedTarget(identity=f"id-{target}", name=target)],
+        owner="test-owner",
+    )
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def test_the_head_revision_is_the_one_the_store_checks() -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(config).get_heads() == [HEAD_REVISION]
+
+
+def test_a_new_store_is_migrated_once_and_reopened_without_change(store_url: str) -> None:
+    store = IncidentStore(store_url)
+    assert {"incidents", "alerts", "dispatch", "events", "audit", "writes"} <= tables(
+        store.database
+    )
+    assert revision(store.database) == [HEAD_REVISION]
+    store.database.migrate()  # again: nothing to do, nothing duplicated
+    assert revision(store.database) == [HEAD_REVISION]
+
+
+def test_processes_starting_at_once_migrate_once(store_url: str) -> None:
+    """Four engines on one empty store migrate concurrently: one does it, the others wait
+    for its lock and find the head."""
+    databases = [Database(_Defaults(store_url)) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda d: d.open(), databases))
+    assert revision(databases[0]) == [HEAD_REVISION]
+
+
+def test_a_failing_revision_leaves_the_schema_as_it_was(store_url: str, tmp_path: Path) -> None:
+    scripts = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, scripts)
+    (scripts / "versions" / "0002_broken.py").write_text(
+        'from alembic import op\nimport sqlalchemy as sa\nrevision = "0002_broken"\n'
+        'down_revision = "0001_baseline"\nbranch_labels = None\ndepends_on = None\n'
+        "def upgrade():\n"
+        '    op.create_table("half_done", sa.Column("id", sa.Integer, primary_key=True))\n'
+        '    op.add_column("incidents", sa.Column("extra", sa.Text))\n'
+        '    raise RuntimeError("this revision fails halfway")\n'
+    )
+    source = Database(_Defaults(store_url))
+    with pytest.raises(RuntimeError, match="fails halfway"):
+        source.migrate(scripts)
+    # Nothing of it stayed: no table, no column, no revision.
+    assert tables(source) == set()
+    source.migrate()  # the good revisions still apply
+    with source.connect() as db:
+        columns = {c["name"] for c in sqlalchemy.inspect(db).get_columns("incidents")}
+    assert "extra" not in columns and "half_done" not in tables(source)
+    with pytest.raises(RuntimeError, match="fails halfway"):
+        source.migrate(scripts)
+    assert revision(source) == [HEAD_REVISION] and "half_done" not in tables(source)
+
+
+# --- alerts: dedupe ------------------------------------------------------------------------
+
+
+def test_the_same_alert_delivered_at_once_many_times_is_one_incident(
+    store_url: str, test_config_dir: Path, tmp_path: Path
+) -> None:
+    config = load_config(test_config_dir, environ=key_env(tmp_path))
+    store = IncidentStore(store_url)
+    body = AlertmanagerWebhook.model_validate(notification(alert("web", fingerprint="dup" * 5)))
+    barrier = threading.Barrier(8)
+
+    def deliver(n: int) -> list[str]:
+        barrier.wait()
+        return (
+            AlertIngestor(config, store).ingest(body, f"req-{n}", "webhook", "test").new_incidents
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        created = [i for found in pool.map(deliver, range(8)) for i in found]
+    assert len(created) == 1
+    [row] = store.alerts_of(created[0])
+    assert row["deliveries"] == 8
+    with store.database.connect() as db:
+        assert run(db, "SELECT COUNT(*) FROM dispatch").scalar() == 1
+        assert run(db, "SELECT COUNT(*) FROM deliveries").scalar() == 8
+
+
+# --- outboxes: claims ----------------------------------------------------------------------
+
+
+def test_two_dispatchers_never_claim_the_same_outbox_row(
+    store_url: str, test_config_dir: Path, tmp_path: Path
+) -> None:
+    config = load_config(test_config_dir, environ=key_env(tmp_path))
+    store = IncidentStore(store_url)
+    alerts = [alert(f"svc{n}", fingerprint=f"claim{n:011d}") for n in range(30)]
+    AlertIngestor(config, store).ingest(
+        AlertmanagerWebhook.model_validate(notification(*alerts)), "req", "webhook", "test"
+    )
+    barrier = threading.Barrier(3)
+
+    def claim(_: int) -> list[int]:
+        barrier.wait()
+        taken: list[int] = []
+        while batch := store.claim_dispatch(time.time(), 4, time.time() + 60):
+            taken += [row["id"] for row in batch]
+        return taken
+
+    with ThreadPoolExecutor(3) as pool:
+        claimed = list(pool.map(claim, range(3)))
+    every = [i for taken in claimed for i in taken]
+    assert len(every) == 30 and len(set(every)) == 30
+    # Leased: nothing is due again until the lease runs out.
+    assert store.claim_dispatch(time.time(), 50, time.time() + 60) == []
+    assert len(store.claim_dispatch(time.time() + 61, 50, time.time() + 120)) == 30
+
+
+def test_two_notifiers_never_claim_the_same_message(store_url: str) -> None:
+    store = IncidentStore(store_url)
+    with store.transaction() as db:
+        for n in range(20):
+            assert insert_notification(db, "slack", "diagnosed", f"inc-{n}", "", "{}", 0.0)
+        # The same message again is not queued twice.
+        assert not insert_notification(db, "slack", "diagnosed", "inc-0", "", "{}", 0.0)
+
+    def claim(_: int) -> list[int]:
+        taken: list[int] = []
+        while batch := claim_notifications(
+            store.database, "slack", time.time(), 3, time.time() + 60
+        ):
+            taken += [row["id"] for row in batch]
+        return taken
+
+    with ThreadPoolExecutor(3) as pool:
+        every = [i for taken in pool.map(claim, range(3)) for i in taken]
+    assert sorted(every) == sorted(set(every)) and len(every) == 20
+
+
+# --- writes: intents and cool-down -------------------------------------------------------
+
+
+def test_racing_writers_on_one_target_record_one_intent(store_url: str) -> None:
+    """The policy's check sees the other writer's pending intent: only one passes."""
+    store = IncidentStore(store_url)
+    barrier = threading.Barrier(6)
+
+    def check(facts: Any) -> str | None:
+        time.sleep(0.05)  # widen the window between the read and the insert
+        return "in progress" if facts.in_progress else None
+
+    def begin(n: int) -> str | None:
+        barrier.wait()
+        return store.begin_write(write(f"w-{n}"), 0.0, check)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(begin, range(6)))
+    assert answers.count(None) == 1 and answers.count("in progress") == 5
+    assert len(store.writes()) == 1
+
+
+def test_a_write_is_recorded_once_and_its_history_counts(store_url: str) -> None:
+    store = IncidentStore(store_url)
+    assert store.begin_write(write("w-1"), 0.0, lambda facts: None) is None
+    assert store.begin_write(write("w-1"), 0.0, lambda facts: None) == DUPLICATE_KEY
+    assert store.claim_write("w-1", "test-owner", "other") is True
+    assert store.claim_write("w-1", "test-owner", "third") is False  # one taker only
+    store.finish_write("w-1", "done", {"ok": True})
+    facts = store.write_facts(write("w-2"), time.time() - 60)
+    assert facts.last_write is not None and facts.last_write.key == "w-1"  # the cool-down's
+    assert facts.writes_in_window == 1 and facts.incident_writes == 1 and facts.in_progress == []
+    assert store.writes_in_incident("inc-1") == 1
+    assert store.write("w-1") is not None and store.write("w-1").outcome == {"ok": True}  # type: ignore[union-attr]
+
+
+# --- the audit trail: append-only in the database ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "statement", ["UPDATE audit SET result = 'rewritten'", "DELETE FROM audit"]
+)
+def test_the_database_refuses_to_rewrite_the_audit_trail(store_url: str, statement: str) -> None:
+    store = IncidentStore(store_url)
+    AuditLog(store.database).record("sre", "operation.restart_service", "success: restarted")
+    with (
+        pytest.raises(sqlalchemy.exc.DatabaseError, match="append-only"),
+        store.transaction() as db,
+    ):
+        run(db, statement)
+    [kept] = AuditLog(store.database).query()
+    assert kept.result == "success: restarted"
+
+
+def test_postgresql_also_refuses_to_truncate_the_audit_trail(postgres: PostgresCluster) -> None:
+    store = IncidentStore(postgres.database())
+    AuditLog(store.database).record("sre", "operation.restart_service", "success")
+    with (
+        pytest.raises(sqlalchemy.exc.DatabaseError, match="append-only"),
+        store.transaction() as db,
+    ):
+        run(db, "TRUNCATE audit")
+    assert len(AuditLog(store.database).query()) == 1
+
+
+# --- events: ids a reader can follow ------------------------------------------------------
+
+
+def test_a_reader_following_ids_misses_no_event_committed_late(store_url: str) -> None:
+    """A transaction that took an id first but commits last must not be skipped by a reader
+    that already moved past a later id: ids commit in their order."""
+    store = IncidentStore(store_url)
+    events = EventLog(store.database)
+    inserted = threading.Event()
+
+    def slow() -> None:
+        with store.transaction() as db:
+            events.emit("incident.created", "slow", db)
+            inserted.set()
+            time.sleep(0.5)
+
+    slow_writer = threading.Thread(target=slow)
+    slow_writer.start()
+    inserted.wait(5)
+    fast_writer = threading.Thread(target=lambda: events.emit("incident.created", "fast"))
+    fast_writer.start()
+    seen: list[int] = []
+    deadline = time.time() + 5
+    while len(seen) < 2 and time.time() < deadline:
+        seen += [e.id for e in events.since(seen[-1] if seen else 0)]
+        time.sleep(0.01)
+    slow_writer.join()
+    fast_writer.join()
+    assert seen == [1, 2]
+    assert [e.incident_id for e in events.since(0)] == ["slow", "fast"]
+
+
+def test_concurrent_emitters_give_every_event_one_id_in_order(store_url: str) -> None:
+    store = IncidentStore(store_url)
+    events = EventLog(store.database)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda n: events.emit("phase.started", f"inc-{n % 3}", n=n), range(60)))
+    found = events.since(0, limit=1000)
+    assert [e.id for e in found] == list(range(1, 61))
+    assert sorted(e.data["n"] for e in found) == list(range(60))
+    assert events.last_id() == 60
+    assert len(events.since(0, incident_id="inc-1")) == 20
+
+
+def test_metrics_aggregate_the_same_on_both_backends(store_url: str) -> None:
+    store = IncidentStore(store_url)
+    events = EventLog(store.database)
+    events.emit("llm.call", "inc-1", calls=2, prompt_tokens=100, completion_tokens=10, cost=0.5)
+    events.emit("llm.call", "inc-1", prompt_tokens=50)
+    events.emit(
+        "operation.finished", "inc-1", environment="local-docker", operation="get_logs",
+        outcome="success", duration_seconds=0.2,
+    )  # fmt: skip
+    events.emit("operation.finished", "inc-1", operation="get_logs", duration_seconds="bad")
+    audit = AuditLog(store.database)
+    audit.record(
+        "flow", "operation.restart_service", "success: ok", "local-docker/web", {"risk": "write"}
+    )
+    audit.record(
+        "flow", "operation.restart_service", "refused: policy", "local-docker/web",
+        {"risk": "write", "refused_by": "policy"},
+    )  # fmt: skip
+    rows = metric_rows(store.database, (0.1, 1.0), (1.0,))
+    llm = next(r for r in rows.events if r["type"] == "llm.call")
+    assert (llm["count"], llm["calls"], llm["prompt"], llm["completion"], llm["cost"]) == (
+        2, 3, 150, 10, 0.5,
+    )  # fmt: skip
+    timed = {(r["environment"], r["outcome"]): r for r in rows.operations}
+    ok = timed[("local-docker", "success")]
+    assert (ok["count"], ok["timed"], ok["b0"], ok["b1"]) == (1, 1, 0, 1)
+    assert timed[("", "")]["timed"] == 0  # a duration that is no number is not timed
+    assert [dict(r) for r in rows.gate_writes] == [
+        {"environment": "local-docker", "outcome": "success", "count": 1}
+    ]
+    assert [(r["risk"], r["reason"]) for r in rows.gate_refusals] == [("write", "policy")]
+    # Only what is new since the given ids.
+    later = metric_rows(store.database, (0.1,), (1.0,), rows.last_event_id, rows.last_audit_id)
+    assert later.events == [] and later.gate_writes == []
+
+
+# --- bad input and faults -----------------------------------------------------------------
+
+
+def test_an_unreachable_postgresql_names_the_host_and_the_fix() -> None:
+    port = free_port()
+    with pytest.raises(StorageError) as raised:
+        IncidentStore(f"postgresql://uici:{PASSWORD}@127.0.0.1:{port}/uici")
+    message = str(raised.value)
+    assert f"127.0.0.1:{port}" in message and "UICI_STORAGE_URL" in message
+    assert "Connection refused" in message and PASSWORD not in message
+
+
+def test_a_wrong_password_or_database_says_which(postgres: PostgresCluster) -> None:
+    with pytest.raises(StorageError, match="refused the credentials") as raised:
+        IncidentStore(f"postgresql://{PASSWORD_USER}:wrong@127.0.0.1:{postgres.port}/postgres")
+    assert "wrong" not in str(raised.value)
+    with pytest.raises(StorageError, match="createdb nosuch"):
+        IncidentStore(f"postgresql://uici@127.0.0.1:{postgres.port}/nosuch")
+    # The right password opens it.
+    IncidentStore(f"postgresql://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{postgres.port}/postgres")
+
+
+def test_a_lost_postgresql_connection_fails_then_recovers() -> None:
+    """The server restarts under an open pool: the store fails while it is down (the service
+    answers 503) and works again once it is back, with no restart of UICI."""
+    cluster = PostgresCluster()
+    try:
+        store = IncidentStore(cluster.database())
+        store.probe_write()
+        cluster.stop()
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            store.probe_write()
+        cluster.start()
+        store.probe_write()
+        EventLog(store.database).emit("incident.created", "after-restart")
+        assert [e.incident_id for e in EventLog(store.database).since(0)] == ["after-restart"]
+    finally:
+        cluster.close()
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["incidents", "list"], ["audit"]])
+def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
+    command: list[str],
+) -> None:
+    from tests.test_cli import uici
+
+    port = free_port()
+    done = uici(
+        *command,
+        env={"UICI_STORAGE_URL": f"postgresql://uici:{PASSWORD}@127.0.0.1:{port}/uici"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"127.0.0.1:{port}" in done.stderr and "UICI_STORAGE_URL" in done.stderr
+    assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
