@@ -1,6 +1,8 @@
 """deployments/kubernetes/: least-privilege RBAC, valid Kubernetes objects, a ConfigMap in step
-with infrastructure/config/, and a Deployment that runs `uici serve` the way UICI reads its
-configuration. No cluster needed.
+with infrastructure/config/, an API Deployment (`uici serve`, several replicas on a shared
+PostgreSQL store, probes that match the app's routes) and a worker Deployment (`prefect worker
+start`) that run UICI the way it reads its configuration, and kubectl's view of it all. No
+cluster needed: kubectl talks to the API double of tests/k8s_double.py.
 
 Every check is a function that returns problems (file, kind, name, what is wrong), so each one
 is also fed broken manifests below: a check that cannot fail proves nothing.
@@ -8,7 +10,6 @@ is also fed broken manifests below: a check that cannot fail proves nothing.
 
 from __future__ import annotations
 
-import ast
 import copy
 import difflib
 import importlib.util
@@ -27,7 +28,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 K8S_DIR = REPO_ROOT / "deployments" / "kubernetes"
 CONFIG_DIR = REPO_ROOT / "infrastructure" / "config"
-APP_SOURCE = REPO_ROOT / "agent" / "service" / "app.py"
 REGENERATE = ".venv/bin/python deployments/kubernetes/render_configmap.py"
 
 NAMESPACE = "uici"
@@ -384,6 +384,7 @@ API_VERSIONS = {
     "ConfigMap": "v1",
     "Service": "v1",
     "Deployment": "apps/v1",
+    "PodDisruptionBudget": "policy/v1",
     "ClusterRole": "rbac.authorization.k8s.io/v1",
     "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
     "Role": "rbac.authorization.k8s.io/v1",
@@ -629,27 +630,74 @@ def test_drift_is_reported_with_the_fix(tmp_path: Path) -> None:
     )
 
 
-# --- 4. The Deployment ------------------------------------------------------------------------
+# --- 4. The Deployments: the API and the workers ---------------------------------------------
+
+API_DEPLOYMENT = "uici"
+WORKER_DEPLOYMENT = "uici-worker"
+# The store's URL holds the database password: its own Secret, created by hand (README.md).
+STORAGE_SECRET = "uici-storage"
+STORAGE_KEY = "url"
+WORKER_POOL = "uici-process"
+PROJECT_DIR_VARIABLE = "UICI_PROJECT_DIR"
+DOCKERFILE = REPO_ROOT / "deployments" / "docker" / "Dockerfile"
+# A liveness probe must ride out this long without an answer (a busy event loop, a slow
+# node): failureThreshold x periodSeconds.
+MIN_LIVENESS_WINDOW_SECONDS = 30
+
+Routes = set[tuple[str, str]]
 
 
-def app_routes() -> set[tuple[str, str]]:
-    """(method, path) of every `@app.<method>("/path")` in agent/service/app.py, read without
-    building the app (that would open the store)."""
-    routes = set()
-    for node in ast.walk(ast.parse(APP_SOURCE.read_text(encoding="utf-8"))):
-        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        for decorator in node.decorator_list:
-            if (
-                isinstance(decorator, ast.Call)
-                and isinstance(decorator.func, ast.Attribute)
-                and isinstance(decorator.func.value, ast.Name)
-                and decorator.func.value.id == "app"
-                and decorator.args
-                and isinstance(decorator.args[0], ast.Constant)
-            ):
-                routes.add((decorator.func.attr.upper(), str(decorator.args[0].value)))
-    return routes
+def openapi_routes(app: Any) -> Routes:
+    """(method, path) of every route a FastAPI app serves in its schema."""
+    return {
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+    }
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The real agent service app (the tests' configuration, an SQLite store in a temporary
+    directory): the probes are checked against what it serves, not against a list."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from agent.service.app import create_app
+    from infrastructure.configuration.cache import ConfigCache
+    from tests.api_support import key_env
+    from tests.conftest import TEST_CONFIG
+
+    tmp = tmp_path_factory.mktemp("service")
+    shutil.copytree(TEST_CONFIG, tmp / "config")
+    configs = ConfigCache(tmp / "config", environ=key_env(tmp))
+    app = create_app(configs, run_dispatcher=False, run_notifier=False)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def routes(service: Any) -> Routes:
+    return openapi_routes(service.app)
+
+
+def worker_health_routes() -> Routes:
+    """What `prefect worker start --with-healthcheck` serves (prefect/workers/server.py)."""
+    from prefect.workers.server import _build_healthcheck_server
+
+    return openapi_routes(_build_healthcheck_server(lambda: True).config.app)
+
+
+def worker_health_port(env: dict[str, str]) -> int:
+    """The port Prefect's settings give the worker's health server under this environment."""
+    import os
+    from unittest import mock
+
+    from prefect.settings import Settings
+
+    with mock.patch.dict(os.environ, env):
+        return int(Settings().worker.webserver.port)
 
 
 def config_variables() -> set[str]:
@@ -661,6 +709,40 @@ def config_variables() -> set[str]:
 def secret_variables() -> set[str]:
     """The referenced variables that carry credentials: API key hashes and the LLM's key."""
     return {v for v in config_variables() if v.endswith(("_KEY_SHA256", "_API_KEY"))}
+
+
+def _platform() -> Manifest:
+    platform: Manifest = yaml.safe_load((CONFIG_DIR / "platform.yml").read_text(encoding="utf-8"))
+    return platform
+
+
+def longest_step_seconds() -> float:
+    """The longest one flow step may take: an operation's attempts with their back-off
+    (operations.yml), or an LLM call with its retries (platform.yml llm)."""
+    operations = yaml.safe_load((CONFIG_DIR / "operations.yml").read_text(encoding="utf-8"))
+    longest = 0.0
+    for spec in operations["operations"].values():
+        retry = spec.get("retry") or {}
+        attempts = int(retry.get("attempts", 1))
+        delay, factor = float(retry.get("delay_seconds", 0)), float(retry.get("backoff_factor", 1))
+        waits = sum(delay * factor**i for i in range(attempts - 1))
+        longest = max(longest, attempts * float(spec["timeout_seconds"]) + waits)
+    llm = _platform()["llm"]
+
+    def number(value: Any) -> float:  # "${UICI_LLM_TIMEOUT_SECONDS:-30}" -> 30
+        text = str(value)
+        match = re.fullmatch(r"\$\{[A-Z0-9_]+:-([0-9.]+)\}", text)
+        return float(match.group(1) if match else text)
+
+    # Each wait between LLM attempts is capped by max_retry_after_seconds.
+    llm_attempts = 1 + number(llm["max_retries"])
+    llm_seconds = llm_attempts * number(llm["timeout_seconds"])
+    llm_seconds += (llm_attempts - 1) * number(llm["max_retry_after_seconds"])
+    return max(longest, llm_seconds)
+
+
+def readiness_timeout_seconds() -> float:
+    return float(_platform()["api"]["readiness_timeout_seconds"])
 
 
 def _mounts_by_path(pod: Manifest, container: Manifest) -> dict[str, Manifest]:
@@ -675,21 +757,34 @@ def _under(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
-def deployment_problems(docs: list[Doc]) -> list[str]:
-    from agent.incidents.storage import sqlite_path
+def _env(container: Manifest) -> dict[str, Manifest]:
+    return {e["name"]: e for e in container.get("env") or []}
+
+
+def _labels_match(selector: Manifest | None, labels: dict[str, str]) -> bool:
+    """A LabelSelector's matchLabels (UICI's selectors use nothing else) against labels."""
+    selector = selector or {}
+    if selector.get("matchExpressions"):
+        return False
+    match = selector.get("matchLabels") or {}
+    return bool(match) and match.items() <= labels.items()
+
+
+def uici_deployments(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d.kind == "Deployment"]
+
+
+def container_problems(doc: Doc) -> list[str]:
+    """What every UICI container must be, the API's and the workers': its configuration from
+    the ConfigMap, credentials and the store only from Secrets, no SQLite and no pod-local
+    state, non-root on a read-only root filesystem."""
     from infrastructure.configuration.loader import CONFIG_DIR_VARIABLE, resolve_config_dir
 
-    doc = find(docs, "Deployment", "uici")
     label = doc.label
     pod = doc.body["spec"]["template"]["spec"]
     problems: list[str] = []
-    containers = pod.get("containers") or []
-    if [c.get("name") for c in containers] != ["uici"] or pod.get("initContainers"):
-        return [f"{label}: expected exactly one container, uici"]
-    container = containers[0]
-    env = {e["name"]: e for e in container.get("env") or []}
-    mounts = _mounts_by_path(pod, container)
-
+    if pod.get("initContainers") or pod.get("ephemeralContainers"):
+        problems.append(f"{label}: init or ephemeral containers are not reviewed")
     if pod.get("serviceAccountName") != "uici":
         problems.append(
             f"{label}: serviceAccountName {pod.get('serviceAccountName')!r}, expected 'uici'"
@@ -699,49 +794,6 @@ def deployment_problems(docs: list[Doc]) -> list[str]:
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
         if pod.get(flag):
             problems.append(f"{label}: {flag}")
-
-    # The configuration: UICI_CONFIG_DIR names the directory where the whole ConfigMap is.
-    config_dir = (env.get(CONFIG_DIR_VARIABLE) or {}).get("value")
-    mount = mounts.get(str(config_dir)) if config_dir else None
-    if mount is None:
-        problems.append(f"{label}: {CONFIG_DIR_VARIABLE} does not name a mounted directory")
-    else:
-        source = mount["volume"].get("configMap") or {}
-        if source.get("name") != CONFIGMAP_NAME or source.get("items") or mount.get("subPath"):
-            problems.append(
-                f"{label}: {config_dir} is not the whole ConfigMap {CONFIGMAP_NAME} (subPath and items stop updates or drop files)"
-            )
-        if not mount.get("readOnly"):
-            problems.append(f"{label}: the configuration mount is writable")
-        if resolve_config_dir(None, {CONFIG_DIR_VARIABLE: str(config_dir)}) != Path(
-            str(config_dir)
-        ):
-            problems.append(f"{label}: UICI would not read its configuration from {config_dir}")
-
-    # Secrets: only references to uici-secrets, one per credential the configuration uses.
-    from_secret = set()
-    for name, entry in env.items():
-        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
-        if ref is None:
-            if name in secret_variables() or re.search(r"KEY|TOKEN|PASSWORD|SECRET", name):
-                problems.append(f"{label}: {name} must come from a secretKeyRef, not a value")
-            continue
-        from_secret.add(name)
-        if ref.get("name") != SECRET_NAME:
-            problems.append(
-                f"{label}: {name} reads Secret {ref.get('name')!r}, only {SECRET_NAME!r} is used"
-            )
-        if ref.get("key") != name:
-            problems.append(
-                f"{label}: {name} reads key {ref.get('key')!r}; keys are named as the variables"
-            )
-    if from_secret != secret_variables():
-        problems.append(
-            f"{label}: secret variables {sorted(from_secret)}, the configuration references {sorted(secret_variables())}"
-        )
-    for source in container.get("envFrom") or []:
-        if "secretRef" in source and source["secretRef"].get("name") != SECRET_NAME:
-            problems.append(f"{label}: envFrom Secret {source['secretRef'].get('name')!r}")
     for volume in pod.get("volumes") or []:
         projected = [s.get("secret") for s in (volume.get("projected") or {}).get("sources") or []]
         for secret in [volume.get("secret"), *projected]:
@@ -749,85 +801,394 @@ def deployment_problems(docs: list[Doc]) -> list[str]:
                 problems.append(f"{label}: volume {volume['name']} mounts a Secret")
         if "hostPath" in volume:
             problems.append(f"{label}: volume {volume['name']} is a hostPath")
-
-    # Writable state only on emptyDir volumes (the root filesystem is read-only).
-    writable = [
-        path for path, m in mounts.items() if "emptyDir" in m["volume"] and not m.get("readOnly")
-    ]
-    storage = (env.get("UICI_STORAGE_URL") or {}).get("value")
-    state_paths = {
-        "UICI_STORAGE_URL": str(sqlite_path(storage)) if storage else "",
-        "PREFECT_HOME": (env.get("PREFECT_HOME") or {}).get("value") or "",
-        "workingDir": container.get("workingDir") or "",
-    }
-    for what, path in state_paths.items():
-        if not path.startswith("/") or not any(_under(path, w) for w in writable):
-            problems.append(f"{label}: {what} {path!r} is not on a writable emptyDir {writable}")
-    if "PREFECT_API_URL" not in env:
-        problems.append(f"{label}: no PREFECT_API_URL")
+        if "persistentVolumeClaim" in volume:
+            problems.append(
+                f"{label}: volume {volume['name']} is a PersistentVolumeClaim; the store is "
+                "PostgreSQL and the pods keep no state"
+            )
 
     pod_security = pod.get("securityContext") or {}
-    security = container.get("securityContext") or {}
-    expected_security: dict[str, Any] = {
-        "pod runAsNonRoot": pod_security.get("runAsNonRoot"),
-        "pod seccompProfile": (pod_security.get("seccompProfile") or {}).get("type"),
-        "allowPrivilegeEscalation": security.get("allowPrivilegeEscalation"),
-        "readOnlyRootFilesystem": security.get("readOnlyRootFilesystem"),
-        "capabilities.drop": (security.get("capabilities") or {}).get("drop"),
-        "seccompProfile": (security.get("seccompProfile") or {}).get("type", "RuntimeDefault"),
-    }
-    wanted: dict[str, Any] = {
-        "pod runAsNonRoot": True,
-        "pod seccompProfile": "RuntimeDefault",
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "capabilities.drop": ["ALL"],
-        "seccompProfile": "RuntimeDefault",
-    }
-    for key, value in wanted.items():
-        if expected_security[key] != value:
-            problems.append(
-                f"{label}: securityContext {key} is {expected_security[key]!r}, expected {value!r}"
-            )
-    if (security.get("capabilities") or {}).get("add") or security.get("privileged"):
-        problems.append(f"{label}: adds capabilities or runs privileged")
-    if (
-        security.get("runAsNonRoot") is False
-        or not isinstance(pod_security.get("runAsUser"), int)
-        or pod_security.get("runAsUser") == 0
-    ):
-        problems.append(
-            f"{label}: needs a non-zero numeric runAsUser so the kubelet can verify runAsNonRoot"
-        )
+    if not pod.get("containers"):
+        problems.append(f"{label}: no container")
+    for container in pod.get("containers") or []:
+        where = f"{label} container {container.get('name')}"
+        env = _env(container)
+        mounts = _mounts_by_path(pod, container)
 
-    resources = container.get("resources") or {}
-    for bound in ("requests", "limits"):
-        for resource in ("cpu", "memory"):
-            if resource not in (resources.get(bound) or {}):
-                problems.append(f"{label}: no {bound}.{resource}")
+        # The configuration: UICI_CONFIG_DIR names the directory where the whole ConfigMap is.
+        config_dir = (env.get(CONFIG_DIR_VARIABLE) or {}).get("value")
+        mount = mounts.get(str(config_dir)) if config_dir else None
+        if mount is None:
+            problems.append(f"{where}: {CONFIG_DIR_VARIABLE} does not name a mounted directory")
+        else:
+            source = mount["volume"].get("configMap") or {}
+            if source.get("name") != CONFIGMAP_NAME or source.get("items") or mount.get("subPath"):
+                problems.append(
+                    f"{where}: {config_dir} is not the whole ConfigMap {CONFIGMAP_NAME} (subPath and items stop updates or drop files)"
+                )
+            if not mount.get("readOnly"):
+                problems.append(f"{where}: the configuration mount is writable")
+            if resolve_config_dir(None, {CONFIG_DIR_VARIABLE: str(config_dir)}) != Path(
+                str(config_dir)
+            ):
+                problems.append(f"{where}: UICI would not read its configuration from {config_dir}")
 
-    # Probes: liveness asks only whether the process answers; readiness checks dependencies.
-    ports = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
-    routes = app_routes()
-    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/health/ready")):
-        action = (container.get(probe) or {}).get("httpGet") or {}
-        if action.get("path") != path:
-            problems.append(f"{label}: {probe} path {action.get('path')!r}, expected {path!r}")
-        if action.get("path") and ("GET", action["path"]) not in routes:
+        # The store: PostgreSQL, its URL only from the Secret uici-storage.
+        storage = env.get("UICI_STORAGE_URL")
+        storage_ref = ((storage or {}).get("valueFrom") or {}).get("secretKeyRef")
+        if storage is None:
             problems.append(
-                f"{label}: {probe} GET {action['path']} is no route in agent/service/app.py"
+                f"{where}: no UICI_STORAGE_URL (platform.yml would fall back to SQLite on the pod)"
             )
-        port = action.get("port")
-        if ports.get(port, port) != SERVICE_PORT:
-            problems.append(f"{label}: {probe} port {port!r} is not the container's {SERVICE_PORT}")
+        elif storage_ref is None:
+            problems.append(f"{where}: UICI_STORAGE_URL must come from a secretKeyRef, not a value")
+        else:
+            if (storage_ref.get("name"), storage_ref.get("key")) != (STORAGE_SECRET, STORAGE_KEY):
+                problems.append(
+                    f"{where}: UICI_STORAGE_URL reads {storage_ref.get('name')!r} key "
+                    f"{storage_ref.get('key')!r}, expected Secret {STORAGE_SECRET!r} key {STORAGE_KEY!r}"
+                )
+            if storage_ref.get("optional"):
+                problems.append(f"{where}: UICI_STORAGE_URL is optional (SQLite fallback)")
+
+        # Other credentials: only references to uici-secrets, keys named as the variables.
+        for name, entry in env.items():
+            if "sqlite" in json.dumps(entry).lower():
+                problems.append(f"{where}: {name} names SQLite; the store is PostgreSQL")
+            if name == "UICI_STORAGE_URL":
+                continue
+            ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                if name in secret_variables() or re.search(r"KEY|TOKEN|PASSWORD|SECRET", name):
+                    problems.append(f"{where}: {name} must come from a secretKeyRef, not a value")
+                continue
+            if ref.get("name") != SECRET_NAME:
+                problems.append(
+                    f"{where}: {name} reads Secret {ref.get('name')!r}, only {SECRET_NAME!r} is used"
+                )
+            if ref.get("key") != name:
+                problems.append(
+                    f"{where}: {name} reads key {ref.get('key')!r}; keys are named as the variables"
+                )
+        for source in container.get("envFrom") or []:
+            if "secretRef" in source and source["secretRef"].get("name") != SECRET_NAME:
+                problems.append(f"{where}: envFrom Secret {source['secretRef'].get('name')!r}")
+
+        # Writable only on emptyDir scratch volumes; never a store there.
+        writable = [
+            path
+            for path, m in mounts.items()
+            if "emptyDir" in m["volume"] and not m.get("readOnly")
+        ]
+        prefect_home = (env.get("PREFECT_HOME") or {}).get("value") or ""
+        if not prefect_home.startswith("/") or not any(_under(prefect_home, w) for w in writable):
+            problems.append(
+                f"{where}: PREFECT_HOME {prefect_home!r} is not on a writable emptyDir {writable}"
+            )
+        for path, m in mounts.items():
+            if "emptyDir" in m["volume"] and re.search(r"uici|state|data|db", path):
+                problems.append(
+                    f"{where}: emptyDir {m['name']} at {path} looks like a store on the pod"
+                )
+        if "PREFECT_API_URL" not in env:
+            problems.append(f"{where}: no PREFECT_API_URL")
+
+        security = container.get("securityContext") or {}
+        actual: dict[str, Any] = {
+            "pod runAsNonRoot": pod_security.get("runAsNonRoot"),
+            "pod seccompProfile": (pod_security.get("seccompProfile") or {}).get("type"),
+            "allowPrivilegeEscalation": security.get("allowPrivilegeEscalation"),
+            "readOnlyRootFilesystem": security.get("readOnlyRootFilesystem"),
+            "capabilities.drop": (security.get("capabilities") or {}).get("drop"),
+            "seccompProfile": (security.get("seccompProfile") or {}).get("type", "RuntimeDefault"),
+        }
+        wanted: dict[str, Any] = {
+            "pod runAsNonRoot": True,
+            "pod seccompProfile": "RuntimeDefault",
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities.drop": ["ALL"],
+            "seccompProfile": "RuntimeDefault",
+        }
+        for key, value in wanted.items():
+            if actual[key] != value:
+                problems.append(
+                    f"{where}: securityContext {key} is {actual[key]!r}, expected {value!r}"
+                )
+        if (security.get("capabilities") or {}).get("add") or security.get("privileged"):
+            problems.append(f"{where}: adds capabilities or runs privileged")
+        user = security.get("runAsUser", pod_security.get("runAsUser"))
+        if security.get("runAsNonRoot") is False or not isinstance(user, int) or user == 0:
+            problems.append(
+                f"{where}: needs a non-zero numeric runAsUser so the kubelet can verify runAsNonRoot"
+            )
+
+        resources = container.get("resources") or {}
+        for bound in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in (resources.get(bound) or {}):
+                    problems.append(f"{where}: no {bound}.{resource}")
     return problems
 
 
-def test_deployment_runs_uici_as_it_reads_its_configuration(docs: list[Doc]) -> None:
-    _assert_no_problems(deployment_problems(docs))
+def _http_probe(
+    where: str, container: Manifest, probe: str, routes: Routes, problems: list[str]
+) -> str | None:
+    """The probe's GET path, checked to be a route of the process and on the container's port
+    (its port as the process serves it is checked by the callers)."""
+    action = (container.get(probe) or {}).get("httpGet")
+    if action is None:
+        problems.append(f"{where}: no httpGet {probe}")
+        return None
+    path = str(action.get("path"))
+    if ("GET", path) not in routes:
+        problems.append(f"{where}: {probe} GET {path} is no route of the process")
+    return path
 
 
-def test_deployment_command_is_a_real_uici_serve_invocation(docs: list[Doc]) -> None:
+def _probe_port(container: Manifest, probe: str) -> Any:
+    port = ((container.get(probe) or {}).get("httpGet") or {}).get("port")
+    ports = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
+    return ports.get(port, port)
+
+
+def _rolls_without_downtime(doc: Doc, problems: list[str]) -> None:
+    spec = doc.body["spec"]
+    strategy = spec.get("strategy") or {}
+    rolling = strategy.get("rollingUpdate") or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        problems.append(f"{doc.label}: strategy {strategy.get('type')!r}, expected RollingUpdate")
+    elif rolling.get("maxUnavailable") not in (0, "0%"):
+        problems.append(
+            f"{doc.label}: rollingUpdate.maxUnavailable {rolling.get('maxUnavailable', '25%')!r},"
+            " expected 0 (no pod goes before its replacement is ready)"
+        )
+    elif rolling.get("maxSurge") in (None, 0, "0%"):
+        problems.append(f"{doc.label}: rollingUpdate.maxSurge must be at least 1")
+
+
+def _spreads(doc: Doc, labels: dict[str, str], problems: list[str]) -> None:
+    """Preferably one pod per node: a topology spread over hostnames, or preferred pod
+    anti-affinity, selecting the Deployment's own pods; never a hard rule that leaves pods
+    pending on a small cluster."""
+    pod = doc.body["spec"]["template"]["spec"]
+    spread = [
+        c
+        for c in pod.get("topologySpreadConstraints") or []
+        if c.get("topologyKey") == "kubernetes.io/hostname"
+        and _labels_match(c.get("labelSelector"), labels)
+    ]
+    anti = (pod.get("affinity") or {}).get("podAntiAffinity") or {}
+    preferred = [
+        term
+        for term in anti.get("preferredDuringSchedulingIgnoredDuringExecution") or []
+        if (term.get("podAffinityTerm") or {}).get("topologyKey") == "kubernetes.io/hostname"
+        and _labels_match((term.get("podAffinityTerm") or {}).get("labelSelector"), labels)
+    ]
+    if not spread and not preferred:
+        problems.append(
+            f"{doc.label}: no topology spread or preferred pod anti-affinity across nodes "
+            "selecting its own pods"
+        )
+    hard = [c for c in spread if c.get("whenUnsatisfiable", "DoNotSchedule") == "DoNotSchedule"]
+    if hard or anti.get("requiredDuringSchedulingIgnoredDuringExecution"):
+        problems.append(
+            f"{doc.label}: a hard spreading rule leaves pods pending on a one-node cluster; "
+            "use ScheduleAnyway or preferred anti-affinity"
+        )
+
+
+def api_problems(docs: list[Doc], routes: Routes) -> list[str]:
+    """The API: at least two replicas, rolled without downtime, kept by a PodDisruptionBudget,
+    spread across nodes, with probes that match what the service checks."""
+    doc = find(docs, "Deployment", API_DEPLOYMENT)
+    label = doc.label
+    spec = doc.body["spec"]
+    template = spec["template"]
+    labels = template["metadata"].get("labels") or {}
+    problems: list[str] = []
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or replicas < 2:
+        problems.append(f"{label}: replicas {replicas!r}, expected at least 2")
+    _rolls_without_downtime(doc, problems)
+    _spreads(doc, labels, problems)
+    if not _labels_match(spec.get("selector"), labels):
+        problems.append(f"{label}: the selector does not select its own pod template")
+
+    budgets = [
+        d
+        for d in docs
+        if d.kind == "PodDisruptionBudget"
+        and d.namespace == doc.namespace
+        and _labels_match((d.body.get("spec") or {}).get("selector"), labels)
+    ]
+    if not budgets:
+        problems.append(f"{label}: no PodDisruptionBudget selects the API pods")
+    for budget in budgets:
+        rules = budget.body["spec"]
+        minimum, unavailable = rules.get("minAvailable"), rules.get("maxUnavailable")
+        if isinstance(minimum, int) and isinstance(replicas, int):
+            if not 1 <= minimum < replicas:
+                problems.append(
+                    f"{budget.label}: minAvailable {minimum} with {replicas} replicas "
+                    "(below 1 keeps nothing up, at the replica count no node can be drained)"
+                )
+        elif unavailable != 1:
+            problems.append(f"{budget.label}: expected minAvailable 1 (or maxUnavailable 1)")
+
+    containers = template["spec"].get("containers") or []
+    if [c.get("name") for c in containers] != ["uici"]:
+        return [*problems, f"{label}: expected exactly one container, uici"]
+    container = containers[0]
+    where = f"{label} container uici"
+    if container.get("workingDir") and not any(
+        _under(container["workingDir"], m["mountPath"]) for m in container.get("volumeMounts") or []
+    ):
+        problems.append(f"{where}: workingDir {container['workingDir']} is on the root filesystem")
+
+    # Liveness: the process answers, nothing else (a database outage must not restart the
+    # pods). Readiness: the store takes writes and the configuration is valid.
+    liveness = _http_probe(where, container, "livenessProbe", routes, problems)
+    readiness = _http_probe(where, container, "readinessProbe", routes, problems)
+    if liveness is not None and (liveness.startswith("/health/") or liveness == readiness):
+        problems.append(
+            f"{where}: livenessProbe GET {liveness} checks dependencies; liveness is GET /health"
+        )
+    if readiness is not None and readiness != "/health/ready":
+        problems.append(f"{where}: readinessProbe GET {readiness}, expected /health/ready")
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe in container and _probe_port(container, probe) != SERVICE_PORT:
+            problems.append(f"{where}: {probe} port is not the container's {SERVICE_PORT}")
+    ready = container.get("readinessProbe") or {}
+    if ready.get("timeoutSeconds", 1) <= readiness_timeout_seconds():
+        problems.append(
+            f"{where}: readinessProbe timeoutSeconds {ready.get('timeoutSeconds', 1)} is not above "
+            f"api.readiness_timeout_seconds {readiness_timeout_seconds():g} (a slow store would "
+            "read as a failed probe, not a failed check)"
+        )
+    live = container.get("livenessProbe") or {}
+    window = live.get("failureThreshold", 3) * live.get("periodSeconds", 10)
+    if window < MIN_LIVENESS_WINDOW_SECONDS or live.get("timeoutSeconds", 1) < 2:
+        problems.append(
+            f"{where}: livenessProbe restarts after {window} s (timeout "
+            f"{live.get('timeoutSeconds', 1)} s); give it at least {MIN_LIVENESS_WINDOW_SECONDS} s"
+        )
+    if "startupProbe" not in container:
+        problems.append(f"{where}: no startupProbe (the schema migration runs at start-up)")
+    return problems
+
+
+def worker_problems(docs: list[Doc]) -> list[str]:
+    """The workers: `prefect worker start` on UICI's pool with its health server, probed where
+    Prefect serves it, the flows where prefect.yaml says, and time to finish a flow step."""
+    from prefect.cli.worker import worker_app
+
+    doc = find(docs, "Deployment", WORKER_DEPLOYMENT)
+    label = doc.label
+    spec = doc.body["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"].get("labels") or {}
+    problems: list[str] = []
+    replicas = spec.get("replicas", 1)
+    if not isinstance(replicas, int) or not 2 <= replicas <= 3:
+        problems.append(f"{label}: replicas {replicas!r}, expected 2 or 3")
+    _rolls_without_downtime(doc, problems)
+    _spreads(doc, labels, problems)
+    if not _labels_match(spec.get("selector"), labels):
+        problems.append(f"{label}: the selector does not select its own pod template")
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace < longest_step_seconds():
+        problems.append(
+            f"{label}: terminationGracePeriodSeconds {grace} is shorter than a flow step "
+            f"({longest_step_seconds():g} s)"
+        )
+
+    containers = pod.get("containers") or []
+    if len(containers) != 1:
+        return [*problems, f"{label}: expected exactly one container"]
+    container = containers[0]
+    where = f"{label} container {container.get('name')}"
+    env = {name: str(e.get("value")) for name, e in _env(container).items() if "value" in e}
+    argv = [*(container.get("command") or []), *(container.get("args") or [])]
+    if argv[:3] != ["prefect", "worker", "start"]:
+        problems.append(f"{where}: command {argv}, expected prefect worker start ...")
+    else:
+        # Prefect's own CLI parses the options: one it does not have fails here.
+        try:
+            _, bound, _ = worker_app.parse_args(argv[2:], exit_on_error=False, print_error=False)
+        except Exception as exc:
+            problems.append(f"{where}: prefect worker start rejects {argv[3:]}: {exc}")
+        else:
+            options = bound.arguments
+            if options.get("work_pool_name") != WORKER_POOL:
+                problems.append(
+                    f"{where}: polls pool {options.get('work_pool_name')!r}, prefect.yaml deploys "
+                    f"to {WORKER_POOL!r}"
+                )
+            if options.get("worker_type") not in (None, "process"):
+                problems.append(f"{where}: worker type {options.get('worker_type')!r}")
+            if not options.get("with_healthcheck"):
+                problems.append(f"{where}: no --with-healthcheck, nothing answers the probe")
+
+    path = _http_probe(where, container, "livenessProbe", worker_health_routes(), problems)
+    port = worker_health_port(env)
+    if path is not None and _probe_port(container, "livenessProbe") != port:
+        problems.append(
+            f"{where}: livenessProbe port {_probe_port(container, 'livenessProbe')!r}, the "
+            f"worker's health server listens on {port} (PREFECT_WORKER_WEBSERVER_PORT)"
+        )
+
+    # Where the flow runs find prefect.yaml's entrypoints: prefect.yaml's pull step and
+    # working_dir are UICI_PROJECT_DIR.
+    project = env.get(PROJECT_DIR_VARIABLE)
+    if not project:
+        problems.append(f"{where}: no {PROJECT_DIR_VARIABLE} (prefect.yaml's pull step)")
+    elif container.get("workingDir") != project:
+        problems.append(
+            f"{where}: workingDir {container.get('workingDir')!r} is not {PROJECT_DIR_VARIABLE}"
+            f" {project!r} (where `prefect deploy` finds prefect.yaml)"
+        )
+    return problems
+
+
+def deployment_problems(docs: list[Doc], routes: Routes) -> list[str]:
+    problems: list[str] = []
+    deployments = uici_deployments(docs)
+    for name in (API_DEPLOYMENT, WORKER_DEPLOYMENT):
+        if not any(d.name == name for d in deployments):
+            problems.append(f"no Deployment {name} in the manifests")
+    for doc in deployments:
+        problems.extend(container_problems(doc))
+    if any(d.name == API_DEPLOYMENT for d in deployments):
+        problems.extend(api_problems(docs, routes))
+        api = find(docs, "Deployment", API_DEPLOYMENT)
+        env = _env(api.body["spec"]["template"]["spec"]["containers"][0])
+        from_secret = {
+            n for n, e in env.items() if "secretKeyRef" in (e.get("valueFrom") or {})
+        } - {"UICI_STORAGE_URL"}
+        if from_secret != secret_variables():
+            problems.append(
+                f"{api.label}: secret variables {sorted(from_secret)}, the configuration references {sorted(secret_variables())}"
+            )
+    if any(d.name == WORKER_DEPLOYMENT for d in deployments):
+        problems.extend(worker_problems(docs))
+    images = {
+        c.get("image")
+        for d in deployments
+        for c in d.body["spec"]["template"]["spec"].get("containers") or []
+    }
+    if len(images) != 1:
+        problems.append(f"the Deployments run different images {sorted(map(str, images))}")
+    return problems
+
+
+def test_deployments_run_uici_as_it_reads_its_configuration(
+    docs: list[Doc], routes: Routes
+) -> None:
+    _assert_no_problems(deployment_problems(docs, routes))
+
+
+def test_api_command_is_a_real_uici_serve_invocation(docs: list[Doc]) -> None:
     import typer
 
     from agent.cli.main import app
@@ -843,25 +1204,102 @@ def test_deployment_command_is_a_real_uici_serve_invocation(docs: list[Doc]) -> 
     assert {p["containerPort"] for p in container["ports"]} == {SERVICE_PORT}
 
 
-def test_image_is_the_repository_version(docs: list[Doc]) -> None:
+def test_liveness_answers_while_the_store_is_away(
+    docs: list[Doc], service: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe paths of deployment.yaml against the real app: both answer 200 while the
+    store is there; with every connection to it failing, readiness turns 503 and liveness
+    stays 200, so the kubelet takes the pods out of the Service and never restarts them."""
+    from sqlalchemy.exc import OperationalError
+
+    container = _container(docs)
+    live = container["livenessProbe"]["httpGet"]["path"]
+    ready = container["readinessProbe"]["httpGet"]["path"]
+    assert service.get(live).status_code == 200
+    assert service.get(ready).status_code == 200
+
+    def away(*_: Any, **__: Any) -> Any:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    database = service.app.state.uici.store.database
+    monkeypatch.setattr(database, "connect", away)
+    monkeypatch.setattr(database, "transaction", away)
+    answer = service.get(ready)
+    assert answer.status_code == 503, answer.text
+    store = next(c for c in answer.json()["checks"] if c["name"] == "store")
+    assert not store["ok"] and "connection refused" in store["detail"]
+    assert service.get(live).status_code == 200
+
+
+def test_worker_health_server_answers_the_probe(docs: list[Doc]) -> None:
+    """Prefect's worker health server, built as `--with-healthcheck` builds it: the probe's
+    path answers 200 while the worker polls and 503 once it stopped."""
+    from fastapi.testclient import TestClient
+    from prefect.workers.server import _build_healthcheck_server
+
+    container = find(docs, "Deployment", WORKER_DEPLOYMENT).body["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    path = container["livenessProbe"]["httpGet"]["path"]
+    for healthy, status in ((True, 200), (False, 503)):
+
+        def is_healthy(answer: bool = healthy) -> bool:
+            return answer
+
+        app: Any = _build_healthcheck_server(is_healthy).config.app
+        assert TestClient(app).get(path).status_code == status
+
+
+def test_image_is_the_repository_version_built_with_the_flows(docs: list[Doc]) -> None:
     version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
         "version"
     ]
-    assert _container(docs)["image"] == f"uici:{version}"
-    assert (K8S_DIR / "Dockerfile").is_file()
+    for doc in uici_deployments(docs):
+        for container in doc.body["spec"]["template"]["spec"]["containers"]:
+            assert container["image"] == f"uici:{version}", doc.label
+    assert not list(K8S_DIR.glob("Dockerfile*")), "the Dockerfile is deployments/docker/"
+    for path in K8S_DIR.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        assert "deployments/kubernetes/Dockerfile" not in text, path.name
+    # The workers' flow runs import prefect.yaml's entrypoints from UICI_PROJECT_DIR: the
+    # image must have them there.
+    worker = find(docs, "Deployment", WORKER_DEPLOYMENT).body["spec"]["template"]["spec"]
+    project = next(
+        e["value"] for e in worker["containers"][0]["env"] if e["name"] == PROJECT_DIR_VARIABLE
+    )
+    prefect_yaml = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+    assert f"${PROJECT_DIR_VARIABLE}" in json.dumps(prefect_yaml["pull"])
+    for deployment in prefect_yaml["deployments"]:
+        assert deployment["work_pool"]["name"] == WORKER_POOL
+        assert (REPO_ROOT / deployment["entrypoint"].split(":")[0]).is_file()
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    workdirs = re.findall(r"^WORKDIR\s+(\S+)", dockerfile, re.MULTILINE)
+    assert project in workdirs, f"{DOCKERFILE}: no WORKDIR {project} ({workdirs})"
+    for needed in ("prefect.yaml", "flows", "tasks"):
+        assert re.search(rf"^COPY\b.*\b{re.escape(needed)}\b", dockerfile, re.MULTILINE), (
+            f"{DOCKERFILE} does not copy {needed} into the image"
+        )
 
 
-def test_service_routes_to_the_pod(docs: list[Doc]) -> None:
+def test_service_routes_to_the_api_pods_only(docs: list[Doc], routes: Routes) -> None:
     service = find(docs, "Service", "uici").body
-    template = find(docs, "Deployment", "uici").body["spec"]["template"]
+    api = find(docs, "Deployment", API_DEPLOYMENT).body["spec"]["template"]
+    worker = find(docs, "Deployment", WORKER_DEPLOYMENT).body["spec"]["template"]
     assert service["spec"]["type"] == "ClusterIP"
-    selector = service["spec"]["selector"]
-    assert selector.items() <= template["metadata"]["labels"].items()
+    selector = {"matchLabels": service["spec"]["selector"]}
+    assert _labels_match(selector, api["metadata"]["labels"])
+    assert not _labels_match(selector, worker["metadata"]["labels"]), "the Service selects workers"
     (port,) = service["spec"]["ports"]
     assert port["port"] == SERVICE_PORT
-    ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    ports = {p["name"]: p["containerPort"] for p in api["spec"]["containers"][0]["ports"]}
     assert ports.get(port["targetPort"], port["targetPort"]) == SERVICE_PORT
-    assert ("POST", "/webhooks/alertmanager") in app_routes()
+    assert ("POST", "/webhooks/alertmanager") in routes
+    # No budget selects the other Deployment's pods by accident.
+    for budget in (d for d in docs if d.kind == "PodDisruptionBudget"):
+        selector = budget.body["spec"]["selector"]
+        assert _labels_match(selector, api["metadata"]["labels"]) != _labels_match(
+            selector, worker["metadata"]["labels"]
+        ), budget.label
 
 
 def test_readme_creates_every_secret_key(docs: list[Doc]) -> None:
@@ -869,8 +1307,27 @@ def test_readme_creates_every_secret_key(docs: list[Doc]) -> None:
     assert f"kubectl create secret generic {SECRET_NAME}" in readme
     for name in sorted(secret_variables()):
         assert f"--from-literal={name}=" in readme, f"README.md does not show how to set {name}"
+    assert f"kubectl create secret generic {STORAGE_SECRET}" in readme
+    assert f"--from-literal={STORAGE_KEY}=postgresql://" in readme
     assert "kubectl apply -k deployments/kubernetes/" in readme
     assert REGENERATE in readme
+
+
+def _api(docs: list[Doc]) -> Manifest:
+    spec: Manifest = find(docs, "Deployment", API_DEPLOYMENT).body["spec"]
+    return spec
+
+
+def _worker(docs: list[Doc]) -> Manifest:
+    container: Manifest = find(docs, "Deployment", WORKER_DEPLOYMENT).body["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    return container
+
+
+def _env_entry(container: Manifest, name: str) -> Manifest:
+    entry: Manifest = next(e for e in container["env"] if e["name"] == name)
+    return entry
 
 
 def _privilege_escalation(docs: list[Doc]) -> None:
@@ -879,7 +1336,9 @@ def _privilege_escalation(docs: list[Doc]) -> None:
 
 def _other_secret(docs: list[Doc]) -> None:
     env = _container(docs)["env"]
-    next(e for e in env if "valueFrom" in e)["valueFrom"]["secretKeyRef"]["name"] = "prod-db"
+    next(e for e in env if e["name"] == "UICI_READER_KEY_SHA256")["valueFrom"]["secretKeyRef"][
+        "name"
+    ] = "prod-db"
 
 
 def _plain_secret(docs: list[Doc]) -> None:
@@ -892,14 +1351,124 @@ def _missing_probe_route(docs: list[Doc]) -> None:
     _container(docs)["readinessProbe"]["httpGet"]["path"] = "/healthz"
 
 
+def _liveness_on_readiness(docs: list[Doc]) -> None:
+    _container(docs)["livenessProbe"]["httpGet"]["path"] = "/health/ready"
+
+
+def _hasty_liveness(docs: list[Doc]) -> None:
+    _container(docs)["livenessProbe"].update(periodSeconds=5, failureThreshold=1)
+
+
+def _short_readiness_timeout(docs: list[Doc]) -> None:
+    _container(docs)["readinessProbe"]["timeoutSeconds"] = 1
+
+
 def _config_elsewhere(docs: list[Doc]) -> None:
-    env = _container(docs)["env"]
-    next(e for e in env if e["name"] == "UICI_CONFIG_DIR")["value"] = "/config"
+    _env_entry(_container(docs), "UICI_CONFIG_DIR")["value"] = "/config"
 
 
-def _store_on_root(docs: list[Doc]) -> None:
-    env = _container(docs)["env"]
-    next(e for e in env if e["name"] == "UICI_STORAGE_URL")["value"] = "sqlite:///.uici/uici.db"
+def _sqlite_store(docs: list[Doc]) -> None:
+    entry = _env_entry(_worker(docs), "UICI_STORAGE_URL")
+    entry.clear()
+    entry.update(name="UICI_STORAGE_URL", value="sqlite:////var/lib/uici/uici.db")
+    pod = find(docs, "Deployment", WORKER_DEPLOYMENT).body["spec"]["template"]["spec"]
+    pod["volumes"].append({"name": "state", "emptyDir": {}})
+    _worker(docs)["volumeMounts"].append({"name": "state", "mountPath": "/var/lib/uici"})
+
+
+def _storage_other_key(docs: list[Doc]) -> None:
+    _env_entry(_container(docs), "UICI_STORAGE_URL")["valueFrom"]["secretKeyRef"]["key"] = "dsn"
+
+
+def _no_storage(docs: list[Doc]) -> None:
+    _worker(docs)["env"].remove(_env_entry(_worker(docs), "UICI_STORAGE_URL"))
+
+
+def _one_replica(docs: list[Doc]) -> None:
+    _api(docs)["replicas"] = 1
+
+
+def _recreate(docs: list[Doc]) -> None:
+    _api(docs)["strategy"] = {"type": "Recreate"}
+
+
+def _max_unavailable(docs: list[Doc]) -> None:
+    _api(docs)["strategy"]["rollingUpdate"]["maxUnavailable"] = 1
+
+
+def _no_budget(docs: list[Doc]) -> None:
+    docs.remove(find(docs, "PodDisruptionBudget", "uici"))
+
+
+def _budget_selects_nothing(docs: list[Doc]) -> None:
+    find(docs, "PodDisruptionBudget", "uici").body["spec"]["selector"]["matchLabels"][
+        "app.kubernetes.io/component"
+    ] = "api"
+
+
+def _budget_blocks_drains(docs: list[Doc]) -> None:
+    find(docs, "PodDisruptionBudget", "uici").body["spec"]["minAvailable"] = 2
+
+
+def _no_spread(docs: list[Doc]) -> None:
+    del _api(docs)["template"]["spec"]["topologySpreadConstraints"]
+
+
+def _hard_spread(docs: list[Doc]) -> None:
+    for constraint in _api(docs)["template"]["spec"]["topologySpreadConstraints"]:
+        constraint["whenUnsatisfiable"] = "DoNotSchedule"
+
+
+def _no_worker(docs: list[Doc]) -> None:
+    docs.remove(find(docs, "Deployment", WORKER_DEPLOYMENT))
+
+
+def _other_pool(docs: list[Doc]) -> None:
+    command = _worker(docs)["command"]
+    command[command.index("--pool") + 1] = "default"
+
+
+def _no_healthcheck(docs: list[Doc]) -> None:
+    _worker(docs)["command"].remove("--with-healthcheck")
+
+
+def _misspelt_option(docs: list[Doc]) -> None:
+    command = _worker(docs)["command"]
+    command[command.index("--with-healthcheck")] = "--with-health-check"
+
+
+def _worker_probe_path(docs: list[Doc]) -> None:
+    _worker(docs)["livenessProbe"]["httpGet"]["path"] = "/health/ready"
+
+
+def _worker_probe_port(docs: list[Doc]) -> None:
+    _env_entry(_worker(docs), "PREFECT_WORKER_WEBSERVER_PORT")["value"] = "8081"
+
+
+def _short_grace(docs: list[Doc]) -> None:
+    find(docs, "Deployment", WORKER_DEPLOYMENT).body["spec"]["template"]["spec"][
+        "terminationGracePeriodSeconds"
+    ] = 30
+
+
+def _no_project_dir(docs: list[Doc]) -> None:
+    _worker(docs)["env"].remove(_env_entry(_worker(docs), PROJECT_DIR_VARIABLE))
+
+
+def _writable_root(docs: list[Doc]) -> None:
+    _worker(docs)["securityContext"]["readOnlyRootFilesystem"] = False
+
+
+def _worker_as_root(docs: list[Doc]) -> None:
+    _worker(docs)["securityContext"]["runAsUser"] = 0
+
+
+def _other_image(docs: list[Doc]) -> None:
+    _worker(docs)["image"] = "uici:0.0.9"
+
+
+def _worker_without_secret_config(docs: list[Doc]) -> None:
+    _env_entry(_worker(docs), "UICI_LLM_API_KEY")["valueFrom"]["secretKeyRef"]["key"] = "llm"
 
 
 DEPLOYMENT_BREAKAGES: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
@@ -907,21 +1476,137 @@ DEPLOYMENT_BREAKAGES: dict[str, tuple[Callable[[list[Doc]], None], str]] = {
     "another Secret": (_other_secret, "reads Secret 'prod-db'"),
     "a secret as a plain value": (_plain_secret, "UICI_LLM_API_KEY must come from a secretKeyRef"),
     "a probe path that is no route": (_missing_probe_route, "GET /healthz is no route"),
+    "liveness on /health/ready": (_liveness_on_readiness, "livenessProbe GET /health/ready checks"),
+    "a hasty liveness probe": (_hasty_liveness, "livenessProbe restarts after 5 s"),
+    "readiness timeout under the checks'": (_short_readiness_timeout, "timeoutSeconds 1 is not"),
     "config dir not the mount": (
         _config_elsewhere,
         "UICI_CONFIG_DIR does not name a mounted directory",
     ),
-    "store on the read-only root": (
-        _store_on_root,
-        "UICI_STORAGE_URL '.uici/uici.db' is not on a writable emptyDir",
+    "an SQLite store on an emptyDir": (_sqlite_store, "UICI_STORAGE_URL names SQLite"),
+    "the store as a plain value": (_sqlite_store, "UICI_STORAGE_URL must come from a secretKeyRef"),
+    "an emptyDir at the store path": (_sqlite_store, "emptyDir state at /var/lib/uici"),
+    "the store from another key": (_storage_other_key, "expected Secret 'uici-storage' key 'url'"),
+    "no store at all": (_no_storage, "no UICI_STORAGE_URL"),
+    "one API replica": (_one_replica, "replicas 1, expected at least 2"),
+    "Recreate": (_recreate, "strategy 'Recreate', expected RollingUpdate"),
+    "maxUnavailable 1": (_max_unavailable, "maxUnavailable 1, expected 0"),
+    "no PodDisruptionBudget": (_no_budget, "no PodDisruptionBudget selects the API pods"),
+    "a budget that selects nothing": (
+        _budget_selects_nothing,
+        "no PodDisruptionBudget selects the API pods",
     ),
+    "a budget that blocks drains": (_budget_blocks_drains, "minAvailable 2 with 2 replicas"),
+    "no spreading": (_no_spread, "no topology spread or preferred pod anti-affinity"),
+    "hard spreading": (_hard_spread, "a hard spreading rule"),
+    "no worker Deployment": (_no_worker, "no Deployment uici-worker"),
+    "another pool": (_other_pool, "polls pool 'default'"),
+    "no health server": (_no_healthcheck, "no --with-healthcheck"),
+    "a misspelt worker option": (_misspelt_option, "prefect worker start rejects"),
+    "worker probe path": (_worker_probe_path, "livenessProbe GET /health/ready is no route"),
+    "worker probe port": (_worker_probe_port, "listens on 8081 (PREFECT_WORKER_WEBSERVER_PORT)"),
+    "a grace period shorter than a step": (_short_grace, "terminationGracePeriodSeconds 30"),
+    "no project directory": (_no_project_dir, "no UICI_PROJECT_DIR"),
+    "a writable root filesystem": (_writable_root, "readOnlyRootFilesystem is False"),
+    "a worker as root": (_worker_as_root, "needs a non-zero numeric runAsUser"),
+    "different images": (_other_image, "the Deployments run different images"),
+    "a key named otherwise": (_worker_without_secret_config, "reads key 'llm'"),
 }
 
 
 @pytest.mark.parametrize("breakage", sorted(DEPLOYMENT_BREAKAGES))
-def test_deployment_check_reports_each_breakage(docs: list[Doc], breakage: str) -> None:
+def test_deployment_check_reports_each_breakage(
+    docs: list[Doc], routes: Routes, breakage: str
+) -> None:
     mutate, expected = DEPLOYMENT_BREAKAGES[breakage]
     broken = [Doc(d.file, copy.deepcopy(d.body)) for d in kubernetes_docs(docs)]
     mutate(broken)
-    problems = deployment_problems(broken)
+    problems = deployment_problems(broken, routes)
     assert any(expected in p for p in problems), f"{breakage}: not reported in {problems}"
+
+
+# --- 5. kubectl -------------------------------------------------------------------------------
+#
+# No API server runs here, so kubectl talks to tests/k8s_double.py, which serves discovery and
+# an OpenAPI v3 whose operations accept `fieldValidation`. Against it `kubectl apply
+# --dry-run=client --validate=strict` proves that kubectl can read every file, that every
+# kind exists at its apiVersion with the right scope, and what kubectl would send; the field
+# by field check (unknown or misspelt fields) is kubectl's server-side one, which a client dry
+# run never reaches: schema_problems above does it with the official client's models.
+
+KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+
+
+@pytest.fixture(scope="module")
+def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    import subprocess
+
+    from tests.k8s_double import KubeDouble
+
+    home = tmp_path_factory.mktemp("kubectl")
+    with KubeDouble() as double:
+        kubeconfig = double.kubeconfig(home / "config")
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(KUBECTL), "--kubeconfig", str(kubeconfig), "--cache-dir", str(home), *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=REPO_ROOT,
+            )
+
+        yield run
+
+
+def _object_names(docs: list[Doc]) -> list[str]:
+    """What `kubectl ... -o name` prints for these objects: kind.group/name."""
+    names = []
+    for doc in docs:
+        group = doc.body["apiVersion"].rpartition("/")[0]
+        kind = doc.kind.lower()
+        names.append(f"{kind}.{group}/{doc.name}" if group else f"{kind}/{doc.name}")
+    return sorted(names)
+
+
+def test_kustomize_builds_exactly_the_files(docs: list[Doc], kubectl: Callable[..., Any]) -> None:
+    result = kubectl("kustomize", "deployments/kubernetes")
+    assert result.returncode == 0, result.stderr
+    built = [body for body in yaml.safe_load_all(result.stdout) if body]
+
+    def key(body: Manifest) -> tuple[str, str, str]:
+        meta = body["metadata"]
+        return (body["kind"], meta.get("namespace", ""), meta["name"])
+
+    expected = {key(d.body): d.body for d in kubernetes_docs(docs)}
+    assert {key(b): b for b in built} == expected
+
+
+def test_kubectl_apply_strict_dry_run(docs: list[Doc], kubectl: Callable[..., Any]) -> None:
+    result = kubectl(
+        "apply", "--dry-run=client", "--validate=strict", "-k", "deployments/kubernetes/",
+        "-o", "name",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.split()) == _object_names(kubernetes_docs(docs))
+
+
+def test_kubectl_refuses_a_kind_the_server_does_not_serve(
+    tmp_path: Path, kubectl: Callable[..., Any]
+) -> None:
+    """What the kubectl check catches: an apiVersion that no longer exists (the
+    PodDisruptionBudget's policy/v1beta1 was removed in Kubernetes 1.25): strict validation
+    finds no schema for it, and without validation kubectl finds no such kind."""
+    budget = next(yaml.safe_load_all((K8S_DIR / "pdb.yaml").read_text(encoding="utf-8")))
+    budget["apiVersion"] = "policy/v1beta1"
+    path = tmp_path / "pdb.yaml"
+    path.write_text(yaml.safe_dump(budget), encoding="utf-8")
+    strict = kubectl("apply", "--dry-run=client", "--validate=strict", "-f", str(path))
+    assert strict.returncode == 1
+    assert f'error validating "{path}"' in strict.stderr, strict.stderr
+    unvalidated = kubectl("apply", "--dry-run=client", "--validate=false", "-f", str(path))
+    assert unvalidated.returncode == 1
+    assert 'no matches for kind "PodDisruptionBudget" in version "policy/v1beta1"' in (
+        unvalidated.stderr
+    ), unvalidated.stderr
