@@ -405,3 +405,13 @@ def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "UICI_STORAGE_URL" in done.stderr
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
+
+
+def test_config_show_masks_the_password_of_the_store_url() -> None:
+    from tests.test_cli import uici
+
+    url = f"postgresql://uici:{PASSWORD}@db.example:5432/uici"
+    for args in (["config", "show"], ["config", "show", "--json"]):
+        shown = uici(*args, env={"UICI_STORAGE_URL": url})
+        assert shown.returncode == 0, shown.stderr
+        assert PASSWORD not in shown.stdout and "uici:**********@db.example:5432" in shown.stdout

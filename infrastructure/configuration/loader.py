@@ -86,7 +86,13 @@ def _mask(value: Any, key: str = "") -> Any:
         return [_mask(v, key) for v in value]
     if key and is_secret_key(key) and value not in (None, ""):
         return REDACTED
+    if isinstance(value, str):
+        # A URL's password (storage.url: postgresql://user:password@host/db) whatever the key.
+        return _URL_PASSWORD.sub(rf"\1{REDACTED}\2", value)
     return value
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^@/\s]+(@)")
 
 
 def resolve_config_dir(
