@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the Debian packages the tests and benchmarks run as plain processes are present:
 # prometheus and prometheus-alertmanager (the end-to-end alert tests, tests/promstack.py) and
-# postgresql (the Prefect server's database with UICI_PREFECT_DB=postgres). No service is
+# postgresql (the Prefect server's database with UICI_PREFECT_DB=postgres), and docker-compose
+# (the v1 tool, whose `config` validates deployments/compose: tests/test_compose.py). No service is
 # started here. On Debian as root: install what is missing. Anywhere else: say what is missing
 # and fail.
 set -euo pipefail
@@ -12,9 +13,10 @@ declare -A present=(
     [prometheus]='[ -x /usr/bin/prometheus ]'
     [prometheus-alertmanager]='[ -x /usr/bin/prometheus-alertmanager ]' # no `alertmanager` name
     [postgresql]='[ -n "$(pg_ctl)" ]'
+    [docker-compose]='[ -x /usr/bin/docker-compose ]'
 )
 missing=()
-for package in prometheus prometheus-alertmanager postgresql; do
+for package in prometheus prometheus-alertmanager postgresql docker-compose; do
     eval "${present[$package]}" || missing+=("$package")
 done
 
