@@ -331,7 +331,9 @@ def sweep(
             assert accepted.status_code == 202, accepted.text
             [incident_id] = accepted.json()["new_incidents"]
             # What the dispatcher would start the flow run with.
-            [queued] = IncidentStore(store_path).due_dispatch(time.time() + 3600, 10)
+            [queued] = IncidentStore(store_path).claim_dispatch(
+                time.time() + 3600, 10, time.time() + 7200
+            )
             parameters = json.loads(queued["payload"])
             report = asyncio.run(diagnose_incident(**parameters))
             probe_exits(store_path, incident_id, raw_log)

@@ -391,7 +391,15 @@ def test_a_lost_postgresql_connection_fails_then_recovers() -> None:
         cluster.close()
 
 
-@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["incidents", "list"], ["audit"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--port", "1"],
+        ["incidents", "list"],
+        ["audit"],
+        ["run", "get_logs", "--env", "local-docker", "--target", "web"],
+    ],
+)
 def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
     command: list[str],
 ) -> None:
@@ -402,7 +410,8 @@ def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
         *command,
         env={"UICI_STORAGE_URL": f"postgresql://uici:{PASSWORD}@127.0.0.1:{port}/uici"},
     )
-    assert done.returncode == 1, done.stdout + done.stderr
+    # `uici run` refuses an operation it cannot record with its bad-input code, as before.
+    assert done.returncode == (2 if command[0] == "run" else 1), done.stdout + done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "UICI_STORAGE_URL" in done.stderr
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
 
@@ -415,3 +424,54 @@ def test_config_show_masks_the_password_of_the_store_url() -> None:
         shown = uici(*args, env={"UICI_STORAGE_URL": url})
         assert shown.returncode == 0, shown.stderr
         assert PASSWORD not in shown.stdout and "uici:**********@db.example:5432" in shown.stdout
+
+
+def test_a_run_finishing_while_its_alert_resolves_leaves_the_incident_resolved(
+    store_url: str, test_config_dir: Path, tmp_path: Path
+) -> None:
+    """The intake resolves the alert and the incident in one transaction; a flow run saving
+    its report meanwhile must not put the incident back to `diagnosed`."""
+    from agent.incidents.storage import resolve_alert, resolve_incident
+
+    config = load_config(test_config_dir, environ=key_env(tmp_path))
+    store = IncidentStore(store_url)
+    firing = alert("web", fingerprint="race000000000001")
+    [incident] = (
+        AlertIngestor(config, store)
+        .ingest(AlertmanagerWebhook.model_validate(notification(firing)), "r1", "webhook", "t")
+        .new_incidents
+    )
+    [row] = store.alerts_of(incident)
+    resolving = threading.Event()
+
+    def intake() -> None:
+        with store.transaction() as db:
+            resolve_alert(db, row["key"], None, time.time())
+            resolve_incident(db, incident, time.time())
+            resolving.set()
+            time.sleep(0.5)
+
+    writer = threading.Thread(target=intake)
+    writer.start()
+    resolving.wait(5)
+    store.save_report(incident, {"done": True}, "diagnosed")
+    store.set_status(incident, "diagnosed")
+    writer.join()
+    record = store.get(incident)
+    assert record is not None and record.status == "resolved" and record.report == {"done": True}
+
+
+def test_an_alert_with_a_nul_character_is_stored_on_both(
+    store_url: str, test_config_dir: Path, tmp_path: Path
+) -> None:
+    """PostgreSQL's text refuses NUL; text from outside carrying one is still stored."""
+    config = load_config(test_config_dir, environ=key_env(tmp_path))
+    store = IncidentStore(store_url)
+    body = notification(alert("web", fingerprint="nul0000000000001"), groupKey="g\x00k")
+    body["alerts"][0]["annotations"] = {"summary": "bad\x00byte"}
+    result = AlertIngestor(config, store).ingest(
+        AlertmanagerWebhook.model_validate(body), "req-nul", "webhook", "test"
+    )
+    [incident] = result.new_incidents
+    [row] = store.alerts_of(incident)
+    assert row["group_key"] == "g\ufffdk" and "bad" in row["annotations"]

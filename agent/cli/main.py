@@ -559,7 +559,13 @@ def _run_through_gate(
     import getpass
     import uuid
 
-    from agent.incidents.storage import UNRECORDABLE, IncidentStore, StoreFailure
+    from agent.incidents.storage import (
+        UNRECORDABLE,
+        IncidentStore,
+        StoreFailure,
+        failure_reason,
+        shown_url,
+    )
     from agent.safety.gate import ExecutionGate, requested_operation
 
     unusable: tuple[type[Exception], ...] = (*UNRECORDABLE, ValueError)
@@ -568,7 +574,8 @@ def _run_through_gate(
         known = store.get(incident) if incident else None
     except unusable as exc:
         _fail(
-            f"refused: the incident store ({config.platform.storage.url}) cannot be used: {exc}; "
+            f"refused: the incident store ({shown_url(config.platform.storage.url)}) cannot be"
+            f" used: {failure_reason(exc)}; "
             "without it no operation is recorded, so none runs (platform.yml: storage.url)"
         )
     if incident and known is None:
@@ -588,7 +595,8 @@ def _run_through_gate(
         outcome = gate.execute(request)
     except StoreFailure as exc:  # fail closed: what cannot be recorded is not done
         _fail(
-            f"refused: the incident store ({config.platform.storage.url}) failed: {exc}; "
+            f"refused: the incident store ({shown_url(config.platform.storage.url)}) failed:"
+            f" {failure_reason(exc)}; "
             "the operation was not sent, or its outcome could not be recorded "
             "(see `uici writes list --state pending`)"
         )

@@ -76,7 +76,13 @@ class StorageError(RuntimeError):
 
 # What a failing store raises, whichever backend: the driver's errors (wrapped by SQLAlchemy)
 # and StorageError when it cannot be opened.
-StoreFailure: tuple[type[Exception], ...] = (sqlalchemy.exc.SQLAlchemyError, StorageError)
+# Deterministic errors (a constraint, bad data) are not among them: they are bugs, not outages.
+StoreFailure: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    StorageError,
+)
 # ... and a store that cannot be reached at all (a file that cannot be opened).
 UNRECORDABLE: tuple[type[Exception], ...] = (*StoreFailure, OSError)
 
@@ -94,6 +100,8 @@ class StorageSettingsLike(Protocol):
     def pool_size(self) -> int: ...
     @property
     def max_overflow(self) -> int: ...
+    @property
+    def statement_timeout_seconds(self) -> float: ...
 
 
 class _Defaults:
@@ -103,6 +111,7 @@ class _Defaults:
     connect_timeout_seconds = 5
     pool_size = 5
     max_overflow = 10
+    statement_timeout_seconds = 60.0
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -118,6 +127,14 @@ def store_url(source: Path | str) -> str:
     if scheme in ("postgres", "postgresql"):
         return f"postgresql+psycopg://{rest}"
     return text_
+
+
+def shown_url(url: str) -> str:
+    """A store URL fit for a message: its password masked."""
+    try:
+        return make_url(store_url(url)).render_as_string(hide_password=True)
+    except (ValueError, sqlalchemy.exc.ArgumentError):
+        return "(an unreadable storage.url)"
 
 
 def sqlite_path(url: str) -> Path:
@@ -138,6 +155,8 @@ class Database:
         parsed = make_url(self.url)
         self.dialect = parsed.get_backend_name()
         # What messages show: the store without its password.
+        if "password" in parsed.query:
+            parsed = parsed.update_query_dict({"password": "***"})
         self.name = parsed.render_as_string(hide_password=True)
         self.file: tuple[int, int] | None = None  # the SQLite file's device and inode, once open
         if self.dialect == "sqlite":
@@ -147,6 +166,8 @@ class Database:
             # between calls, and a process that forks inherits no open file.
             self.engine = create_engine(
                 self.url,
+                # Error messages (logs, 503 bodies) never carry the statement's values.
+                hide_parameters=True,
                 poolclass=NullPool,
                 connect_args={
                     "timeout": settings.lock_timeout_seconds,
@@ -157,8 +178,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         elif self.dialect == "postgresql":
             self.path = None
+            statement_ms = int(settings.statement_timeout_seconds * 1000)
             self.engine = create_engine(
                 self.url,
+                hide_parameters=True,
                 pool_size=settings.pool_size,
                 max_overflow=settings.max_overflow,
                 # A connection the server dropped (restart, failover) is replaced, not used.
@@ -166,6 +189,17 @@ class Database:
                 connect_args={
                     "connect_timeout": settings.connect_timeout_seconds,
                     "application_name": "uici",
+                    # A server that stops answering (a partition, a hung host) fails the
+                    # statement instead of hanging it: TCP keepalives and a send timeout,
+                    # and on the server a bound on statements and on idle transactions
+                    # (which would otherwise keep the write lock).
+                    "keepalives": 1,
+                    "keepalives_idle": settings.connect_timeout_seconds,
+                    "keepalives_interval": settings.connect_timeout_seconds,
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": statement_ms,
+                    "options": f"-c statement_timeout={statement_ms}"
+                    f" -c idle_in_transaction_session_timeout={statement_ms}",
                 },
             )
         else:
@@ -242,7 +276,7 @@ class Database:
         try:
             self.migrate()
         except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise StorageError(f"{self.name}: {_reason(exc)}. {self._fix(exc)}") from exc
+            raise StorageError(f"{self.name}: {failure_reason(exc)}. {self._fix(exc)}") from exc
         self.file = None if self.path is None else _file_identity(self.path)
         return self
 
@@ -276,7 +310,7 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _reason(exc: Exception) -> str:
+def failure_reason(exc: Exception) -> str:
     """The driver's first line, without SQLAlchemy's advice links."""
     original = getattr(exc, "orig", None) or exc
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
@@ -332,7 +366,10 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 
 def _forget_databases() -> None:
-    """In a forked child: the parent's pooled connections are not the child's to use."""
+    """In a forked child: the parent's pooled connections are not the child's to use, and a
+    lock another thread held at the fork would never be released."""
+    global _DATABASES_LOCK
+    _DATABASES_LOCK = threading.Lock()
     for known in _DATABASES.values():
         known.engine.dispose(close=False)
     _DATABASES.clear()
@@ -346,14 +383,23 @@ def _sql(query: str) -> TextClause:
     return text(query)
 
 
+def _storable(values: Mapping[str, Any] | None) -> dict[str, Any]:
+    """PostgreSQL's text cannot hold NUL, which SQLite stores: an alert carrying one (text from
+    outside) is stored with U+FFFD in its place on both, rather than refused on one."""
+    return {
+        k: v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v else v
+        for k, v in (values or {}).items()
+    }
+
+
 def run(db: Connection, query: str, values: Mapping[str, Any] | None = None) -> CursorResult[Any]:
     """One statement with named parameters (`:name`)."""
-    return db.execute(_sql(query), dict(values or {}))
+    return db.execute(_sql(query), _storable(values))
 
 
 def run_many(db: Connection, query: str, rows: list[dict[str, Any]]) -> None:
     if rows:
-        db.execute(_sql(query), rows)
+        db.execute(_sql(query), [_storable(row) for row in rows])
 
 
 def rows(db: Connection, query: str, values: Mapping[str, Any] | None = None) -> list[Row]:
@@ -1347,10 +1393,12 @@ class IncidentStore(RedactorHolder):
         " THEN status ELSE :status END"
     )
 
+    # In a write transaction: on PostgreSQL an autocommit UPDATE would read `alerts` as of
+    # before an intake that resolves the alert concurrently, and undo its resolution.
     def set_status(
         self, incident_id: str, status: IncidentStatus, flow_run_id: str | None = None
     ) -> None:
-        with self._db() as db:
+        with self.transaction() as db:
             run(
                 db,
                 "UPDATE incidents SET updated_at = :now,"  # noqa: S608 - a fixed clause
@@ -1363,7 +1411,7 @@ class IncidentStore(RedactorHolder):
     def save_report(self, incident_id: str, report: dict[str, Any], status: IncidentStatus) -> None:
         """Every stored report is redacted here, whoever built it: the one choke point."""
         stored = json.dumps(self.redactor.json_data(report))
-        with self._db() as db:
+        with self.transaction() as db:
             run(
                 db,
                 "UPDATE incidents SET report = :report, updated_at = :now, "  # noqa: S608 - a fixed clause

@@ -41,6 +41,7 @@ from agent.incidents.storage import (
     IncidentStatus,
     IncidentStore,
     StoreFailure,
+    failure_reason,
     insert_incident,
 )
 from agent.logs import request_id_var
@@ -369,7 +370,7 @@ def create_app(
     async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         # The database went away mid-request (restart, failover, network): a 503 the client
         # retries; the pool replaces the connection, so the service recovers by itself.
-        log.error("the incident store failed: %s", exc)
+        log.error("the incident store failed: %s", failure_reason(exc))
         return JSONResponse(
             status_code=503,
             content=ErrorResponse(
@@ -494,7 +495,7 @@ def create_app(
                 body, request.state.request_id, sender.name, address, parsed.invalid,
             )  # fmt: skip
         except StoreFailure as exc:
-            log.error("could not store a notification: %s", exc)
+            log.error("could not store a notification: %s", failure_reason(exc))
             state.metrics.webhook_latency.labels("503").observe(time.perf_counter() - started)
             # 5xx: Alertmanager keeps the notification and retries it.
             raise HTTPException(
@@ -807,7 +808,9 @@ def create_app(
             )
         except UNRECORDABLE as exc:  # fail closed: nothing runs unrecorded
             raise HTTPException(
-                503, f"the incident store cannot be used ({exc}); no operation runs without it"
+                503,
+                f"the incident store cannot be used ({failure_reason(exc)}); no operation runs"
+                " without it",
             ) from exc
         if outcome.refused_by == "approval":
             if body.approve:

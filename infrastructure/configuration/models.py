@@ -170,6 +170,9 @@ class StorageSettings(StrictModel):
     connect_timeout_seconds: int = Field(ge=1, le=300)
     pool_size: int = Field(ge=1, le=100)
     max_overflow: int = Field(ge=0, le=100)
+    # PostgreSQL only: a statement, or a transaction left idle, that runs longer fails (a
+    # database that stopped answering gives a 503, not a request that hangs).
+    statement_timeout_seconds: float = Field(gt=0, le=3600)
 
     @field_validator("url")
     @classmethod
