@@ -468,7 +468,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # The notifier's first round takes what is in the store as history (not news):
             # what follows must come after it to be notified.
             wait_for(
-                "the notifier's first round", lambda: read_cursor(store.database, CURSOR) is not None
+                "the notifier's first round",
+                lambda: read_cursor(store.database, CURSOR) is not None,
             )
             # Round 1, before Prometheus starts: the history it finds on its first scrape.
             web = new_incident(service, "web", "critical")
