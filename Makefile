@@ -13,7 +13,10 @@ help:
 	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
 	@echo "make up     start Prefect (server, work pool, deployments, worker); make down stops it"
 	@echo "make serve  run the agent service (uici serve): webhook, API, events, metrics"
+	@echo "make stack  UICI, Prefect, PostgreSQL and monitoring in Docker Compose; make stack-down stops it"
+	@echo "make drill  break a container on that stack and wait for UICI's diagnosis"
 	@echo "make test   lint, type-check and run the test suite (make test-slow: the slow tests)"
+	@echo "make image  build the container image uici:<version> (deployments/docker/build.sh)"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make format apply ruff formatting"
 

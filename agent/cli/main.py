@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from agent.cli.health import health
 from infrastructure.configuration.loader import CONFIG_FILES, UICIConfig, load_config
 from infrastructure.configuration.models import OperationSpec, RiskLevel
 from infrastructure.configuration.problems import ConfigError
@@ -54,6 +55,7 @@ writes_app = typer.Typer(
 app.add_typer(writes_app, name="writes")
 keys_app = typer.Typer(help="API keys for the agent service.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.command("health")(health)
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
