@@ -80,15 +80,38 @@ up: $(STAMP) docker-engine
 down:
 	deployments/prefect/down.sh
 
+# The whole system in Docker Compose (deployments/compose/README.md): the API, Prefect server,
+# deployments and workers, PostgreSQL, Prometheus, Alertmanager, Loki and Grafana. Builds the
+# image first when it is missing; makes .env and the keys (deployments/compose/secrets.sh).
+.PHONY: stack stack-down drill
+stack: docker-engine
+	@deployments/compose/stack.sh has-image || $(MAKE) image
+	deployments/compose/stack.sh up
+
+# Stops and removes the stack's containers; its volumes (databases, metrics) are kept.
+stack-down:
+	deployments/compose/stack.sh down
+
+# A crash-looping container, its alert through Alertmanager, UICI's diagnosis printed.
+drill:
+	deployments/compose/drill.sh
+
 # The main job end to end: two broken services diagnosed through Prefect; the UI stays up.
 demo: up
 	PREFECT_API_URL=http://127.0.0.1:$${UICI_PREFECT_PORT:-4200}/api $(BIN)/python deployments/demo/demo.py
+
+# The one production image (deployments/docker/README.md): `uici serve`, the Prefect worker and
+# the CLI. BASE_IMAGE=... picks the base (default python:3.11-slim, else the local Debian base).
+.PHONY: image
+image: $(STAMP) docker-engine
+	deployments/docker/build.sh $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
 
 bench: $(STAMP) docker-engine packages
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/docker_ops.py
 	$(BIN)/python bench/flow_ops.py
 	$(BIN)/python bench/webhook_ingest.py
+	$(BIN)/python bench/scale_out.py
 	$(BIN)/python bench/webhook_to_operation.py
 	$(BIN)/python bench/eval_corpus.py
 	$(BIN)/python bench/observability_prompt.py
