@@ -10,10 +10,11 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.service_process import free_port
 
 PASSWORD_USER = "uici_pw"
 PASSWORD = "SENTINEL-pg-password"
@@ -22,12 +23,6 @@ PASSWORD = "SENTINEL-pg-password"
 def _bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     return Path(found[-1]).parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresCluster:

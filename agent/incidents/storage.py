@@ -222,16 +222,29 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
+        with self._locked(_WRITE_LOCK, bounded=True) as db:
+            yield db
+
+    @contextmanager
+    def _locked(self, key: int, bounded: bool) -> Iterator[Connection]:
+        """One transaction holding the store's lock `key` (SQLite: its write lock, whatever
+        the key), committed on success and rolled back on error; `bounded`: waiting for the
+        lock fails after storage.lock_timeout_seconds on PostgreSQL too."""
         with self.engine.connect() as db:
             if self.dialect == "sqlite":
                 db.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 db.begin()
-                db.execute(
-                    _sql("SELECT set_config('lock_timeout', :wait, true)"),
-                    {"wait": f"{int(self.settings.lock_timeout_seconds * 1000)}ms"},
-                )
-                db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK})
+                if bounded:  # one round trip: the wait's bound, then the lock
+                    db.execute(
+                        _sql(
+                            "SELECT set_config('lock_timeout', :wait, true),"
+                            " pg_advisory_xact_lock(:key)"
+                        ),
+                        {"wait": f"{int(self.settings.lock_timeout_seconds * 1000)}ms", "key": key},
+                    )
+                else:
+                    db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
             try:
                 yield db
             except BaseException:
@@ -257,19 +270,9 @@ class Database:
     def migrate(self, script_location: Path = MIGRATIONS) -> None:
         """Bring the schema to the head revision, in one transaction under a lock, so two
         processes starting at once migrate once and a failed revision changes nothing."""
-        with self.engine.connect() as db:
-            if self.dialect == "sqlite":
-                db.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                db.begin()
-                db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-            try:
-                if script_location != MIGRATIONS or _revision(db) != HEAD_REVISION:
-                    _upgrade(db, script_location)
-            except BaseException:
-                db.rollback()
-                raise
-            db.commit()
+        with self._locked(_MIGRATION_LOCK, bounded=False) as db:
+            if script_location != MIGRATIONS or _revision(db) != HEAD_REVISION:
+                _upgrade(db, script_location)
 
     def open(self) -> Database:
         """Migrate, turning the driver's failure into a StorageError that names the store."""
