@@ -6,6 +6,7 @@ Every test here runs on both backends (the `store_url` fixture)."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +29,11 @@ from agent.incidents.storage import (
     IncidentStore,
     StorageError,
     WriteRecord,
-    _Defaults,
     claim_notifications,
     insert_notification,
     metric_rows,
     run,
+    storage_defaults,
 )
 from agent.service.intake import AlertIngestor, AlertmanagerWebhook
 from infrastructure.configuration.loader import load_config
@@ -97,7 +98,7 @@ def test_a_new_store_is_migrated_once_and_reopened_without_change(store_url: str
 def test_processes_starting_at_once_migrate_once(store_url: str) -> None:
     """Four engines on one empty store migrate concurrently: one does it, the others wait
     for its lock and find the head."""
-    databases = [Database(_Defaults(store_url)) for _ in range(4)]
+    databases = [Database(storage_defaults(store_url)) for _ in range(4)]
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda d: d.open(), databases))
     assert revision(databases[0]) == [HEAD_REVISION]
@@ -114,7 +115,7 @@ def test_a_failing_revision_leaves_the_schema_as_it_was(store_url: str, tmp_path
         '    op.add_column("incidents", sa.Column("extra", sa.Text))\n'
         '    raise RuntimeError("this revision fails halfway")\n'
     )
-    source = Database(_Defaults(store_url))
+    source = Database(storage_defaults(store_url))
     with pytest.raises(RuntimeError, match="fails halfway"):
         source.migrate(scripts)
     # Nothing of it stayed: no table, no column, no revision.
@@ -369,6 +370,8 @@ def test_a_wrong_password_or_database_says_which(postgres: PostgresCluster) -> N
     assert "wrong" not in str(raised.value)
     with pytest.raises(StorageError, match="createdb nosuch"):
         IncidentStore(f"postgresql://uici@127.0.0.1:{postgres.port}/nosuch")
+    with pytest.raises(StorageError, match="createuser --pwprompt nosuchrole"):
+        IncidentStore(f"postgresql://nosuchrole@127.0.0.1:{postgres.port}/postgres")
     # The right password opens it.
     IncidentStore(f"postgresql://{PASSWORD_USER}:{PASSWORD}@127.0.0.1:{postgres.port}/postgres")
 
@@ -398,6 +401,8 @@ def test_a_lost_postgresql_connection_fails_then_recovers() -> None:
         ["incidents", "list"],
         ["audit"],
         ["run", "get_logs", "--env", "local-docker", "--target", "web"],
+        ["plan", "--alert", "tests/data/alerts/oom.json"],
+        ["incidents", "show", "inc-1"],
     ],
 )
 def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
@@ -414,6 +419,67 @@ def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
     assert done.returncode == (2 if command[0] == "run" else 1), done.stdout + done.stderr
     assert f"127.0.0.1:{port}" in done.stderr and "UICI_STORAGE_URL" in done.stderr
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
+
+
+def test_a_schema_newer_than_this_code_is_refused_with_the_fix(store_url: str) -> None:
+    store = IncidentStore(store_url)
+    with store.database.connect() as db:
+        run(db, "UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    with pytest.raises(StorageError) as raised:
+        Database(storage_defaults(store_url)).open()
+    message = str(raised.value)
+    assert "'0099_from_the_future'" in message and "a newer UICI migrated it" in message
+    assert HEAD_REVISION in message
+    with store.database.connect() as db:  # left as it was
+        assert revision(store.database) == ["0099_from_the_future"]
+
+
+def test_a_store_path_is_taken_literally(tmp_path: Path) -> None:
+    """`?` and `%` in a file name are part of it, not a URL query or an escape."""
+    path = tmp_path / "odd?name=1%2F.db"
+    store = IncidentStore(path)
+    store.probe_write()
+    assert store.path == path and path.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == [path.name]
+
+
+def test_a_storage_url_with_a_bad_port_is_a_config_problem_and_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    from tests.test_cli import uici
+
+    bad = f"postgresql://uici:{PASSWORD}@db.example:54x2/uici"
+    done = uici("config", "validate", env={"UICI_STORAGE_URL": bad})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "storage.url" in done.stderr + done.stdout and "Traceback" not in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+    with pytest.raises(StorageError, match="not a readable URL"):
+        IncidentStore(bad)
+
+
+def test_a_store_failing_mid_command_is_reported_not_traced_back(tmp_path: Path) -> None:
+    """The store opens, then its write lock stays taken past the bound: the command says the
+    store failed and what to check, exits 1, and leaves the write as it was."""
+    from tests.test_cli import uici
+
+    path = tmp_path / "uici.db"
+    store = IncidentStore(path)
+    store.begin_write(write("w-1"), 0.0, lambda facts: None)
+    store.finish_write("w-1", "unknown", {})
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        done = uici(
+            "writes", "resolve", "w-1", "done", "--reason", "checked",
+            env={"UICI_STORAGE_URL": f"sqlite:///{path}", "UICI_STORAGE_LOCK_TIMEOUT_SECONDS": "1"},
+        )  # fmt: skip
+    finally:
+        holder.rollback()
+        holder.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the incident store failed: database is locked" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert store.write("w-1").state == "unknown"  # type: ignore[union-attr]
 
 
 def test_config_show_masks_the_password_of_the_store_url() -> None:

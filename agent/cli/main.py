@@ -1158,3 +1158,21 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        # The store failing mid-command (a database that went away, a lock held too long) is
+        # an outage to report, not a bug to trace back.
+        from agent.incidents.storage import StorageError, StoreFailure, failure_reason
+
+        if not isinstance(exc, StoreFailure):
+            raise
+        if isinstance(exc, StorageError):  # already names the store and the fix
+            stderr.print(Text(f"the incident store cannot be used: {exc}"))
+        else:
+            stderr.print(
+                Text(
+                    f"the incident store failed: {failure_reason(exc)}. Check that it runs and"
+                    " that UICI_STORAGE_URL names it (platform.yml storage.url); the failed"
+                    " step recorded nothing."
+                )
+            )
+        sys.exit(EXIT_FAILED)

@@ -35,11 +35,21 @@ from typing import Any, Literal, NamedTuple, Protocol
 import sqlalchemy
 import sqlalchemy.exc
 from pydantic import BaseModel, Field
-from sqlalchemy import CursorResult, RowMapping, TextClause, create_engine, event, make_url, text
+from sqlalchemy import (
+    URL,
+    CursorResult,
+    RowMapping,
+    TextClause,
+    create_engine,
+    event,
+    make_url,
+    text,
+)
 from sqlalchemy.pool import NullPool
 
 from agent.incidents.models import IncidentContext, PlanStep
 from infrastructure.configuration.loader import UICIConfig
+from infrastructure.configuration.models import StorageSettings
 from infrastructure.executors.base import ResolvedTarget
 from infrastructure.redaction import Redactor, RedactorHolder, configured_redactor
 
@@ -104,44 +114,60 @@ class StorageSettingsLike(Protocol):
     def statement_timeout_seconds(self) -> float: ...
 
 
-class _Defaults:
-    """Settings for a store opened by path or URL alone (tests, tools): platform.yml's values."""
-
-    lock_timeout_seconds = 30.0
-    connect_timeout_seconds = 5
-    pool_size = 5
-    max_overflow = 10
-    statement_timeout_seconds = 60.0
-
-    def __init__(self, url: str) -> None:
-        self.url = url
+def storage_defaults(url: str) -> StorageSettingsLike:
+    """Settings for a store opened by path or URL alone (tests, tools, the evaluation harness):
+    the shipped platform.yml's `storage` defaults, with this URL."""
+    return _shipped_storage().model_copy(update={"url": url})
 
 
-def store_url(source: Path | str) -> str:
-    """A URL for a path (an SQLite file) or a URL; `postgres://` and `postgresql://` mean
-    psycopg 3."""
+@functools.cache
+def _shipped_storage() -> StorageSettings:
+    from infrastructure.configuration.loader import PACKAGED_CONFIG_DIR
+    from infrastructure.configuration.yaml_source import (
+        interpolate_environment,
+        load_yaml_document,
+    )
+
+    document, problems = load_yaml_document(PACKAGED_CONFIG_DIR / "platform.yml")
+    if document is None:
+        raise StorageError(f"the shipped platform.yml cannot be read: {problems[0].message}")
+    interpolate_environment(document, {})  # its own defaults, whatever this process has set
+    return StorageSettings.model_validate(document.data["storage"])
+
+
+def store_url(source: Path | str) -> URL:
+    """The URL of a store given as a path (an SQLite file, taken literally: `?` and `%` are
+    part of the name) or as a URL; `postgres://` and `postgresql://` mean psycopg 3."""
     text_ = str(source)
     if "://" not in text_:
-        return f"sqlite:///{text_}"
+        return URL.create("sqlite", database=text_)
     scheme, rest = text_.split("://", 1)
     if scheme in ("postgres", "postgresql"):
-        return f"postgresql+psycopg://{rest}"
-    return text_
+        text_ = f"postgresql+psycopg://{rest}"
+    try:
+        url = make_url(text_)
+        url.port  # noqa: B018 - parsed lazily by some versions: a bad port fails here
+    except (ValueError, sqlalchemy.exc.ArgumentError) as exc:
+        raise StorageError(
+            f"storage.url is not a readable URL ({exc}): write sqlite:///path/to/uici.db or"
+            " postgresql://user:password@host:5432/database, percent-encoding any @, :, / or %"
+            " in the password (platform.yml storage.url)"
+        ) from None
+    return url
 
 
 def shown_url(url: str) -> str:
     """A store URL fit for a message: its password masked."""
     try:
-        return make_url(store_url(url)).render_as_string(hide_password=True)
-    except (ValueError, sqlalchemy.exc.ArgumentError):
+        return _shown(store_url(url))
+    except StorageError:
         return "(an unreadable storage.url)"
 
 
-def sqlite_path(url: str) -> Path:
-    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db` -> a path."""
-    if not url.startswith("sqlite:///"):
-        raise ValueError(f"storage.url {url!r} is not an SQLite store (sqlite:///path)")
-    return Path(url.removeprefix("sqlite:///"))
+def _shown(url: URL) -> str:
+    if "password" in url.query:
+        url = url.update_query_dict({"password": "***"})
+    return url.render_as_string(hide_password=True)
 
 
 class Database:
@@ -152,15 +178,12 @@ class Database:
     def __init__(self, settings: StorageSettingsLike) -> None:
         self.url = store_url(settings.url)
         self.settings = settings
-        parsed = make_url(self.url)
-        self.dialect = parsed.get_backend_name()
+        self.dialect = self.url.get_backend_name()
         # What messages show: the store without its password.
-        if "password" in parsed.query:
-            parsed = parsed.update_query_dict({"password": "***"})
-        self.name = parsed.render_as_string(hide_password=True)
+        self.name = _shown(self.url)
         self.file: tuple[int, int] | None = None  # the SQLite file's device and inode, once open
         if self.dialect == "sqlite":
-            self.path: Path | None = Path(parsed.database or "")
+            self.path: Path | None = Path(self.url.database or "")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # A connection per use, as sqlite3 costs little to open: nothing stays open
             # between calls, and a process that forks inherits no open file.
@@ -270,9 +293,14 @@ class Database:
     def migrate(self, script_location: Path = MIGRATIONS) -> None:
         """Bring the schema to the head revision, in one transaction under a lock, so two
         processes starting at once migrate once and a failed revision changes nothing."""
+        if script_location == MIGRATIONS:
+            with self.connect() as db:  # a current store: no lock, no Alembic
+                if _revision(db) == HEAD_REVISION:
+                    return
         with self._locked(_MIGRATION_LOCK, bounded=False) as db:
-            if script_location != MIGRATIONS or _revision(db) != HEAD_REVISION:
-                _upgrade(db, script_location)
+            revision = _revision(db)
+            if script_location != MIGRATIONS or revision != HEAD_REVISION:
+                _upgrade(db, script_location, revision, self.name)
 
     def open(self) -> Database:
         """Migrate, turning the driver's failure into a StorageError that names the store."""
@@ -284,19 +312,36 @@ class Database:
         return self
 
     def _fix(self, exc: Exception) -> str:
+        if self.dialect == "sqlite" and "locked" in str(exc):
+            return (
+                "Another process held its write lock longer than storage.lock_timeout_seconds"
+                f" ({self.settings.lock_timeout_seconds:g} s): retry, or find the stuck process"
+                " (fuser on the file)."
+            )
         if self.dialect == "sqlite":
             return "Check that the directory is writable (platform.yml storage.url)."
-        url = make_url(self.url)
-        where = f"{url.host or 'localhost'}:{url.port or 5432}"
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and "password" in str(exc):
+        where = f"{self.url.host or 'localhost'}:{self.url.port or 5432}"
+        message = str(exc)
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and "password" in message:
             return (
                 f"PostgreSQL at {where} refused the credentials: check the user and password"
                 " in UICI_STORAGE_URL (platform.yml storage.url)."
             )
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and "does not exist" in str(exc):
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and "role" in message:
             return (
-                f"Create the database on {where} (createdb {url.database}) or fix its name in"
-                " UICI_STORAGE_URL (platform.yml storage.url)."
+                f"Create the role on {where} (createuser --pwprompt {self.url.username}) or fix"
+                " the user in UICI_STORAGE_URL (platform.yml storage.url)."
+            )
+        if isinstance(exc, sqlalchemy.exc.OperationalError) and "does not exist" in message:
+            return (
+                f"Create the database on {where} (createdb {self.url.database}) or fix its"
+                " name in UICI_STORAGE_URL (platform.yml storage.url)."
+            )
+        if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "permission denied" in message:
+            return (
+                f"Grant {self.url.username} the right to create tables in {self.url.database}"
+                f" on {where} (GRANT CREATE ON SCHEMA public), or use its owner"
+                " (platform.yml storage.url)."
             )
         return (
             f"Check that PostgreSQL runs and accepts connections at {where}, and that"
@@ -327,18 +372,31 @@ def _revision(db: Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _upgrade(db: Connection, script_location: Path) -> None:
+def _upgrade(db: Connection, script_location: Path, revision: str | None, name: str) -> None:
     # Imported only when a store needs migrating: opening a current store stays cheap.
     from alembic import command
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
 
     config = Config()
     config.set_main_option("script_location", str(script_location))
     config.attributes["connection"] = db
+    try:
+        known = revision is None or bool(ScriptDirectory.from_config(config).get_revision(revision))
+    except CommandError:
+        known = False
+    if not known:
+        # Never guess at a schema this code does not know: a newer UICI migrated it.
+        raise StorageError(
+            f"{name}: its schema is at revision {revision!r}, which this UICI does not know"
+            f" (its newest is {HEAD_REVISION}): a newer UICI migrated it. Run that version or"
+            " a newer one against this store, or point storage.url at another store."
+        )
     command.upgrade(config, "head")
 
 
-_DATABASES: dict[str, Database] = {}
+_DATABASES: dict[URL, Database] = {}
 _DATABASES_LOCK = threading.Lock()
 
 
@@ -355,7 +413,7 @@ def database(
         # An SQLite file removed or replaced since (a new store at the same path) is opened,
         # and migrated, anew.
         if found is None or (found.path is not None and _file_identity(found.path) != found.file):
-            found = Database(settings or _Defaults(url)).open()
+            found = Database(settings or storage_defaults(str(source))).open()
             _DATABASES[url] = found
         return found
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from agent.incidents.events import EventLog
 from agent.incidents.models import (
@@ -33,10 +34,13 @@ from agent.safety.policy import SafetyPolicy
 from infrastructure.configuration.loader import UICIConfig
 from infrastructure.configuration.models import LLMProvider
 
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+
 # The LLM client (with its circuit breaker) and the plan cache of this process, per LLM
 # configuration and store: every run in the process shares them, so a provider that keeps
 # failing stays skipped and an identical context hits the cache from one run to the next.
-_SHARED_LLM: dict[tuple[str, str], tuple[LLMClient, PlanCache]] = {}
+_SHARED_LLM: dict[tuple[str, URL], tuple[LLMClient, PlanCache]] = {}
 
 
 def shared_llm(config: UICIConfig, store: IncidentStore) -> tuple[LLMClient, PlanCache]:

@@ -185,6 +185,15 @@ class StorageSettings(StrictModel):
             )
         if scheme == "sqlite" and not value.startswith("sqlite:///"):
             raise ValueError("a SQLite store is sqlite:///relative/path or sqlite:////abs/path")
+        from sqlalchemy import exc as sqlalchemy_errors  # only when a store is named
+        from sqlalchemy import make_url
+
+        try:
+            _ = make_url(value).port
+        except (ValueError, sqlalchemy_errors.ArgumentError) as exc:
+            raise ValueError(
+                f"not a readable URL ({exc}): percent-encode any @, :, / or % in the password"
+            ) from None
         return value
 
 
