@@ -1132,36 +1132,62 @@ def claim_dispatch(source: Database, now: float, limit: int, lease_until: float)
         )
 
 
-def dispatch_done(db: Connection, dispatch_id: int, result: str, now: float) -> None:
-    run(
+# A claimed row is finished only by the holder of its lease (the `next_attempt_at` its claim
+# wrote): a dispatcher whose lease ran out while it worked finds the row taken by another and
+# records nothing, so the outcome, its event and its audit entry are written once.
+# (Each statement below says so: WHERE id = :id AND state = 'pending' AND next_attempt_at =
+# :lease.)
+
+
+def dispatch_done(db: Connection, dispatch_id: int, lease: float, result: str, now: float) -> bool:
+    """The row's work is done; False if the lease was lost (another dispatcher has the row)."""
+    done = run(
         db,
         "UPDATE dispatch SET state = 'done', result = :result, attempts = attempts + 1,"
-        " updated_at = :now WHERE id = :id",
-        {"result": result, "now": now, "id": dispatch_id},
+        " updated_at = :now"
+        " WHERE id = :id AND state = 'pending' AND next_attempt_at = :lease",
+        {"result": result, "now": now, "id": dispatch_id, "lease": lease},
     )
+    return done.rowcount == 1
 
 
 def dispatch_failed(
     db: Connection,
     dispatch_id: int,
+    lease: float,
     attempts: int,
     next_attempt_at: float,
     error: str,
     now: float,
-) -> None:
-    """A failed attempt: retried at `next_attempt_at`."""
-    run(
+) -> bool:
+    """A failed attempt: retried at `next_attempt_at`; False if the lease was lost."""
+    failed = run(
         db,
         "UPDATE dispatch SET attempts = :attempts, next_attempt_at = :next, last_error = :error,"
-        " updated_at = :now WHERE id = :id",
+        " updated_at = :now"
+        " WHERE id = :id AND state = 'pending' AND next_attempt_at = :lease",
         {
             "attempts": attempts,
             "next": next_attempt_at,
             "error": error,
             "now": now,
             "id": dispatch_id,
+            "lease": lease,
         },
     )
+    return failed.rowcount == 1
+
+
+def release_dispatch(source: Database, leases: list[tuple[int, float]], now: float) -> None:
+    """Claimed rows this dispatcher will not work on (it is stopping): due again now, for
+    another dispatcher, instead of when their lease runs out."""
+    with source.connect() as db:
+        run_many(
+            db,
+            "UPDATE dispatch SET next_attempt_at = :now"
+            " WHERE id = :id AND state = 'pending' AND next_attempt_at = :lease",
+            [{"now": now, "id": id_, "lease": lease} for id_, lease in leases],
+        )
 
 
 # --- metrics (agent.service.metrics) ----------------------------------------------------
@@ -2059,9 +2085,12 @@ class IncidentStore(RedactorHolder):
         return claim_dispatch(self.database, now, limit, lease_until)
 
     def probe_write(self) -> None:
-        """Rewrite the readiness row in a write transaction: raises unless the store takes
-        writes."""
-        with self.transaction() as db:
+        """Rewrite the readiness row: raises unless the store takes writes. On SQLite in a
+        write transaction (the file's one write lock must be had); on PostgreSQL as a single
+        statement, without the fleet's write lock, so that every replica's probe does not
+        queue behind (and delay) the writes of all the others."""
+        opened = self.transaction() if self.database.dialect == "sqlite" else self._db()
+        with opened as db:
             run(
                 db,
                 upsert_sql("readiness", ("id", "at"), ("id",)),

@@ -16,7 +16,13 @@ from uuid import UUID
 
 from agent.incidents.audit import AuditLog
 from agent.incidents.events import EventLog
-from agent.incidents.storage import IncidentStore, dispatch_done, dispatch_failed, set_flow_run
+from agent.incidents.storage import (
+    IncidentStore,
+    dispatch_done,
+    dispatch_failed,
+    release_dispatch,
+    set_flow_run,
+)
 from agent.logs import log_context
 from infrastructure.configuration.loader import UICIConfig
 
@@ -67,22 +73,31 @@ class Dispatcher:
         """The due rows, leased to this dispatcher (another `uici serve` on the same store
         does not start them too; if this one dies, the lease runs out and they are retried)."""
         now = time.time()
-        rows = self.store.claim_dispatch(
-            now, self.settings.batch_size, now + self.settings.lease_seconds
-        )
-        return [dict(r) for r in rows]
+        lease = now + self.settings.lease_seconds
+        rows = self.store.claim_dispatch(now, self.settings.batch_size, lease)
+        return [{**r, "lease": lease} for r in rows]
 
     async def run_once(self) -> int:
         """Dispatch every due outbox row once; the number handled (successfully or not)."""
         rows = await asyncio.to_thread(self._due)
-        for row in rows:
-            try:
-                result = await self._dispatch(row)
-            except Exception as exc:
-                await asyncio.to_thread(self._failed, row, exc)
-            else:
-                await asyncio.to_thread(self._done, row, result)
-        return len(rows)
+        handled = 0
+        try:
+            for row in rows:
+                if time.time() >= row["lease"]:
+                    break  # the rest of the batch is due again: another dispatcher may have it
+                try:
+                    result = await self._dispatch(row)
+                except Exception as exc:
+                    await asyncio.to_thread(self._failed, row, exc)
+                else:
+                    await asyncio.to_thread(self._done, row, result)
+                handled += 1
+        finally:
+            # Stopped (or broken off) mid-batch: the rows not started are due again at once.
+            rest = [(row["id"], row["lease"]) for row in rows[handled:]]
+            if rest:
+                release_dispatch(self.store.database, rest, time.time())
+        return handled
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -154,7 +169,9 @@ class Dispatcher:
     def _done(self, row: dict[str, Any], result: str) -> None:
         now = time.time()
         with self.store.transaction() as db:
-            dispatch_done(db, row["id"], result, now)
+            if not dispatch_done(db, row["id"], row["lease"], result, now):
+                log.warning("dispatch row %s: lease lost, another dispatcher has it", row["id"])
+                return
             if row["kind"] == "diagnose":
                 set_flow_run(db, row["incident_id"], result, now)
                 self.events.emit("dispatch.started", row["incident_id"], db, flow_run_id=result)
@@ -185,8 +202,10 @@ class Dispatcher:
                 message,
             )
         with self.store.transaction() as db:
-            dispatch_failed(db, row["id"], attempts, time.time() + delay, message, time.time())
-            if attempts == 1:
+            held = dispatch_failed(
+                db, row["id"], row["lease"], attempts, time.time() + delay, message, time.time()
+            )
+            if held and attempts == 1:
                 self.events.emit(
                     "dispatch.failed", row["incident_id"], db, kind=row["kind"], error=message
                 )
