@@ -6,8 +6,9 @@ every panel and target, ids, positions, descriptions) and the provisioning files
 queries, for real: a real `uici serve` whose store was filled through the product's own code
 (alerts posted to its webhook with its key; diagnoses, operations through the execution gate,
 approvals, LLM usage and a circuit breaker opening recorded as the flows record them;
-notifications delivered to a receiver that accepts some and refuses others), scraped every
-second by Debian's real Prometheus. Every panel query is run with Grafana's macros
+notifications delivered to a receiver that accepts some and refuses others), and a second
+`uici serve` on the same store (an API replica), both scraped every second by Debian's real
+Prometheus: what is read from the store must be counted once, not once per replica. Every panel query is run with Grafana's macros
 substituted and must answer a non-empty result with a number in it (a histogram_quantile that
 lost its `le` answers an empty success, and one over an idle histogram NaN). Every expression
 of deployments/prometheus/uici-rules.yml must evaluate there too.
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -213,10 +215,12 @@ class Stack:
     prometheus: str
     client: httpx.Client
     service: ServiceProcess
+    replica: ServiceProcess  # a second `uici serve` on the same store, scraped too
     store: IncidentStore
 
-    def query(self, expr: str) -> dict[str, Any]:
-        response = self.client.post(f"{self.prometheus}/api/v1/query", data={"query": expr})
+    def query(self, expr: str, at: str | None = None) -> dict[str, Any]:
+        data = {"query": expr} if at is None else {"query": expr, "time": at}
+        response = self.client.post(f"{self.prometheus}/api/v1/query", data=data)
         body: dict[str, Any] = response.json()
         return body
 
@@ -409,14 +413,17 @@ def store_samples(source: Database) -> dict[str, float]:
     return samples(generate_latest(registry).decode())
 
 
-def start_prometheus(workdir: Path, service: ServiceProcess) -> tuple[_Process, str]:
+def start_prometheus(workdir: Path, services: list[ServiceProcess]) -> tuple[_Process, str]:
     port = free_port()
     shutil.copy(UICI_RULES, workdir / "uici-rules.yml")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": ["uici-rules.yml"],
         "scrape_configs": [
-            {"job_name": "uici", "static_configs": [{"targets": [f"127.0.0.1:{service.port}"]}]}
+            {
+                "job_name": "uici",
+                "static_configs": [{"targets": [f"127.0.0.1:{s.port}" for s in services]}],
+            }
         ],
     }
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -461,10 +468,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         served.update(env, UICI_CONFIG_DIR=str(config_dir))
         flows = Flows(config, store)
         service = ServiceProcess(served, tmp / "serve.log", None, "--no-dispatch")
+        replica = ServiceProcess(served, tmp / "serve-2.log", None, "--no-dispatch")
         prometheus: _Process | None = None
         client = httpx.Client(timeout=10, trust_env=False)
         try:
             service.start()
+            replica.start()
             # The notifier's first round takes what is in the store as history (not news):
             # what follows must come after it to be notified.
             wait_for(
@@ -516,14 +525,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
             wait_for("the notifications to be sent and refused", delivered)
 
-            prometheus, url = start_prometheus(tmp, service)
+            prometheus, url = start_prometheus(tmp, [service, replica])
             prometheus.start()
             prometheus.wait_ready(client, time.monotonic() + 30)
-            result = Stack(url, client, service, store)
+            result = Stack(url, client, service, replica, store)
             wait_for(
-                "two scrapes of uici",
+                "two scrapes of both replicas",
                 lambda: (
-                    result.query('count_over_time(up{job="uici"}[1m]) >= 2')["data"]["result"] != []
+                    len(result.query('count_over_time(up{job="uici"}[1m]) >= 2')["data"]["result"])
+                    == 2
                 ),
             )
 
@@ -537,8 +547,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             wait_for(
                 "a scrape after round 2",
                 lambda: (
-                    result.query("uici_alert_to_diagnosis_seconds_count == 2")["data"]["result"]
-                    != []
+                    len(
+                        result.query("uici_alert_to_diagnosis_seconds_count == 2")["data"]["result"]
+                    )
+                    == 2
                 ),
             )
             time.sleep(1.5)  # and one more, so each rate sees the change between two samples
@@ -547,6 +559,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             client.close()
             if prometheus is not None:
                 prometheus.stop()
+            replica.stop()
             service.stop()
             flows.gate.close()
 
@@ -601,37 +614,103 @@ def test_every_uici_rule_evaluates_against_the_live_metrics(stack: Stack) -> Non
 def test_the_service_added_up_what_a_fresh_count_of_the_store_finds(stack: Stack) -> None:
     """The service counts the event log and the audit trail from the rows new since its last
     scrape; after dozens of scrapes during the rounds it must agree with one full count."""
-    served = exposition(stack.service)
     fresh = store_samples(stack.store.database)
     assert len(fresh) > 100
-    differ = {
-        name: (served.get(name), value)
-        for name, value in fresh.items()
-        if "age_seconds" not in name and not math.isclose(served.get(name, -1), value)
-    }
-    assert differ == {}
+    for service in (stack.service, stack.replica):  # each replica counts the whole store
+        served = exposition(service)
+        differ = {
+            name: (served.get(name), value)
+            for name, value in fresh.items()
+            if "age_seconds" not in name and not math.isclose(served.get(name, -1), value)
+        }
+        assert differ == {}, service.url
+
+
+def store_families() -> set[str]:
+    """The metric families read from the store (the same on every replica)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        collector = StoreCollector(IncidentStore(Path(tmp) / "uici.db").database)
+        return {family.name for family in collector.collect()}
+
+
+SELECTOR = re.compile(r"\b(uici_[a-z_]+)\b(\{[^}]*\})?")
+
+
+def pinned(expr: str, instance: str, families: set[str]) -> str:
+    """`expr` over one replica's store series only (the count a single replica gives)."""
+
+    def pin(match: re.Match[str]) -> str:
+        name, selector = match.group(1), match.group(2) or "{}"
+        if re.sub(r"_(total|bucket|count|sum)$", "", name) not in families:
+            return match.group(0)
+        inner = selector[1:-1].strip()
+        return f'{name}{{instance="{instance}"{", " + inner if inner else ""}}}'
+
+    return SELECTOR.sub(pin, expr)
+
+
+def same(a: float, b: float) -> bool:
+    """Equal, up to the drift of two replicas scraped a moment apart (not a factor of two)."""
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=0.3)
+
+
+def test_two_replicas_count_the_store_once_in_every_panel_and_rule(stack: Stack) -> None:
+    """Both replicas report the same store-derived series: every panel and rule over them
+    answers what a single replica's series give, not twice as much."""
+    families = store_families()
+    instance = f"127.0.0.1:{stack.service.port}"
+    expressions = [
+        (f"panel {p['title']} [{t['refId']}]", substitute(t["expr"]))
+        for p in data_panels()
+        for t in p["targets"]
+    ] + [
+        (f"rule {r['alert']}", r["expr"])
+        for g in yaml.safe_load(UICI_RULES.read_text())["groups"]
+        for r in g["rules"]
+    ]
+    at = str(time.time())
+    checked, wrong = 0, []
+    for where, expr in expressions:
+        single = pinned(expr, instance, families)
+        if single == expr or "age_seconds" in expr or "timestamp" in expr:
+            continue  # no store series; or an age, which moves between two scrapes
+        both, one = (
+            {
+                json.dumps(r["metric"], sort_keys=True): float(r["value"][1])
+                for r in stack.query(e, at)["data"]["result"]
+            }
+            for e in (expr, single)
+        )
+        checked += 1
+        if both.keys() != one.keys() or not all(same(both[k], one[k]) for k in both):
+            wrong.append(f"{where}: {both} with two replicas, {one} with one ({expr})")
+    assert checked >= 20 and wrong == [], "\n".join(wrong)
 
 
 def test_the_metrics_count_what_the_flows_recorded(stack: Stack) -> None:
-    value = stack.value
-    assert value('sum(uici_incidents{status="failed"})') == 1
-    assert value('sum(uici_incidents{status="awaiting_approval"})') == 1  # cache
-    assert value("sum(uici_alert_to_diagnosis_seconds_count)") == 2  # web, then api
-    assert value('sum(uici_operations_total{outcome="success"})') == 5
-    assert value('sum(uici_operations_total{outcome="permanent"})') == 1
-    assert value('uici_gate_writes_total{environment="test-docker", outcome="success"}') == 1
-    assert value('sum(uici_gate_refusals_total{reason="approval", risk="write"})') == 1
-    assert value('sum(uici_gate_refusals_total{reason="history", risk="write"})') == 1
-    assert value('uici_writes{environment="test-docker", state="done"}') == 1
-    assert value('uici_approvals{status="expired"}') == 1
-    assert value('uici_approvals{status="approved"}') == 1
-    assert value("uici_approvals_pending") == 1
-    assert 0 < value("uici_approvals_oldest_pending_age_seconds") < 120
-    assert value("uici_dispatch_pending") == 4  # --no-dispatch: nothing is started
-    assert value("uici_llm_calls_total") == 3
-    assert value('uici_llm_tokens_total{kind="prompt"}') == 2000
-    assert value("uici_llm_circuit_openings_total") == 1
-    assert time.time() - value("uici_llm_circuit_last_opened_timestamp_seconds") < 120
-    assert value('uici_events_total{type="alert.unmapped"}') == 1
-    assert value('uici_notifications{sink="slack", state="failed"}') >= 1
-    assert value('uici_http_requests_total{route="/webhooks/alertmanager", code="401"}') == 1
+    """Counted once per store, with two replicas scraped (as the dashboard counts)."""
+
+    def store(selector: str) -> float:
+        return stack.value(f"sum(max without (instance, pod) ({selector}))")
+
+    assert store('uici_incidents{status="failed"}') == 1
+    assert store('uici_incidents{status="awaiting_approval"}') == 1  # cache
+    assert store("uici_alert_to_diagnosis_seconds_count") == 2  # web, then api
+    assert store('uici_operations_total{outcome="success"}') == 5
+    assert store('uici_operations_total{outcome="permanent"}') == 1
+    assert store('uici_gate_writes_total{environment="test-docker", outcome="success"}') == 1
+    assert store('uici_gate_refusals_total{reason="approval", risk="write"}') == 1
+    assert store('uici_gate_refusals_total{reason="history", risk="write"}') == 1
+    assert store('uici_writes{environment="test-docker", state="done"}') == 1
+    assert store('uici_approvals{status="expired"}') == 1
+    assert store('uici_approvals{status="approved"}') == 1
+    assert store("uici_approvals_pending") == 1
+    assert 0 < store("uici_approvals_oldest_pending_age_seconds") < 120
+    assert store("uici_dispatch_pending") == 4  # --no-dispatch: nothing is started
+    assert store("uici_llm_calls_total") == 3
+    assert store('uici_llm_tokens_total{kind="prompt"}') == 2000
+    assert store("uici_llm_circuit_openings_total") == 1
+    assert time.time() - store("uici_llm_circuit_last_opened_timestamp_seconds") < 120
+    assert store('uici_events_total{type="alert.unmapped"}') == 1
+    assert store('uici_notifications{sink="slack", state="failed"}') >= 1
+    assert stack.value('uici_http_requests_total{route="/webhooks/alertmanager", code="401"}') == 1

@@ -4,7 +4,10 @@ Counters of what the service itself handles live in this process. Incidents, ope
 approvals, gate decisions and LLM usage happen in flow runs in other processes, so they are
 read from the store (the event log, the audit trail, the outboxes) at scrape time: one source
 of truth, correct across restarts. SQLite aggregates them (agent/incidents/storage.py
-`metric_rows`), so a scrape never loads the history into this process.
+`metric_rows`), so a scrape never loads the history into this process. Every API replica on
+one store therefore reports the same store-derived series (differing only by the scrape's
+`instance` label): queries take them through `max without (instance, pod)` before adding
+them up, as the dashboard and the rules do.
 
 deployments/grafana/dashboards/uici.json and deployments/prometheus/uici-rules.yml are built
 on these names; tests/test_dashboard.py runs their queries against a real Prometheus.
