@@ -109,3 +109,47 @@ def test_without_a_key_401_and_a_read_key_cannot_write(tmp_path: Path) -> None:
         assert httpx.get(f"{service.url}/incidents", headers=webhook).status_code == 403
     finally:
         service.stop()
+
+
+def test_a_request_waiting_for_the_store_does_not_stall_the_others(tmp_path: Path) -> None:
+    """A refused write is audited while another process holds the store's write lock: that
+    request waits for the lock in a thread, and the event loop goes on answering /health."""
+    env = service_env(tmp_path)
+    env.update(
+        UICI_READER_KEY_SHA256=key_hash(KEYS["reader"]), UICI_STORAGE_LOCK_TIMEOUT_SECONDS="20"
+    )
+    service = ServiceProcess(env, tmp_path / "serve.log", None, "--no-dispatch").start()
+    reader = {"Authorization": f"Bearer {KEYS['reader']}"}
+    answers: list[httpx.Response] = []
+    holder = sqlite3.connect(tmp_path / "uici.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        refused = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    f"{service.url}/operations/restart_service/run",
+                    json={"target": "web"},
+                    headers=reader,
+                    timeout=30,
+                )
+            )
+        )
+        refused.start()
+        time.sleep(0.5)  # the refused request now waits for the lock
+        for _ in range(3):
+            assert httpx.get(f"{service.url}/health", timeout=2).status_code == 200
+            time.sleep(0.2)
+        assert answers == [] and refused.is_alive()  # still waiting: the lock is held
+        holder.execute("ROLLBACK")
+        refused.join(30)
+        assert [a.status_code for a in answers] == [403]
+        with sqlite3.connect(tmp_path / "uici.db") as db:
+            assert (
+                db.execute(
+                    "SELECT COUNT(*) FROM audit WHERE action = 'operation.restart_service'"
+                ).fetchone()[0]
+                == 1
+            )
+    finally:
+        holder.close()
+        service.stop()

@@ -593,11 +593,13 @@ def create_app(
         record, which the run reads), then the paused run is woken up."""
         if who.is_webhook:  # cannot happen with validated keys; kept as a second lock
             raise HTTPException(403, "the webhook credential cannot decide approvals")
-        record = _incident_or_404(state, incident_id)
+        # Store reads and writes run in a thread: a store waiting on a lock must not stall
+        # the event loop (the webhook, health probes and every other request).
+        record = await asyncio.to_thread(_incident_or_404, state, incident_id)
         desk = ApprovalDesk(state.store)
         request_id = request.state.request_id
         try:
-            waiting = desk.pending(incident_id, body.step_key)
+            waiting = await asyncio.to_thread(desk.pending, incident_id, body.step_key)
         except ApprovalRefused as refused:
             raise HTTPException(refused.status, str(refused)) from refused
         by_service = waiting.runner == OPERATION_REQUEST
@@ -796,8 +798,8 @@ def create_app(
             )
         if spec.risk is not RiskLevel.READ and "operate" not in who.scopes:
             message = f"{spec.risk.value} operations need a key with the 'operate' scope"
-            state.audit.record(
-                who.name, f"operation.{name}", f"refused: {message}",
+            await asyncio.to_thread(
+                state.audit.record, who.name, f"operation.{name}", f"refused: {message}",
                 f"{spec.environment}/{spec.target or '-'}", {"parameters": body.parameters},
                 body.incident_id, request.state.request_id,
             )  # fmt: skip

@@ -17,6 +17,7 @@ from uuid import UUID
 from agent.incidents.audit import AuditLog
 from agent.incidents.events import EventLog
 from agent.incidents.storage import (
+    ApprovalRecord,
     IncidentStore,
     dispatch_done,
     dispatch_failed,
@@ -148,23 +149,26 @@ class Dispatcher:
             if not cancelled:
                 continue
             token = approval.nonce or ""
-            self.audit.record(
-                "alertmanager", "approval.cancel", "cancelled", approval.step.describe(),
-                {"via": "alertmanager", "step_key": approval.step_key, "reason": reason},
-                incident_id,
-            )  # fmt: skip
-            self.events.emit(
-                "approval.decided",
-                incident_id,
-                step=approval.step.describe(),
-                decision="cancelled",
-                by="alertmanager",
-            )
+            await asyncio.to_thread(self._cancelled, incident_id, approval, reason)
         # Raises while the run is still on its way to the pause: the outbox retries.
         if not token and not any(a.status == "cancelled" for a in waiting):
             return "nothing waiting for approval"
         paused = await self.launcher.cancel_approval(record.flow_run_id, reason, token)
         return "cancelled" if paused else "run was no longer paused"
+
+    def _cancelled(self, incident_id: str, approval: ApprovalRecord, reason: str) -> None:
+        self.audit.record(
+            "alertmanager", "approval.cancel", "cancelled", approval.step.describe(),
+            {"via": "alertmanager", "step_key": approval.step_key, "reason": reason},
+            incident_id,
+        )  # fmt: skip
+        self.events.emit(
+            "approval.decided",
+            incident_id,
+            step=approval.step.describe(),
+            decision="cancelled",
+            by="alertmanager",
+        )
 
     def _done(self, row: dict[str, Any], result: str) -> None:
         now = time.time()
