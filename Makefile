@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv install lint format docker-engine packages logql test test-slow serve up down demo bench clean
+.PHONY: help venv install lint format docker-engine packages logql test test-slow test-postgres serve up down demo bench clean
 
 help:
 	@echo "make demo   diagnose two broken services end to end through Prefect (UI stays up)"
@@ -15,7 +15,8 @@ help:
 	@echo "make serve  run the agent service (uici serve): webhook, API, events, metrics"
 	@echo "make stack  UICI, Prefect, PostgreSQL and monitoring in Docker Compose; make stack-down stops it"
 	@echo "make drill  break a container on that stack and wait for UICI's diagnosis"
-	@echo "make test   lint, type-check and run the test suite (make test-slow: the slow tests)"
+	@echo "make test   lint, type-check and run the test suite (make test-slow: the slow tests;"
+	@echo "            make test-postgres: the service and flow tests with the store on PostgreSQL)"
 	@echo "make image  build the container image uici:<version> (deployments/docker/build.sh)"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make format apply ruff formatting"
@@ -67,6 +68,15 @@ test: lint docker-engine packages logql
 test-slow: docker-engine packages logql
 	@rc=0; $(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no slow tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
+	exit $$rc
+
+# The service, dispatch, flow, gate and approval tests again with every store on PostgreSQL
+# (tests/store_backend.py: a database per test on one cluster); .ci/run runs them too.
+POSTGRES_TESTS := tests/test_api.py tests/test_dispatch.py tests/test_flows.py \
+	tests/test_gate.py tests/test_approvals.py tests/test_e2e_alertmanager.py
+test-postgres: docker-engine packages logql
+	@rc=0; UICI_TEST_STORE=postgresql $(BIN)/python -m pytest $(POSTGRES_TESTS) $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no PostgreSQL tests were collected for PYTEST_ARGS='$(PYTEST_ARGS)'"; exit 0; fi; \
 	exit $$rc
 
 # The agent service (Alertmanager webhook, API, events, metrics) on platform.yml's host and port.

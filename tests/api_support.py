@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.service.auth import key_hash
+from tests.store_backend import store_url_for
 
 # Sentinel secrets: tests assert that none of them ever shows up where it must not.
 KEYS = {
@@ -22,7 +23,7 @@ _counter = itertools.count(1)
 
 def key_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {f"UICI_TEST_{name.upper()}_SHA256": key_hash(key) for name, key in KEYS.items()}
-    env["UICI_TEST_STORAGE_URL"] = f"sqlite:///{tmp_path}/uici.db"
+    env["UICI_TEST_STORAGE_URL"] = store_url_for(tmp_path)
     env.update(extra)
     return env
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.store_backend import store_url_for
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SHIPPED_CONFIG = REPO_ROOT / "infrastructure" / "config"
@@ -42,11 +44,9 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def postgres():  # type: ignore[no-untyped-def]
-    from tests.postgres import PostgresCluster
+    from tests.store_backend import shared_postgres
 
-    cluster = PostgresCluster()
-    yield cluster
-    cluster.close()
+    return shared_postgres()  # one cluster for the session, stopped at exit
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -114,7 +114,7 @@ def fake_llm(llm_server):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def planning_env(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Environment variables for the shipped configuration: an isolated store per test."""
-    return {"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"}
+    return {"UICI_STORAGE_URL": store_url_for(tmp_path)}
 
 
 @pytest.fixture
@@ -151,5 +151,5 @@ def prefect_server():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def flow_env(prefect_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Flows read their configuration from the process environment: an isolated store."""
-    monkeypatch.setenv("UICI_STORAGE_URL", f"sqlite:///{tmp_path}/uici.db")
+    monkeypatch.setenv("UICI_STORAGE_URL", store_url_for(tmp_path))
     return tmp_path

@@ -5,7 +5,6 @@ configuration, expiry, and every answer in the audit trail with who, how and fro
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from agent.planning.planner import DiagnosticPlanner
 from agent.safety.gate import ExecutionGate
 from infrastructure.configuration.loader import load_config
 from tests.conftest import SHIPPED_CONFIG
+from tests.store_backend import StoreRow, StoreSQL, store_url_for
 
 
 def make_run(tmp_path: Path, requested_by: str | None = None, **edits: str) -> Investigation:
@@ -30,7 +30,7 @@ def make_run(tmp_path: Path, requested_by: str | None = None, **edits: str) -> I
         for old, new in edits.items():
             text = text.replace(old, new)
         (config_dir / source.name).write_text(text)
-    config = load_config(config_dir, environ={"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/u.db"})
+    config = load_config(config_dir, environ={"UICI_STORAGE_URL": store_url_for(tmp_path, "u.db")})
     store = IncidentStore.from_config(config)
     planner = DiagnosticPlanner(config, store)
     context = IncidentContext(
@@ -65,11 +65,9 @@ def ask(run: Investigation, decision: StepDecision) -> None:
     )  # fmt: skip
 
 
-def audit(run: Investigation) -> list[sqlite3.Row]:
-    connection = sqlite3.connect(run.store.path)
-    connection.row_factory = sqlite3.Row
-    with connection:
-        return connection.execute("SELECT * FROM audit ORDER BY id").fetchall()
+def audit(run: Investigation) -> list[StoreRow]:
+    with StoreSQL(run.store.database) as db:
+        return db.execute("SELECT * FROM audit ORDER BY id").fetchall()
 
 
 TWO_PERSON = {"  required_approvers: 1\n": "  required_approvers: 2\n"}

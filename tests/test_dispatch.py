@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from agent.service.dispatch import Dispatcher, PrefectLauncher
 from agent.service.intake import AlertIngestor, AlertmanagerWebhook
 from infrastructure.configuration.loader import load_config
 from tests.api_support import alert, key_env, notification
+from tests.store_backend import StoreSQL
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -59,7 +59,7 @@ def test_a_prefect_outage_delays_dispatch_and_loses_nothing(
 
     launcher.api_url = "http://127.0.0.1:9/api"  # nothing listens: Prefect is "down"
     assert asyncio.run(dispatcher.run_once()) == 1
-    with sqlite3.connect(store.path) as db:
+    with StoreSQL(store.database) as db:
         state, attempts, error = db.execute(
             "SELECT state, attempts, last_error FROM dispatch"
         ).fetchone()
@@ -73,7 +73,7 @@ def test_a_prefect_outage_delays_dispatch_and_loses_nothing(
     assert asyncio.run(dispatcher.run_once()) == 1
     record = store.get(incident)
     assert record is not None and record.flow_run_id
-    with sqlite3.connect(store.path) as db:
+    with StoreSQL(store.database) as db:
         assert db.execute("SELECT state FROM dispatch").fetchone()[0] == "done"
         assert (
             db.execute("SELECT COUNT(*) FROM dispatch WHERE state = 'pending'").fetchone()[0] == 0
@@ -100,7 +100,7 @@ def test_a_missing_deployment_is_retried_not_dropped(test_config_dir: Path, tmp_
     body = AlertmanagerWebhook.model_validate(notification(alert("web")))
     AlertIngestor(config, store).ingest(body, "req-x", "webhook", "test")
     asyncio.run(Dispatcher(config, store, launcher).run_once())
-    with sqlite3.connect(store.path) as db:
+    with StoreSQL(store.database) as db:
         state, error = db.execute("SELECT state, last_error FROM dispatch").fetchone()
     assert state == "pending" and "ObjectNotFound" in error
 

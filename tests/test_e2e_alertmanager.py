@@ -20,6 +20,7 @@ from agent.service.auth import key_hash
 from tests.api_support import KEYS
 from tests.promstack import ENSURE_SCRIPT, PromStack
 from tests.service_process import ServiceProcess, free_port, prefect_stack
+from tests.store_backend import store_url_for
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_a_prometheus_alert_becomes_a_diagnosed_incident(
     env.update(
         UICI_STATE_DIR=str(tmp_path / "state"),
         UICI_PREFECT_PORT=str(port),
-        UICI_STORAGE_URL=f"sqlite:///{tmp_path}/uici.db",
+        UICI_STORAGE_URL=store_url_for(tmp_path),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         UICI_WEBHOOK_KEY_SHA256=key_hash(KEYS["webhook"]),
         UICI_READER_KEY_SHA256=key_hash(KEYS["reader"]),

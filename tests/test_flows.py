@@ -20,6 +20,7 @@ from agent.incidents.audit import AuditLog
 from agent.incidents.storage import IncidentStore
 from flows.diagnose import artifact_key, diagnose_incident
 from tests.data.capture_observations import alert_for
+from tests.store_backend import StoreSQL, store_url_for
 
 FAILURES = {
     "missing_env": "missing-configuration",
@@ -47,7 +48,7 @@ def test_each_failure_yields_a_completed_run_naming_the_cause(
     assert report["diagnosis"]["rules_matched"][0] == FAILURES[failure]
     assert report["diagnosis"]["evidence"]
     assert report["flow_run_url"] and "/runs/flow-run/" in report["flow_run_url"]
-    stored = IncidentStore(flow_env / "uici.db").get(report["incident_id"])
+    stored = IncidentStore(store_url_for(flow_env)).get(report["incident_id"])
     assert stored is not None and stored.report is not None
     assert stored.report["diagnosis"]["root_cause"] == report["diagnosis"]["root_cause"]
     if failure == "cpu_burn":
@@ -175,7 +176,7 @@ def test_a_write_step_pauses_for_approval(
         alert={"labels": {"alertname": "WorkerExited", "service": target}, "fingerprint": incident},
         incident_id=incident,
     )
-    store = IncidentStore(flow_env / "uici.db")
+    store = IncidentStore(store_url_for(flow_env))
     pending = wait_for_pending_approval(store, incident)
     assert pending.step.operation == "restart_service" and pending.step.target == target
     assert restarts(lab, target, start) == 0, "nothing runs before the approval"
@@ -235,7 +236,7 @@ def test_two_people_approve_over_the_api_and_the_prefect_form_counts_for_nothing
         alert={"labels": {"alertname": "WorkerExited", "service": target}, "fingerprint": incident},
         incident_id=incident,
     )
-    store = IncidentStore(flow_env / "uici.db")
+    store = IncidentStore(store_url_for(flow_env))
     pending = wait_for_pending_approval(store, incident)
     assert pending.required == 2 and pending.expires_at is not None
     record = store.get(incident)
@@ -281,7 +282,7 @@ def test_two_people_approve_over_the_api_and_the_prefect_form_counts_for_nothing
     assert action["outcome"] == "executed" and "approved by operator, admin" in action["policy"]
     assert restarts(lab, target, start) == 1
     trail = [
-        (a.actor, a.action) for a in AuditLog(store.path).query(incident, None, None, None, 100)
+        (a.actor, a.action) for a in AuditLog(store.database).query(incident, None, None, None, 100)
     ]
     assert ("alice (Prefect UI, unauthenticated)", "approval.ignored") in trail
     assert ("operator", "approval.approve") in trail and ("admin", "approval.approve") in trail
@@ -302,7 +303,7 @@ def test_no_answer_in_time_means_not_executed(
     [action] = report["actions"]
     assert action["outcome"] == "not executed" and "no approval within 3 s" in action["detail"]
     assert restarts(lab, lab.name("worker"), start) == 0
-    assert IncidentStore(flow_env / "uici.db").approvals("no-answer", "expired")
+    assert IncidentStore(store_url_for(flow_env)).approvals("no-answer", "expired")
 
 
 def test_two_incidents_on_one_service_remediate_one_after_the_other(
@@ -345,10 +346,8 @@ def test_two_incidents_on_one_service_remediate_one_after_the_other(
     reports = asyncio.run(both())
     executed = [a for r in reports for a in r["actions"] if a["outcome"] == "executed"]
     assert len(executed) == 2
-    store = IncidentStore(flow_env / "uici.db")
-    import sqlite3
-
-    with sqlite3.connect(store.path) as db:
+    store = IncidentStore(store_url_for(flow_env))
+    with StoreSQL(store.database) as db:
         spans = sorted(db.execute("SELECT recorded_at, finished_at FROM writes").fetchall())
     assert len(spans) == 2
     (_, first_end), (second_start, _) = spans
@@ -404,7 +403,7 @@ def test_health_sweep_opens_one_incident_per_unhealthy_service(
     names = {u["service"] for u in first["unhealthy"]}
     assert lab.name("worker") in names and lab.name("web") not in names
     assert len(first["incidents_started"]) == len(names)
-    store = IncidentStore(flow_env / "uici.db")
+    store = IncidentStore(store_url_for(flow_env))
     report = store.get(
         next(i for i in first["incidents_started"] if store.get(i).service == lab.name("worker"))
     ).report  # type: ignore[union-attr]
@@ -429,7 +428,7 @@ def test_the_reconciler_escalates_runs_that_died(lab: FailureLab, flow_env: Path
         return None
 
     config = load_config()
-    store = IncidentStore(flow_env / "uici.db")
+    store = IncidentStore(store_url_for(flow_env))
     target = lab.get("healthy_web").target
 
     async def make_run(state: Any) -> str:
@@ -528,10 +527,8 @@ def test_a_resolved_alert_cancels_the_remediation_waiting_for_approval(
     with TestClient(create_app(configs, launcher, run_dispatcher=False)) as client:
         response = client.post("/webhooks/alertmanager", json=notification(firing), headers=headers)
         [incident] = response.json()["new_incidents"]
-        store = IncidentStore(flow_env / "uici.db")
-        import sqlite3
-
-        with sqlite3.connect(store.path) as db:
+        store = IncidentStore(store_url_for(flow_env))
+        with StoreSQL(store.database) as db:
             parameters = json.loads(db.execute("SELECT payload FROM dispatch").fetchone()[0])
         # The run a worker would start from the outbox, here in process.
         thread, box = run_in_thread(**parameters)
@@ -543,7 +540,7 @@ def test_a_resolved_alert_cancels_the_remediation_waiting_for_approval(
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the pause shows in the API a moment after the row
             asyncio.run(state.dispatcher.run_once())
-            with sqlite3.connect(store.path) as db:
+            with StoreSQL(store.database) as db:
                 result = db.execute(
                     "SELECT result FROM dispatch WHERE kind = 'cancel_approvals'"
                 ).fetchone()
@@ -576,9 +573,7 @@ def _oom_worker(lab: FailureLab, suffix: str) -> str:
 
 
 def _audit(store: IncidentStore) -> list[str]:
-    import sqlite3
-
-    with sqlite3.connect(store.path) as db:
+    with StoreSQL(store.database) as db:
         return [r[0] for r in db.execute("SELECT result FROM audit ORDER BY id")]
 
 
@@ -603,7 +598,7 @@ def test_the_flows_refuse_a_write_in_cooldown_and_over_budget_and_audit_it(
     )
     monkeypatch.setenv("UICI_CONFIG_DIR", str(shipped_config_dir))
     target = _oom_worker(lab, "cooling")
-    store = IncidentStore(flow_env / "uici.db")
+    store = IncidentStore(store_url_for(flow_env))
     env = {"UICI_CONFIG_DIR": str(shipped_config_dir)}
     cli = ["run", "restart_service", "--env", "local-docker", "--target", target, "--yes"]
     since = time.time() - 1

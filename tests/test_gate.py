@@ -27,6 +27,7 @@ from infrastructure.configuration.cache import ConfigCache
 from infrastructure.configuration.loader import UICIConfig, load_config
 from tests.api_support import auth, key_env
 from tests.conftest import DATA, SHIPPED_CONFIG
+from tests.store_backend import StoreSQL, store_url_for
 
 pytestmark = pytest.mark.usefixtures("docker_client")
 ENV = "local-docker"
@@ -51,7 +52,7 @@ def config_with(tmp_path: Path, policy: dict[str, Any], restart_timeout: int | N
 
 
 def load(config_dir: Path, tmp_path: Path) -> UICIConfig:
-    return load_config(config_dir, environ={"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"})
+    return load_config(config_dir, environ={"UICI_STORAGE_URL": store_url_for(tmp_path)})
 
 
 def request(
@@ -95,7 +96,7 @@ def request(
 
 
 def audit_results(tmp_path: Path) -> list[str]:
-    with sqlite3.connect(tmp_path / "uici.db") as db:
+    with StoreSQL(store_url_for(tmp_path)) as db:
         return [r[0] for r in db.execute("SELECT result FROM audit ORDER BY id")]
 
 
@@ -220,7 +221,7 @@ def test_uici_run_twice_within_the_cooldown_refuses_the_second(
 ) -> None:
     container = lab.run("cli-twice", ["sleep", "600"])
     config_dir = config_with(tmp_path, {"cooldown_seconds": 600})
-    env = {"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"}
+    env = {"UICI_STORAGE_URL": store_url_for(tmp_path)}
     runner = CliRunner()
     args = ["--config-dir", str(config_dir), "run", "restart_service", "--env", ENV]
     args += ["--target", container.name, "--param", "stop_timeout=0", "--yes"]
@@ -251,7 +252,7 @@ def test_uici_run_over_the_incident_budget_is_refused(lab: FailureLab, tmp_path:
             dependencies=[b.name],
         )
     )
-    env = {"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"}
+    env = {"UICI_STORAGE_URL": store_url_for(tmp_path)}
     runner = CliRunner()
     base = ["--config-dir", str(config_dir), "run", "restart_service", "--env", ENV, "--yes"]
     base += ["--param", "stop_timeout=0", "--incident", "inc-cli", "--target"]
@@ -366,7 +367,7 @@ def test_a_person_resolves_an_unknown_write_and_the_target_opens_again(
     store.finish_write("w-unknown", "unknown", {})
     gate = ExecutionGate(config, store)
     assert gate.execute(request(config, container.name)).note.startswith("unknown outcome:")
-    env = {"UICI_STORAGE_URL": f"sqlite:///{tmp_path}/uici.db"}
+    env = {"UICI_STORAGE_URL": store_url_for(tmp_path)}
     cli = ["--config-dir", str(config_dir), "writes"]
     listed = CliRunner().invoke(app, [*cli, "list", "--state", "unknown", "--json"], env=env)
     assert listed.exit_code == 0 and '"w-unknown"' in listed.output
