@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.store_backend import store_url_for
+from tests.store_backend import BACKEND, drop_stores, store_url_for, stores_made
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -37,6 +37,17 @@ def _no_ambient_config(monkeypatch: pytest.MonkeyPatch) -> None:
     # nor one a `uici --config-dir` run in-process set (recorded first, so undone at teardown).
     monkeypatch.setenv("UICI_CONFIG_DIR", "")
     monkeypatch.delenv("UICI_CONFIG_DIR")
+
+
+@pytest.fixture(autouse=True)
+def _drop_postgres_stores():  # type: ignore[no-untyped-def]
+    """On PostgreSQL (make test-postgres): each test's stores are dropped after it."""
+    if BACKEND != "postgresql":
+        yield
+        return
+    before = stores_made()
+    yield
+    drop_stores(stores_made() - before)
 
 
 # --- PostgreSQL: a real cluster (tests/postgres.py) ----------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from agent.incidents.storage import Connection, database
+from agent.incidents.storage import Connection, close_database, database
 
 BACKEND = os.environ.get("UICI_TEST_STORE", "sqlite")
 if BACKEND not in ("sqlite", "postgresql"):
@@ -52,6 +52,23 @@ def store_url_for(directory: Path | str, name: str = "uici.db") -> str:
         if key not in _urls:
             _urls[key] = cluster.database()
         return _urls[key]
+
+
+def stores_made() -> set[str]:
+    """The PostgreSQL stores handed out so far (their directory keys)."""
+    with _lock:
+        return set(_urls)
+
+
+def drop_stores(keys: set[str]) -> None:
+    """Close this process's connections to those stores and drop their databases, so that a
+    long run does not pile up connections or databases on the cluster."""
+    with _lock:
+        urls = [_urls.pop(key) for key in keys if key in _urls]
+    for url in urls:
+        close_database(url)
+        name = url.rsplit("/", 1)[1]
+        shared_postgres().sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 class StoreRow(Sequence[Any]):

@@ -367,7 +367,9 @@ def test_a_truncated_notification_is_recorded(client: TestClient, tmp_path: Path
         assert "truncated: 37 alerts not in the list" in result.fetchone()[0]
 
 
-@pytest.mark.skipif(BACKEND != "sqlite", reason="breaks an SQLite file; the next test is PostgreSQL's")
+@pytest.mark.skipif(
+    BACKEND != "sqlite", reason="breaks an SQLite file; the next test is PostgreSQL's"
+)
 def test_a_store_failure_answers_503_so_alertmanager_retries(
     client: TestClient, tmp_path: Path
 ) -> None:

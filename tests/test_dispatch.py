@@ -130,11 +130,12 @@ def test_a_dispatcher_that_lost_its_lease_records_nothing(
         assert run(db, "SELECT state, attempts FROM dispatch").all() == [("done", 1)]
 
 
-def test_a_dispatcher_stopped_mid_batch_gives_its_rows_back(
+def test_a_dispatcher_cancelled_mid_batch_gives_back_what_it_had_not_started(
     test_config_dir: Path, tmp_path: Path
 ) -> None:
-    """Prefect hangs (a socket that accepts and never answers) and the service stops: the rows
-    claimed and not finished are due again at once, not when their lease runs out."""
+    """Prefect hangs (a socket that accepts and never answers) and the task is cancelled: the
+    row in flight keeps its lease (its start may still reach Prefect, so no other dispatcher
+    takes it before the lease runs out), the row not started is due again at once."""
     config, store, launcher = setup(test_config_dir, tmp_path)
     body = AlertmanagerWebhook.model_validate(
         notification(alert("web", fingerprint="stop000000000001"), alert("db"))
@@ -146,16 +147,50 @@ def test_a_dispatcher_stopped_mid_batch_gives_its_rows_back(
         launcher.api_url = f"http://127.0.0.1:{hang.getsockname()[1]}/api"
         dispatcher = Dispatcher(config, store, launcher)
 
-        async def stop_mid_batch() -> None:
+        async def cancel_mid_batch() -> None:
             task = asyncio.create_task(dispatcher.run_once())
             await asyncio.sleep(1.0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
 
-        asyncio.run(stop_mid_batch())
-    with store.database.connect() as db:
-        left = run(db, "SELECT state, attempts, next_attempt_at FROM dispatch").all()
-    assert len(left) == 2 and all(r[0] == "pending" and r[1] == 0 for r in left)
-    assert all(r[2] <= time.time() for r in left)
-    assert len(Dispatcher(config, store, launcher)._due()) == 2  # another dispatcher takes them
+        asyncio.run(cancel_mid_batch())
+    with StoreSQL(store.database) as db:
+        left = db.execute("SELECT state, attempts, next_attempt_at FROM dispatch ORDER BY id")
+        (in_flight, not_started) = left.fetchall()
+    now = time.time()
+    assert in_flight[:2] == ("pending", 0) and in_flight[2] > now  # still leased
+    assert not_started[:2] == ("pending", 0) and not_started[2] <= now
+    assert len(Dispatcher(config, store, launcher)._due()) == 1  # another takes that one
+
+
+def test_a_stopping_service_gives_back_the_rows_it_had_not_started(
+    deployed: str, test_config_dir: Path, tmp_path: Path
+) -> None:
+    """The service stops (its lifespan sets `stop`) in the middle of a batch: the run being
+    started finishes and is recorded, the rest of the batch is due again at once for the other
+    replicas instead of waiting out its lease."""
+    config, store, launcher = setup(test_config_dir, tmp_path)
+    alerts = [alert(f"svc-{i}", fingerprint=f"halt{i:012d}") for i in range(12)]
+    AlertIngestor(config, store).ingest(
+        AlertmanagerWebhook.model_validate(notification(*alerts)), "req-h", "webhook", "t"
+    )
+    dispatcher = Dispatcher(config, store, launcher)
+
+    async def stop_after_the_first_start() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run_forever(stop))
+        while not any(e.type == "dispatch.started" for e in EventLog(store.database).since(0)):
+            await asyncio.sleep(0.005)
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+    asyncio.run(stop_after_the_first_start())
+    with StoreSQL(store.database) as db:
+        rows = db.execute("SELECT state, attempts, next_attempt_at FROM dispatch").fetchall()
+    done = [r for r in rows if r[0] == "done"]
+    given_back = [r for r in rows if r[0] == "pending"]
+    assert len(rows) == 12 and 1 <= len(done) < 12, rows
+    assert all(r[1] == 0 and r[2] <= time.time() for r in given_back), given_back
+    started = [e for e in EventLog(store.database).since(0) if e.type == "dispatch.started"]
+    assert len(started) == len(done)  # each start recorded once, none lost

@@ -5,10 +5,13 @@ Every test here runs on both backends (the `store_url` fixture)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from agent.incidents.storage import (
     Database,
     IncidentStore,
     StorageError,
+    StoreFailure,
     WriteRecord,
     claim_notifications,
     insert_notification,
@@ -382,14 +386,77 @@ def test_a_lost_postgresql_connection_fails_then_recovers() -> None:
     cluster = PostgresCluster()
     try:
         store = IncidentStore(cluster.database())
-        store.probe_write()
+        store.probe_write(5)
         cluster.stop()
         with pytest.raises(sqlalchemy.exc.OperationalError):
-            store.probe_write()
+            store.probe_write(5)
         cluster.start()
-        store.probe_write()
+        store.probe_write(5)
         EventLog(store.database).emit("incident.created", "after-restart")
         assert [e.incident_id for e in EventLog(store.database).since(0)] == ["after-restart"]
+    finally:
+        cluster.close()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("iptables") is None,
+    reason="dropping packets needs root and iptables (CI runs as root; docker.io brings it)",
+)
+def test_a_partitioned_postgresql_fails_the_statement_instead_of_hanging() -> None:
+    """Packets to the server vanish (a partition, a dead host: nothing answers, nothing
+    refuses). A write transaction already open on a connection fails once its bytes stay
+    unacknowledged past the bound (TCP_USER_TIMEOUT, statement_timeout_seconds); a new write
+    fails too (the pool's ping, then connect_timeout_seconds); neither hangs, and the store
+    works again once the network is back."""
+    cluster = PostgresCluster()
+    rules = [
+        ["INPUT", "-p", "tcp", "-d", "127.0.0.1", f"--{side}", str(cluster.port), "-j", "DROP"]
+        for side in ("dport", "sport")  # both ways: nothing reaches either end
+    ]
+    try:
+        settings = storage_defaults(cluster.database()).model_copy(
+            update={"statement_timeout_seconds": 2.0, "connect_timeout_seconds": 2}
+        )
+        store = IncidentStore(Database(settings).open())
+        store.probe_write(5)
+        failures: dict[str, BaseException | None] = {}
+
+        def attempt(name: str, write: Callable[[], None]) -> threading.Thread:
+            def run_it() -> None:
+                try:
+                    write()
+                    failures[name] = None
+                except BaseException as exc:  # reported below
+                    failures[name] = exc
+
+            thread = threading.Thread(target=run_it, daemon=True)
+            return thread
+
+        def in_flight() -> None:
+            with store.transaction() as db:  # open, and holding the write lock
+                partitioned.wait(10)
+                run(db, "INSERT INTO readiness (id, at) VALUES (2, 0)")
+
+        partitioned = threading.Event()
+        open_one = attempt("in flight", in_flight)
+        open_one.start()
+        time.sleep(0.5)  # the transaction is open
+        for rule in rules:
+            subprocess.run(["iptables", "-I", *rule], check=True)
+        try:
+            partitioned.set()
+            new_one = attempt("new", lambda: store.probe_write(5))
+            new_one.start()
+            for thread in (open_one, new_one):
+                thread.join(40)  # the bounds are seconds: a hang would still be alive
+                assert not thread.is_alive(), f"a write hung: {failures}"
+        finally:
+            for rule in rules:
+                subprocess.run(["iptables", "-D", *rule], check=True)
+        # What the service turns into 503 (and the CLI into one line), not a bug's 500.
+        assert all(isinstance(e, StoreFailure) for e in failures.values()), failures
+        assert set(failures) == {"in flight", "new"}
+        store.probe_write(5)  # back: a new connection, no restart
     finally:
         cluster.close()
 
@@ -421,24 +488,51 @@ def test_the_cli_stops_on_an_unreachable_store_with_the_fix_not_a_traceback(
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr + done.stdout
 
 
-def test_a_schema_newer_than_this_code_is_refused_with_the_fix(store_url: str) -> None:
+@pytest.mark.parametrize("unknown", ["0099_from_the_future", "0001", "head", ""])
+def test_a_schema_newer_than_this_code_is_refused_with_the_fix(
+    store_url: str, unknown: str
+) -> None:
+    """A revision this code does not have (a newer UICI's; not Alembic's prefix or symbolic
+    matches of ours) is refused, and the schema is left as it is."""
     store = IncidentStore(store_url)
     with store.database.connect() as db:
-        run(db, "UPDATE alembic_version SET version_num = '0099_from_the_future'")
+        run(db, "UPDATE alembic_version SET version_num = :v", {"v": unknown})
     with pytest.raises(StorageError) as raised:
         Database(storage_defaults(store_url)).open()
     message = str(raised.value)
-    assert "'0099_from_the_future'" in message and "a newer UICI migrated it" in message
+    assert f"{unknown!r}" in message and "a newer UICI migrated it" in message
     assert HEAD_REVISION in message
-    with store.database.connect() as db:  # left as it was
-        assert revision(store.database) == ["0099_from_the_future"]
+    assert revision(store.database) == [unknown]  # left as it was
+
+
+def test_readiness_fails_within_its_bound_while_the_write_lock_is_held(store_url: str) -> None:
+    """A stuck writer holds the write lock: the readiness probe (which waits at most the
+    readiness timeout) fails, as the webhook's writes would, and passes once it is released."""
+    store = IncidentStore(store_url)
+    holding, release = threading.Event(), threading.Event()
+
+    def stuck_writer() -> None:
+        with store.transaction():
+            holding.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=stuck_writer, daemon=True)
+    writer.start()
+    assert holding.wait(10)
+    try:
+        with pytest.raises(StoreFailure):
+            store.probe_write(0.5)
+    finally:
+        release.set()
+        writer.join(10)
+    store.probe_write(0.5)
 
 
 def test_a_store_path_is_taken_literally(tmp_path: Path) -> None:
     """`?` and `%` in a file name are part of it, not a URL query or an escape."""
     path = tmp_path / "odd?name=1%2F.db"
     store = IncidentStore(path)
-    store.probe_write()
+    store.probe_write(5)
     assert store.path == path and path.exists()
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == [path.name]
 
@@ -448,13 +542,26 @@ def test_a_storage_url_with_a_bad_port_is_a_config_problem_and_a_clear_error(
 ) -> None:
     from tests.test_cli import uici
 
-    bad = f"postgresql://uici:{PASSWORD}@db.example:54x2/uici"
-    done = uici("config", "validate", env={"UICI_STORAGE_URL": bad})
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "storage.url" in done.stderr + done.stdout and "Traceback" not in done.stderr
-    assert PASSWORD not in done.stderr + done.stdout
-    with pytest.raises(StorageError, match="not a readable URL"):
-        IncidentStore(bad)
+    for bad, secret in (
+        (f"postgresql://uici:{PASSWORD}@db.example:54x2/uici", PASSWORD),
+        ("postgresql://uici:s3c@ret:pa55@db.example:5432/uici", "pa55"),  # @ not encoded
+        ("postgresql://uici:s3c@ret@db.example/uici", "s3c"),
+    ):
+        done = uici("config", "validate", env={"UICI_STORAGE_URL": bad})
+        said = done.stderr + done.stdout
+        assert done.returncode == 2, said
+        assert "storage.url" in said and "not a readable URL" in said, said
+        assert "Traceback" not in said and secret not in said and "ret" not in said, said
+        with pytest.raises(StorageError, match="not a readable URL") as raised:
+            IncidentStore(bad)
+        assert secret not in str(raised.value)
+
+
+def test_an_sqlite_url_with_a_query_is_refused_not_read_as_another_file() -> None:
+    from tests.test_cli import uici
+
+    done = uici("config", "validate", env={"UICI_STORAGE_URL": "sqlite:////tmp/a?b.db"})
+    assert done.returncode == 2 and "%3F" in done.stderr + done.stdout
 
 
 def test_a_store_failing_mid_command_is_reported_not_traced_back(tmp_path: Path) -> None:

@@ -1168,11 +1168,13 @@ def main() -> None:
         if isinstance(exc, StorageError):  # already names the store and the fix
             stderr.print(Text(f"the incident store cannot be used: {exc}"))
         else:
-            stderr.print(
-                Text(
-                    f"the incident store failed: {failure_reason(exc)}. Check that it runs and"
-                    " that UICI_STORAGE_URL names it (platform.yml storage.url); the failed"
-                    " step recorded nothing."
-                )
+            reason = failure_reason(exc)
+            fix = (
+                "Another process held the store's write lock longer than"
+                " storage.lock_timeout_seconds: retry, or find the process that holds it."
+                if "lock" in reason
+                else "Check that the store runs and that UICI_STORAGE_URL names it"
+                " (platform.yml storage.url), then retry."
             )
+            stderr.print(Text(f"the incident store failed: {reason}. {fix}"))
         sys.exit(EXIT_FAILED)

@@ -49,7 +49,7 @@ from sqlalchemy.pool import NullPool
 
 from agent.incidents.models import IncidentContext, PlanStep
 from infrastructure.configuration.loader import UICIConfig
-from infrastructure.configuration.models import StorageSettings
+from infrastructure.configuration.models import StorageSettings, url_problem
 from infrastructure.executors.base import ResolvedTarget
 from infrastructure.redaction import Redactor, RedactorHolder, configured_redactor
 
@@ -90,6 +90,9 @@ class StorageError(RuntimeError):
 StoreFailure: tuple[type[Exception], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
+    # The server ending the session under a transaction it found idle too long (the client's
+    # statement lost on the way: idle_in_transaction_session_timeout), among others.
+    sqlalchemy.exc.InternalError,
     sqlalchemy.exc.TimeoutError,
     StorageError,
 )
@@ -144,16 +147,10 @@ def store_url(source: Path | str) -> URL:
     scheme, rest = text_.split("://", 1)
     if scheme in ("postgres", "postgresql"):
         text_ = f"postgresql+psycopg://{rest}"
-    try:
-        url = make_url(text_)
-        url.port  # noqa: B018 - parsed lazily by some versions: a bad port fails here
-    except (ValueError, sqlalchemy.exc.ArgumentError) as exc:
-        raise StorageError(
-            f"storage.url is not a readable URL ({exc}): write sqlite:///path/to/uici.db or"
-            " postgresql://user:password@host:5432/database, percent-encoding any @, :, / or %"
-            " in the password (platform.yml storage.url)"
-        ) from None
-    return url
+    problem = url_problem(text_)
+    if problem is not None:
+        raise StorageError(f"storage.url {problem} (platform.yml storage.url)")
+    return make_url(text_)
 
 
 def shown_url(url: str) -> str:
@@ -244,27 +241,32 @@ class Database:
             yield db
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection]:
-        with self._locked(_WRITE_LOCK, bounded=True) as db:
+    def transaction(self, wait: float | None = None) -> Iterator[Connection]:
+        """`wait`: how long to wait for the write lock (storage.lock_timeout_seconds if not
+        given) before failing."""
+        bound = self.settings.lock_timeout_seconds if wait is None else wait
+        with self._locked(_WRITE_LOCK, bound) as db:
             yield db
 
     @contextmanager
-    def _locked(self, key: int, bounded: bool) -> Iterator[Connection]:
+    def _locked(self, key: int, wait: float | None) -> Iterator[Connection]:
         """One transaction holding the store's lock `key` (SQLite: its write lock, whatever
-        the key), committed on success and rolled back on error; `bounded`: waiting for the
-        lock fails after storage.lock_timeout_seconds on PostgreSQL too."""
+        the key), committed on success and rolled back on error; waiting for the lock fails
+        after `wait` seconds (None: it waits as long as it takes)."""
         with self.engine.connect() as db:
             if self.dialect == "sqlite":
+                if wait is not None and wait != self.settings.lock_timeout_seconds:
+                    db.exec_driver_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
                 db.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 db.begin()
-                if bounded:  # one round trip: the wait's bound, then the lock
+                if wait is not None:  # one round trip: the wait's bound, then the lock
                     db.execute(
                         _sql(
                             "SELECT set_config('lock_timeout', :wait, true),"
                             " pg_advisory_xact_lock(:key)"
                         ),
-                        {"wait": f"{int(self.settings.lock_timeout_seconds * 1000)}ms", "key": key},
+                        {"wait": f"{int(wait * 1000)}ms", "key": key},
                     )
                 else:
                     db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
@@ -297,7 +299,7 @@ class Database:
             with self.connect() as db:  # a current store: no lock, no Alembic
                 if _revision(db) == HEAD_REVISION:
                     return
-        with self._locked(_MIGRATION_LOCK, bounded=False) as db:
+        with self._locked(_MIGRATION_LOCK, None) as db:
             revision = _revision(db)
             if script_location != MIGRATIONS or revision != HEAD_REVISION:
                 _upgrade(db, script_location, revision, self.name)
@@ -377,16 +379,13 @@ def _upgrade(db: Connection, script_location: Path, revision: str | None, name: 
     from alembic import command
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
 
     config = Config()
     config.set_main_option("script_location", str(script_location))
     config.attributes["connection"] = db
-    try:
-        known = revision is None or bool(ScriptDirectory.from_config(config).get_revision(revision))
-    except CommandError:
-        known = False
-    if not known:
+    # Exactly one of ours: Alembic's own lookup also takes prefixes and names like "head".
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if revision is not None and revision not in known:
         # Never guess at a schema this code does not know: a newer UICI migrated it.
         raise StorageError(
             f"{name}: its schema is at revision {revision!r}, which this UICI does not know"
@@ -416,6 +415,15 @@ def database(
             found = Database(settings or storage_defaults(str(source))).open()
             _DATABASES[url] = found
         return found
+
+
+def close_database(source: Path | str) -> None:
+    """Forget this process's Database for a store and close its pooled connections (a tool
+    or a test done with a store; the next `database()` opens it anew)."""
+    with _DATABASES_LOCK:
+        found = _DATABASES.pop(store_url(source), None)
+    if found is not None:
+        found.engine.dispose()
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -2084,13 +2092,11 @@ class IncidentStore(RedactorHolder):
         """Due outbox rows, oldest first, leased to this caller until `lease_until`."""
         return claim_dispatch(self.database, now, limit, lease_until)
 
-    def probe_write(self) -> None:
-        """Rewrite the readiness row: raises unless the store takes writes. On SQLite in a
-        write transaction (the file's one write lock must be had); on PostgreSQL as a single
-        statement, without the fleet's write lock, so that every replica's probe does not
-        queue behind (and delay) the writes of all the others."""
-        opened = self.transaction() if self.database.dialect == "sqlite" else self._db()
-        with opened as db:
+    def probe_write(self, wait: float) -> None:
+        """Rewrite the readiness row in a write transaction, waiting at most `wait` seconds for
+        the write lock: raises unless the store takes writes now (a lock held too long by a
+        stuck writer fails it too, as it would fail the webhook)."""
+        with self.database.transaction(wait) as db:
             run(
                 db,
                 upsert_sql("readiness", ("id", "at"), ("id",)),

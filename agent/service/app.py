@@ -1039,7 +1039,7 @@ async def readiness_checks(state: ServiceState, deep: bool) -> list[ReadinessChe
         return in_force
 
     async def store() -> str:
-        await asyncio.to_thread(state.store.probe_write)
+        await asyncio.to_thread(state.store.probe_write, timeout)
         return state.store.database.name
 
     async def prefect() -> str:

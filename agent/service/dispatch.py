@@ -17,10 +17,12 @@ from uuid import UUID
 from agent.incidents.audit import AuditLog
 from agent.incidents.events import EventLog
 from agent.incidents.storage import (
+    UNRECORDABLE,
     ApprovalRecord,
     IncidentStore,
     dispatch_done,
     dispatch_failed,
+    failure_reason,
     release_dispatch,
     set_flow_run,
 )
@@ -78,32 +80,45 @@ class Dispatcher:
         rows = self.store.claim_dispatch(now, self.settings.batch_size, lease)
         return [{**r, "lease": lease} for r in rows]
 
-    async def run_once(self) -> int:
-        """Dispatch every due outbox row once; the number handled (successfully or not)."""
+    async def run_once(self, stop: asyncio.Event | None = None) -> int:
+        """Dispatch every due outbox row once; the number taken up (successfully or not).
+        Once `stop` is set, the rows not yet taken up are given back."""
         rows = await asyncio.to_thread(self._due)
-        handled = 0
+        started = 0
         try:
             for row in rows:
-                if time.time() >= row["lease"]:
-                    break  # the rest of the batch is due again: another dispatcher may have it
+                if (stop is not None and stop.is_set()) or time.time() >= row["lease"]:
+                    break  # stopping, or the lease ran out: another dispatcher may take them
+                # From here the row is in flight: it keeps its lease even if this task is
+                # cancelled, so no other dispatcher starts it while this one might still be.
+                started += 1
                 try:
                     result = await self._dispatch(row)
                 except Exception as exc:
                     await asyncio.to_thread(self._failed, row, exc)
                 else:
                     await asyncio.to_thread(self._done, row, result)
-                handled += 1
         finally:
-            # Stopped (or broken off) mid-batch: the rows not started are due again at once.
-            rest = [(row["id"], row["lease"]) for row in rows[handled:]]
-            if rest:
-                release_dispatch(self.store.database, rest, time.time())
-        return handled
+            rest = [(row["id"], row["lease"]) for row in rows[started:]]
+            if rest:  # due again at once, not when their lease runs out
+                await asyncio.shield(asyncio.to_thread(self._release, rest))
+        return started
+
+    def _release(self, leases: list[tuple[int, float]]) -> None:
+        try:
+            release_dispatch(self.store.database, leases, time.time())
+        except UNRECORDABLE as exc:
+            log.warning(
+                "could not give back %d outbox rows (%s): they are due again when their lease"
+                " runs out",
+                len(leases),
+                failure_reason(exc),
+            )
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
-                handled = await self.run_once()
+                handled = await self.run_once(stop)
             except Exception:  # the store itself failing: log, wait, go on
                 log.exception("dispatch loop: could not read the outbox")
                 handled = 0

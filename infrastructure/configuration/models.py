@@ -161,6 +161,30 @@ class ServiceSettings(StrictModel):
     port: int = Field(ge=1, le=65535)
 
 
+def url_problem(text_: str) -> str | None:
+    """What makes a store URL unusable, in words that quote none of it (it holds the
+    password), or None."""
+    from sqlalchemy import exc, make_url  # imported only where a store URL is read
+
+    try:
+        url = make_url(text_)
+        url.port  # noqa: B018 - a bad port fails here
+    except (ValueError, exc.ArgumentError):
+        url = None
+    if url is None or "@" in (url.host or ""):
+        return (
+            "is not a readable URL: write sqlite:///path/to/uici.db or"
+            " postgresql://user:password@host:5432/database, percent-encoding any @, :, /, ?"
+            " or % in the user or the password (%40, %3A, %2F, %3F, %25)"
+        )
+    if url.get_backend_name() == "sqlite" and "?" in text_:
+        return (
+            "names an SQLite file with a query (?...), which UICI does not take: write a ? in"
+            " the file name as %3F"
+        )
+    return None
+
+
 class StorageSettings(StrictModel):
     url: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+]*://\S*$")]
     # How long a write transaction waits for another one (SQLite's write lock, PostgreSQL's
@@ -185,15 +209,9 @@ class StorageSettings(StrictModel):
             )
         if scheme == "sqlite" and not value.startswith("sqlite:///"):
             raise ValueError("a SQLite store is sqlite:///relative/path or sqlite:////abs/path")
-        from sqlalchemy import exc as sqlalchemy_errors  # only when a store is named
-        from sqlalchemy import make_url
-
-        try:
-            _ = make_url(value).port
-        except (ValueError, sqlalchemy_errors.ArgumentError) as exc:
-            raise ValueError(
-                f"not a readable URL ({exc}): percent-encode any @, :, / or % in the password"
-            ) from None
+        problem = url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 
