@@ -87,6 +87,9 @@ class StoreRow(Sequence[Any]):
     def __eq__(self, other: object) -> bool:
         return self._values == (tuple(other) if isinstance(other, (tuple, list)) else other)
 
+    def __lt__(self, other: StoreRow) -> bool:  # sorted(rows), as with sqlite3's tuples
+        return self._values < other._values
+
     def __hash__(self) -> int:
         return hash(self._values)
 
