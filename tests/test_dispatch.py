@@ -4,6 +4,7 @@ loses none, and a resubmitted alert finds the run that already exists."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from pathlib import Path
@@ -180,7 +181,9 @@ def test_a_stopping_service_gives_back_the_rows_it_had_not_started(
     async def stop_after_the_first_start() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(dispatcher.run_forever(stop))
+        deadline = time.monotonic() + 30
         while not any(e.type == "dispatch.started" for e in EventLog(store.database).since(0)):
+            assert time.monotonic() < deadline, "no diagnosis was started"
             await asyncio.sleep(0.005)
         stop.set()
         await asyncio.wait_for(task, 60)
@@ -194,3 +197,45 @@ def test_a_stopping_service_gives_back_the_rows_it_had_not_started(
     assert all(r[1] == 0 and r[2] <= time.time() for r in given_back), given_back
     started = [e for e in EventLog(store.database).since(0) if e.type == "dispatch.started"]
     assert len(started) == len(done)  # each start recorded once, none lost
+
+
+def test_a_stop_while_prefect_hangs_gives_back_the_rest_at_once(
+    test_config_dir: Path, tmp_path: Path
+) -> None:
+    """Prefect hangs on the first start and the service stops: the rows behind it are given
+    back at once (the other replicas take them), not after the hung call's timeout."""
+    config, store, launcher = setup(test_config_dir, tmp_path)
+    body = AlertmanagerWebhook.model_validate(
+        notification(*(alert(f"svc-{i}", fingerprint=f"hang{i:012d}") for i in range(3)))
+    )
+    AlertIngestor(config, store).ingest(body, "req-g", "webhook", "t")
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(8)
+        launcher.api_url = f"http://127.0.0.1:{hang.getsockname()[1]}/api"
+        dispatcher = Dispatcher(config, store, launcher)
+
+        def due_now() -> int:
+            with StoreSQL(store.database) as db:
+                found = db.execute(
+                    "SELECT COUNT(*) FROM dispatch WHERE next_attempt_at <= ?", (time.time(),)
+                )
+                return int(found.fetchone()[0])  # type: ignore[index]
+
+        async def stop_while_hung() -> tuple[int, bool]:
+            stop = asyncio.Event()
+            task = asyncio.create_task(dispatcher.run_forever(stop))
+            await asyncio.sleep(1.0)  # the first start hangs
+            stop.set()
+            deadline = time.monotonic() + 10
+            while due_now() < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            given_back, still_waiting = due_now(), not task.done()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return given_back, still_waiting
+
+        given_back, still_waiting = asyncio.run(stop_while_hung())
+    assert given_back == 2 and still_waiting  # given back while the hung call still waited
+    assert len(Dispatcher(config, store, launcher)._due()) == 2

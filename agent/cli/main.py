@@ -1172,7 +1172,7 @@ def main() -> None:
             fix = (
                 "Another process held the store's write lock longer than"
                 " storage.lock_timeout_seconds: retry, or find the process that holds it."
-                if "lock" in reason
+                if "locked" in reason or "lock timeout" in reason
                 else "Check that the store runs and that UICI_STORAGE_URL names it"
                 " (platform.yml storage.url), then retry."
             )

@@ -90,9 +90,6 @@ class StorageError(RuntimeError):
 StoreFailure: tuple[type[Exception], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
-    # The server ending the session under a transaction it found idle too long (the client's
-    # statement lost on the way: idle_in_transaction_session_timeout), among others.
-    sqlalchemy.exc.InternalError,
     sqlalchemy.exc.TimeoutError,
     StorageError,
 )
@@ -222,6 +219,7 @@ class Database:
                     f" -c idle_in_transaction_session_timeout={statement_ms}",
                 },
             )
+            event.listen(self.engine, "handle_error", _session_ended_is_an_outage)
         else:
             raise StorageError(
                 f"storage.url {self.name}: {self.dialect} is not supported; use sqlite:///path"
@@ -256,7 +254,7 @@ class Database:
         with self.engine.connect() as db:
             if self.dialect == "sqlite":
                 if wait is not None and wait != self.settings.lock_timeout_seconds:
-                    db.exec_driver_sql(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                    db.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(wait * 1000))}")
                 db.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 db.begin()
@@ -266,7 +264,7 @@ class Database:
                             "SELECT set_config('lock_timeout', :wait, true),"
                             " pg_advisory_xact_lock(:key)"
                         ),
-                        {"wait": f"{int(wait * 1000)}ms", "key": key},
+                        {"wait": _ms(wait), "key": key},
                     )
                 else:
                     db.execute(_sql("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
@@ -349,6 +347,27 @@ class Database:
             f"Check that PostgreSQL runs and accepts connections at {where}, and that"
             " UICI_STORAGE_URL names it (platform.yml storage.url)."
         )
+
+
+# SQLSTATEs psycopg reports as InternalError (class 25, like a bug's "transaction aborted")
+# that are the server ending a session it found idle or too long: an outage to retry.
+_SESSION_ENDED = ("25P03", "25P04")
+
+
+def _session_ended_is_an_outage(context: Any) -> Exception | None:
+    """handle_error: the server ending a session under a transaction (its client's statement
+    lost on the way) raised as OperationalError, a StoreFailure, not as a bug."""
+    original = context.original_exception
+    if getattr(original, "sqlstate", None) not in _SESSION_ENDED:
+        return None
+    return sqlalchemy.exc.OperationalError(
+        context.statement, context.parameters, original, hide_parameters=True
+    )
+
+
+def _ms(seconds: float) -> str:
+    """A PostgreSQL duration setting; at least 1 ms, as 0 means no bound at all."""
+    return f"{max(1, int(seconds * 1000))}ms"
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:
@@ -2093,15 +2112,31 @@ class IncidentStore(RedactorHolder):
         return claim_dispatch(self.database, now, limit, lease_until)
 
     def probe_write(self, wait: float) -> None:
-        """Rewrite the readiness row in a write transaction, waiting at most `wait` seconds for
-        the write lock: raises unless the store takes writes now (a lock held too long by a
-        stuck writer fails it too, as it would fail the webhook)."""
-        with self.database.transaction(wait) as db:
-            run(
-                db,
-                upsert_sql("readiness", ("id", "at"), ("id",)),
-                {"id": 1, "at": time.time()},
-            )
+        """Rewrite the readiness row within `wait` seconds: raises unless this process can
+        write to the store now. On SQLite in a write transaction (the file's one write lock,
+        which is this host's). On PostgreSQL in a plain transaction bounded by `wait`, without
+        the fleet's write lock: a lock every replica waits for alike says nothing about this
+        replica, and failing them all at once would leave no endpoint to retry on
+        (`probe_write_lock` reports it, in /health/deep)."""
+        if self.database.dialect == "sqlite":
+            with self.database.transaction(wait) as db:
+                self._write_readiness(db)
+            return
+        with self.database.engine.connect() as db:
+            db.begin()
+            run(db, "SELECT set_config('statement_timeout', :wait, true)", {"wait": _ms(wait)})
+            self._write_readiness(db)
+            db.commit()
+
+    def probe_write_lock(self, wait: float) -> None:
+        """Take the store's write lock within `wait` seconds (raises if a writer holds it
+        longer), and let it go."""
+        with self.database.transaction(wait):
+            pass
+
+    @staticmethod
+    def _write_readiness(db: Connection) -> None:
+        run(db, upsert_sql("readiness", ("id", "at"), ("id",)), {"id": 1, "at": time.time()})
 
 
 def _incident(row: Row) -> IncidentRecord:

@@ -1042,6 +1042,10 @@ async def readiness_checks(state: ServiceState, deep: bool) -> list[ReadinessChe
         await asyncio.to_thread(state.store.probe_write, timeout)
         return state.store.database.name
 
+    async def write_lock() -> str:
+        await asyncio.to_thread(state.store.probe_write_lock, timeout)
+        return "taken and released"
+
     async def prefect() -> str:
         await state.launcher.reachable()
         return state.config.platform.prefect.api_url
@@ -1064,6 +1068,7 @@ async def readiness_checks(state: ServiceState, deep: bool) -> list[ReadinessChe
     checks = [timed("configuration", configuration), timed("store", store)]
     if not deep:
         return list(await asyncio.gather(*checks))
+    checks.append(timed("store write lock", write_lock))
     checks.append(timed("prefect", prefect))
 
     def sink_check(name: str) -> Callable[[], Awaitable[str]]:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -82,9 +83,19 @@ class Dispatcher:
 
     async def run_once(self, stop: asyncio.Event | None = None) -> int:
         """Dispatch every due outbox row once; the number taken up (successfully or not).
-        Once `stop` is set, the rows not yet taken up are given back."""
+        Once `stop` is set, the rows not yet taken up are given back at once, even while the
+        one in flight still waits for Prefect."""
         rows = await asyncio.to_thread(self._due)
         started = 0
+        given_back = False
+
+        async def give_back() -> None:
+            nonlocal given_back
+            rest = [(row["id"], row["lease"]) for row in rows[started:]]
+            given_back = True
+            if rest:  # due again at once, not when their lease runs out
+                await asyncio.shield(asyncio.to_thread(self._release, rest))
+
         try:
             for row in rows:
                 if (stop is not None and stop.is_set()) or time.time() >= row["lease"]:
@@ -93,16 +104,39 @@ class Dispatcher:
                 # cancelled, so no other dispatcher starts it while this one might still be.
                 started += 1
                 try:
-                    result = await self._dispatch(row)
+                    result = await self._until_done(self._dispatch(row), stop, give_back)
                 except Exception as exc:
                     await asyncio.to_thread(self._failed, row, exc)
                 else:
                     await asyncio.to_thread(self._done, row, result)
+                if given_back:
+                    break
         finally:
-            rest = [(row["id"], row["lease"]) for row in rows[started:]]
-            if rest:  # due again at once, not when their lease runs out
-                await asyncio.shield(asyncio.to_thread(self._release, rest))
+            if not given_back:
+                await give_back()
         return started
+
+    @staticmethod
+    async def _until_done(
+        work: Coroutine[Any, Any, str],
+        stop: asyncio.Event | None,
+        on_stop: Callable[[], Awaitable[None]],
+    ) -> str:
+        """`work`'s result; if `stop` is set first, `on_stop` runs while it goes on."""
+        task = asyncio.ensure_future(work)
+        try:
+            if stop is not None and not stop.is_set():
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if not task.done():
+                    await on_stop()
+            return await task
+        except asyncio.CancelledError:
+            task.cancel()  # cancelled from outside: so is the work
+            raise
 
     def _release(self, leases: list[tuple[int, float]]) -> None:
         try:

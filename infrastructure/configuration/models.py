@@ -171,7 +171,9 @@ def url_problem(text_: str) -> str | None:
         url.port  # noqa: B018 - a bad port fails here
     except (ValueError, exc.ArgumentError):
         url = None
-    if url is None or "@" in (url.host or ""):
+    # More than one @ is an @ left unencoded in the user or the password: the parser would
+    # take a piece of the password for the host or the database.
+    if url is None or text_.split("://", 1)[-1].count("@") > 1:
         return (
             "is not a readable URL: write sqlite:///path/to/uici.db or"
             " postgresql://user:password@host:5432/database, percent-encoding any @, :, /, ?"
@@ -186,7 +188,8 @@ def url_problem(text_: str) -> str | None:
 
 
 class StorageSettings(StrictModel):
-    url: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+]*://\S*$")]
+    # Checked by the validator below, whose messages never quote the URL (it holds a password).
+    url: str
     # How long a write transaction waits for another one (SQLite's write lock, PostgreSQL's
     # advisory lock) before it fails.
     lock_timeout_seconds: float = Field(gt=0, le=600)
@@ -201,12 +204,15 @@ class StorageSettings(StrictModel):
     @field_validator("url")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0]
+        scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in ("sqlite", "postgresql", "postgresql+psycopg", "postgres"):
+            shown = f"{scheme}://" if re.fullmatch(r"[a-z][a-z0-9+]*", scheme) else "this URL"
             raise ValueError(
-                f"{scheme}:// is not a supported store: use sqlite:///path/to/uici.db (embedded)"
+                f"{shown} is not a supported store: use sqlite:///path/to/uici.db (embedded)"
                 " or postgresql://user:password@host:5432/database"
             )
+        if re.search(r"\s", value):
+            raise ValueError("a store URL has no spaces: percent-encode one as %20")
         if scheme == "sqlite" and not value.startswith("sqlite:///"):
             raise ValueError("a SQLite store is sqlite:///relative/path or sqlite:////abs/path")
         problem = url_problem(value)
