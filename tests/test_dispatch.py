@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,16 @@ def setup(test_config_dir: Path, tmp_path: Path) -> tuple[Any, IncidentStore, Pr
     launcher = PrefectLauncher(config)
     launcher.api_url = PREFECT_API_URL.value()  # the test server, not platform.yml's
     return config, store, launcher
+
+
+@contextlib.contextmanager
+def hanging_prefect(launcher: PrefectLauncher) -> Iterator[None]:
+    """Prefect "hangs": the launcher's API is a socket that accepts and never answers."""
+    with socket.socket() as hang:
+        hang.bind(("127.0.0.1", 0))
+        hang.listen(8)
+        launcher.api_url = f"http://127.0.0.1:{hang.getsockname()[1]}/api"
+        yield
 
 
 def test_a_prefect_outage_delays_dispatch_and_loses_nothing(
@@ -142,10 +153,7 @@ def test_a_dispatcher_cancelled_mid_batch_gives_back_what_it_had_not_started(
         notification(alert("web", fingerprint="stop000000000001"), alert("db"))
     )
     AlertIngestor(config, store).ingest(body, "req-s", "webhook", "t")
-    with socket.socket() as hang:
-        hang.bind(("127.0.0.1", 0))
-        hang.listen(8)
-        launcher.api_url = f"http://127.0.0.1:{hang.getsockname()[1]}/api"
+    with hanging_prefect(launcher):
         dispatcher = Dispatcher(config, store, launcher)
 
         async def cancel_mid_batch() -> None:
@@ -209,10 +217,7 @@ def test_a_stop_while_prefect_hangs_gives_back_the_rest_at_once(
         notification(*(alert(f"svc-{i}", fingerprint=f"hang{i:012d}") for i in range(3)))
     )
     AlertIngestor(config, store).ingest(body, "req-g", "webhook", "t")
-    with socket.socket() as hang:
-        hang.bind(("127.0.0.1", 0))
-        hang.listen(8)
-        launcher.api_url = f"http://127.0.0.1:{hang.getsockname()[1]}/api"
+    with hanging_prefect(launcher):
         dispatcher = Dispatcher(config, store, launcher)
 
         def due_now() -> int:

@@ -321,28 +321,9 @@ class Database:
         if self.dialect == "sqlite":
             return "Check that the directory is writable (platform.yml storage.url)."
         where = f"{self.url.host or 'localhost'}:{self.url.port or 5432}"
-        message = str(exc)
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and "password" in message:
-            return (
-                f"PostgreSQL at {where} refused the credentials: check the user and password"
-                " in UICI_STORAGE_URL (platform.yml storage.url)."
-            )
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and "role" in message:
-            return (
-                f"Create the role on {where} (createuser --pwprompt {self.url.username}) or fix"
-                " the user in UICI_STORAGE_URL (platform.yml storage.url)."
-            )
-        if isinstance(exc, sqlalchemy.exc.OperationalError) and "does not exist" in message:
-            return (
-                f"Create the database on {where} (createdb {self.url.database}) or fix its"
-                " name in UICI_STORAGE_URL (platform.yml storage.url)."
-            )
-        if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "permission denied" in message:
-            return (
-                f"Grant {self.url.username} the right to create tables in {self.url.database}"
-                f" on {where} (GRANT CREATE ON SCHEMA public), or use its owner"
-                " (platform.yml storage.url)."
-            )
+        for kind, needle, hint in _POSTGRES_HINTS:
+            if isinstance(exc, kind) and needle in str(exc):
+                return hint.format(where=where, user=self.url.username, database=self.url.database)
         return (
             f"Check that PostgreSQL runs and accepts connections at {where}, and that"
             " UICI_STORAGE_URL names it (platform.yml storage.url)."
@@ -363,6 +344,35 @@ def _session_ended_is_an_outage(context: Any) -> Exception | None:
     return sqlalchemy.exc.OperationalError(
         context.statement, context.parameters, original, hide_parameters=True
     )
+
+
+# What a PostgreSQL store that cannot be opened says, and its fix (the first that matches).
+_POSTGRES_HINTS: tuple[tuple[type[Exception], str, str], ...] = (
+    (
+        sqlalchemy.exc.OperationalError,
+        "password",
+        "PostgreSQL at {where} refused the credentials: check the user and password in"
+        " UICI_STORAGE_URL (platform.yml storage.url).",
+    ),
+    (
+        sqlalchemy.exc.OperationalError,
+        "role",
+        "Create the role on {where} (createuser --pwprompt {user}) or fix the user in"
+        " UICI_STORAGE_URL (platform.yml storage.url).",
+    ),
+    (
+        sqlalchemy.exc.OperationalError,
+        "does not exist",
+        "Create the database on {where} (createdb {database}) or fix its name in"
+        " UICI_STORAGE_URL (platform.yml storage.url).",
+    ),
+    (
+        sqlalchemy.exc.ProgrammingError,
+        "permission denied",
+        "Grant {user} the right to create tables in {database} on {where} (GRANT CREATE ON"
+        " SCHEMA public), or use its owner (platform.yml storage.url).",
+    ),
+)
 
 
 def _ms(seconds: float) -> str:
