@@ -124,6 +124,7 @@ bench: $(STAMP) docker-engine packages
 	$(BIN)/python bench/flow_ops.py
 	$(BIN)/python bench/webhook_ingest.py
 	$(BIN)/python bench/scale_out.py
+	$(BIN)/python bench/idle_service.py
 	$(BIN)/python bench/webhook_to_operation.py
 	$(BIN)/python bench/eval_corpus.py
 	$(BIN)/python bench/observability_prompt.py

@@ -269,9 +269,12 @@ class Notifier:
         sinks: list[NotificationSinkConfig | str] = list(config.platform.notifications.sinks)
         configured = {s.name for s in config.platform.notifications.sinks}
         rows = await asyncio.to_thread(notification_summary, self.store.database)
-        sinks += sorted({r["sink"] for r in rows if r["state"] == "pending"} - configured)
+        pending = {r["sink"] for r in rows if r["state"] == "pending"}
+        sinks += sorted(pending - configured)
         for sink in sinks:
             name = sink if isinstance(sink, str) else sink.name
+            if name not in pending:
+                continue  # nothing to send: no claim (a write) and no HTTP client each poll
             task = self._busy.get(name)
             if task is not None and not task.done():
                 continue  # this sink is still busy (slow or retrying): the others go on
@@ -289,8 +292,8 @@ class Notifier:
         out and the message is due again). `sink` is a name for a sink no longer configured."""
         delivery = self.config().platform.notifications.delivery
         name = sink if isinstance(sink, str) else sink.name
-        # Redirects are not followed: a sink answers, it does not send us elsewhere.
-        async with httpx.AsyncClient(follow_redirects=False) as client:
+        async with contextlib.AsyncExitStack() as opened:
+            client: httpx.AsyncClient | None = None
             for _ in range(delivery.batch_size):
                 now = time.time()
                 lease = now + 2 * delivery.timeout_seconds + delivery.poll_seconds
@@ -308,6 +311,11 @@ class Notifier:
                     )  # fmt: skip
                     await asyncio.to_thread(self._record, row, result, delivery)
                     continue
+                if client is None:  # only once there is something to send
+                    # Redirects are not followed: a sink answers, it does not send us elsewhere.
+                    client = await opened.enter_async_context(
+                        httpx.AsyncClient(follow_redirects=False)
+                    )
                 try:
                     message = Notification.model_validate_json(row["payload"])
                     ident = delivery_id(name, row["incident_id"], row["event"], row["dedup"])
